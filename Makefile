@@ -1,0 +1,65 @@
+# Baton developer commands. `make demo` and `make test` install what they need first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.8
+# The template's Runtime is python3.13: find that interpreter portably (PATH, then pyenv).
+PYTHON313 ?= $(shell for c in python3.13 "$$HOME/.pyenv/versions/3.13.0/bin/python3.13" $$(ls -d $$HOME/.pyenv/versions/3.13*/bin/python3.13 /usr/local/bin/python3.13 2>/dev/null); do \
+	if PYENV_VERSION=3.13.0 "$$c" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1; then echo "$$c"; break; fi; done)
+
+.PHONY: help install demo dev test test-unit test-integration lint typecheck lint-template bench clean
+
+help:
+	@echo "make demo    start the local stack, submit real jobs, show them finish"
+	@echo "make test    lint, type-check and run every test suite"
+	@echo "make dev     run the local stack (API on http://127.0.0.1:3000) until Ctrl-C"
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@if [ -z "$(PYTHON313)" ]; then echo "error: Python 3.13 not found (the Lambda runtime is python3.13). Install it (e.g. 'pyenv install 3.13') or set PYTHON313=/path/to/python3.13" >&2; exit 1; fi
+	@echo "Creating $(VENV) with $(PYTHON313)"
+	PYENV_VERSION=3.13.0 "$(PYTHON313)" -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install -q --python $(PY) --require-hashes -r requirements.lock
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/baton demo
+
+dev: install
+	$(VENV)/bin/baton dev
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy layers/baton/baton devtools/baton_dev tests bench
+	@# every handler is functions/<name>/app.py: one module name, so check them one by one
+	@for f in functions/*/app.py; do $(VENV)/bin/mypy "$$f" || exit 1; done
+
+lint-template: install
+	$(VENV)/bin/cfn-lint template.yaml
+
+test-unit: install
+	$(PY) -m pytest tests/unit --disable-socket --allow-unix-socket -q
+
+test-integration: install
+	$(PY) -m pytest tests/integration tests/e2e -q
+
+test: lint typecheck lint-template
+	$(PY) -m pytest tests/unit --disable-socket --allow-unix-socket -q
+	$(PY) -m pytest tests/integration tests/e2e -q
+
+bench: install
+	$(PY) -m bench
+
+lock:
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.13 \
+		--python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .aws-sam .baton .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,287 @@
+"""Read template.yaml the way AWS does: translate SAM to CloudFormation, then take the wiring from it.
+
+Nothing here declares a queue, table or route: functions, their SQS event sources (batch size,
+batching window, maximum concurrency, partial batch responses), the API routes, the authorizer
+and the gateway responses are all read from the translated template.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cfnlint.decode import decode
+from samtranslator.translator.transform import transform
+
+LOCAL_CODE_BUCKET = "baton-local-code"
+# Resource types the local runtime creates on the AWS-protocol endpoint. Compute, IAM and API
+# Gateway are emulated in-process instead (moto cannot run Lambda code without Docker).
+DATA_PLANE_TYPES = frozenset(
+    {
+        "AWS::SQS::Queue",
+        "AWS::SQS::QueuePolicy",
+        "AWS::DynamoDB::Table",
+        "AWS::S3::Bucket",
+        "AWS::Events::EventBus",
+        "AWS::Events::Rule",
+        "AWS::CloudWatch::Alarm",
+    }
+)
+_FUNCTION_ARN = re.compile(r"\$\{(\w+)\.Arn\}")
+
+
+class TemplateError(Exception):
+    """template.yaml cannot be read or translated."""
+
+
+class _NoManagedPolicies:
+    """The translator looks up AWS managed policy ARNs; offline, none are needed locally."""
+
+    def load(self) -> dict[str, str]:
+        return {}
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    logical_id: str
+    code_dir: Path
+    handler: str
+    timeout: int
+    memory_mb: int
+    environment: dict[str, Any]
+
+    @property
+    def module_file(self) -> Path:
+        return self.code_dir / f"{self.handler.rsplit('.', 1)[0]}.py"
+
+    @property
+    def handler_name(self) -> str:
+        return self.handler.rsplit(".", 1)[1]
+
+
+@dataclass(frozen=True)
+class SqsSourceSpec:
+    logical_id: str
+    function: str
+    queue: str
+    batch_size: int
+    batching_window_s: float
+    max_concurrency: int | None
+    report_batch_item_failures: bool
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    path: str
+    method: str
+    function: str
+    authorizer: str | None
+
+
+@dataclass(frozen=True)
+class AuthorizerSpec:
+    name: str
+    function: str
+    kind: str
+    identity_headers: tuple[str, ...]
+    ttl_s: int
+
+
+@dataclass
+class AppTemplate:
+    path: Path
+    parameters: dict[str, str]
+    cloudformation: dict[str, Any]
+    functions: dict[str, FunctionSpec] = field(default_factory=dict)
+    sqs_sources: list[SqsSourceSpec] = field(default_factory=list)
+    routes: list[RouteSpec] = field(default_factory=list)
+    authorizers: dict[str, AuthorizerSpec] = field(default_factory=dict)
+    gateway_responses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    api_stage: str = "dev"
+
+    @classmethod
+    def load(
+        cls, path: Path, parameters: dict[str, str] | None = None, region: str = "us-east-1"
+    ) -> AppTemplate:
+        path = path.resolve()
+        sam, problems = decode(str(path))
+        if problems or sam is None:
+            raise TemplateError(f"cannot read {path}: {problems}")
+        sam = json.loads(json.dumps(sam, default=str))
+        code_dirs: dict[str, Path] = {}
+        for logical_id, resource in sam.get("Resources", {}).items():
+            props = resource.setdefault("Properties", {})
+            if resource["Type"] == "AWS::Serverless::Function":
+                code_dirs[logical_id] = (path.parent / props["CodeUri"]).resolve()
+                props["CodeUri"] = f"s3://{LOCAL_CODE_BUCKET}/{logical_id}"
+            elif resource["Type"] == "AWS::Serverless::LayerVersion":
+                props["ContentUri"] = f"s3://{LOCAL_CODE_BUCKET}/{logical_id}"
+        previous_region = os.environ.get("AWS_DEFAULT_REGION")
+        os.environ["AWS_DEFAULT_REGION"] = region  # the translator needs a region, never the network
+        try:
+            cfn = transform(sam, dict(parameters or {}), _NoManagedPolicies())
+        except Exception as error:
+            raise TemplateError(f"SAM translation of {path} failed: {error}") from error
+        finally:
+            if previous_region is None:
+                os.environ.pop("AWS_DEFAULT_REGION", None)
+            else:
+                os.environ["AWS_DEFAULT_REGION"] = previous_region
+        app = cls(path=path, parameters=dict(parameters or {}), cloudformation=cfn)
+        app._read_functions(code_dirs)
+        app._read_event_sources()
+        app._read_api()
+        return app
+
+    # -- readers -------------------------------------------------------------------------------
+    def _resources(self, type_: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(lid, res) for lid, res in self.cloudformation["Resources"].items() if res["Type"] == type_]
+
+    def _read_functions(self, code_dirs: dict[str, Path]) -> None:
+        for logical_id, resource in self._resources("AWS::Lambda::Function"):
+            props = resource["Properties"]
+            self.functions[logical_id] = FunctionSpec(
+                logical_id=logical_id,
+                code_dir=code_dirs[props["Code"]["S3Key"]],
+                handler=props["Handler"],
+                timeout=int(props.get("Timeout", 3)),
+                memory_mb=int(props.get("MemorySize", 128)),
+                environment=dict(props.get("Environment", {}).get("Variables", {})),
+            )
+
+    def _read_event_sources(self) -> None:
+        for logical_id, resource in self._resources("AWS::Lambda::EventSourceMapping"):
+            props = resource["Properties"]
+            arn = props["EventSourceArn"]
+            if not (isinstance(arn, dict) and "Fn::GetAtt" in arn):
+                raise TemplateError(f"{logical_id}: event source must be a queue declared in the template")
+            queue = arn["Fn::GetAtt"][0]
+            if self.cloudformation["Resources"][queue]["Type"] != "AWS::SQS::Queue":
+                raise TemplateError(f"{logical_id}: only SQS event sources are supported locally")
+            scaling = props.get("ScalingConfig") or {}
+            self.sqs_sources.append(
+                SqsSourceSpec(
+                    logical_id=logical_id,
+                    function=props["FunctionName"]["Ref"],
+                    queue=queue,
+                    batch_size=int(props.get("BatchSize", 10)),
+                    batching_window_s=float(props.get("MaximumBatchingWindowInSeconds", 0)),
+                    max_concurrency=int(scaling["MaximumConcurrency"])
+                    if "MaximumConcurrency" in scaling
+                    else None,
+                    report_batch_item_failures="ReportBatchItemFailures"
+                    in props.get("FunctionResponseTypes", []),
+                    enabled=bool(props.get("Enabled", True)),
+                )
+            )
+
+    def _read_api(self) -> None:
+        for _, resource in self._resources("AWS::ApiGateway::RestApi"):
+            body = resource["Properties"].get("Body") or {}
+            for name, definition in (body.get("securityDefinitions") or {}).items():
+                authorizer = definition.get("x-amazon-apigateway-authorizer")
+                if not authorizer:
+                    continue
+                identity = authorizer.get("identitySource", "")
+                headers = tuple(
+                    part.strip().removeprefix("method.request.header.")
+                    for part in identity.split(",")
+                    if part.strip().startswith("method.request.header.")
+                )
+                self.authorizers[name] = AuthorizerSpec(
+                    name=name,
+                    function=_function_of(authorizer["authorizerUri"]),
+                    kind=authorizer.get("type", "request"),
+                    identity_headers=headers,
+                    ttl_s=int(authorizer.get("authorizerResultTtlInSeconds", 300)),
+                )
+            for route_path, methods in (body.get("paths") or {}).items():
+                for method, operation in methods.items():
+                    integration = operation.get("x-amazon-apigateway-integration") or {}
+                    if integration.get("type") != "aws_proxy":
+                        continue
+                    security = operation.get("security") or []
+                    names = [name for entry in security for name in entry if name in self.authorizers]
+                    self.routes.append(
+                        RouteSpec(
+                            path=route_path,
+                            method=method.upper(),
+                            function=_function_of(integration["uri"]),
+                            authorizer=names[0] if names else None,
+                        )
+                    )
+            self.gateway_responses.update(body.get("x-amazon-apigateway-gateway-responses") or {})
+        for _, resource in self._resources("AWS::ApiGateway::Stage"):
+            stage = resource["Properties"].get("StageName")
+            if isinstance(stage, str):
+                self.api_stage = stage
+            elif isinstance(stage, dict) and "Ref" in stage:
+                self.api_stage = str(self.parameter_value(stage["Ref"]))
+
+    def parameter_value(self, name: str) -> str:
+        if name in self.parameters:
+            return self.parameters[name]
+        definition = self.cloudformation.get("Parameters", {}).get(name, {})
+        return str(definition.get("Default", ""))
+
+    # -- provisioning --------------------------------------------------------------------------
+    def provisioning_template(self) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
+        """The data-plane part of the stack, plus outputs that make the endpoint resolve every
+        intrinsic the local runtime needs (function environments, queue URLs and ARNs).
+
+        Returns the template and a map output-name -> (what, key) to read the outputs back.
+        """
+        cfn = copy.deepcopy(self.cloudformation)
+        kept = {lid: res for lid, res in cfn["Resources"].items() if res["Type"] in DATA_PLANE_TYPES}
+        cfn["Resources"] = kept
+        cfn["Outputs"] = {}
+        lookups: dict[str, tuple[str, str]] = {}
+        for index, expression in enumerate(self._environment_expressions()):
+            output = f"LocalEnv{index}"
+            cfn["Outputs"][output] = {"Value": json.loads(expression)}
+            lookups[output] = ("expression", expression)
+        for lid, res in kept.items():
+            if res["Type"] == "AWS::SQS::Queue":
+                cfn["Outputs"][f"LocalUrl{lid}"] = {"Value": {"Ref": lid}}
+                cfn["Outputs"][f"LocalArn{lid}"] = {"Value": {"Fn::GetAtt": [lid, "Arn"]}}
+                lookups[f"LocalUrl{lid}"] = ("queue_url", lid)
+                lookups[f"LocalArn{lid}"] = ("queue_arn", lid)
+        return cfn, lookups
+
+    def _environment_expressions(self) -> list[str]:
+        """Every distinct intrinsic (Ref, GetAtt, Sub...) used in a function's environment."""
+        found = {
+            json.dumps(value, sort_keys=True)
+            for spec in self.functions.values()
+            for value in spec.environment.values()
+            if isinstance(value, dict)
+        }
+        return sorted(found)
+
+    def function_environment(self, logical_id: str, resolved: dict[str, str]) -> dict[str, str]:
+        """A function's environment with intrinsics replaced by what the endpoint resolved."""
+        environment: dict[str, str] = {}
+        for name, value in self.functions[logical_id].environment.items():
+            if isinstance(value, dict):
+                environment[name] = resolved.get(json.dumps(value, sort_keys=True), "")
+            else:
+                environment[name] = str(value)
+        return environment
+
+
+def _function_of(uri: Any) -> str:
+    text = json.dumps(uri)
+    match = _FUNCTION_ARN.search(text)
+    if match:
+        return match.group(1)
+    if isinstance(uri, dict) and "Fn::Sub" in uri and isinstance(uri["Fn::Sub"], list):
+        for value in uri["Fn::Sub"][1].values():
+            if isinstance(value, dict) and "Fn::GetAtt" in value:
+                return str(value["Fn::GetAtt"][0])
+    raise TemplateError(f"cannot find the Lambda function in integration URI {text}")

@@ -1,0 +1,67 @@
+"""Which Baton the CLI talks to: a running `baton dev` (its state file) or a deployed stack."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+
+from baton.tenants import TenantStore
+
+
+class TargetError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Target:
+    api_url: str
+    jobs_table: str
+    bucket: str | None
+    endpoint_url: str | None
+    region: str
+
+    def apply_aws_environment(self) -> None:
+        """Point boto3 (and the shared domain package) at this target's endpoint."""
+        os.environ.setdefault("AWS_DEFAULT_REGION", self.region)
+        if self.endpoint_url:
+            os.environ["AWS_ENDPOINT_URL"] = self.endpoint_url
+            os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
+            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+
+    def tenants(self) -> TenantStore:
+        self.apply_aws_environment()
+        return TenantStore(self.jobs_table)
+
+
+def resolve_target(*, stack: str | None = None, state_dir: Path = Path(".baton")) -> Target:
+    if stack:
+        outputs = {
+            output["OutputKey"]: output["OutputValue"]
+            for output in boto3.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0][
+                "Outputs"
+            ]
+        }
+        return Target(
+            api_url=outputs["ApiUrl"],
+            jobs_table=outputs["JobsTableName"],
+            bucket=outputs.get("BucketName"),
+            endpoint_url=os.environ.get("AWS_ENDPOINT_URL"),
+            region=boto3.session.Session().region_name or "us-east-1",
+        )
+    state_file = state_dir / "dev.json"
+    if not state_file.exists():
+        raise TargetError(
+            f"no running local stack ({state_file} missing): start `baton dev`, or pass --stack NAME"
+        )
+    state = json.loads(state_file.read_text())
+    return Target(
+        api_url=state["api_url"],
+        jobs_table=state["jobs_table"],
+        bucket=state.get("bucket"),
+        endpoint_url=state["endpoint_url"],
+        region=state["region"],
+    )

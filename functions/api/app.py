@@ -1,0 +1,52 @@
+"""Jobs API: routes only hand off to baton.api; errors are mapped in baton.http_errors."""
+
+from typing import Annotated, Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from baton.api import JobsHttp
+from baton.http_errors import register_error_handlers
+from baton.idempotency import persistence_layer, submission_config
+from baton.jobs import JobService
+from baton.models import CreateJobRequest
+from baton.settings import get_settings
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+settings = get_settings()
+idempotency = submission_config(settings)
+jobs = JobsHttp(JobService(settings), persistence_layer(settings), idempotency)
+
+app = APIGatewayRestResolver(enable_validation=True)
+register_error_handlers(app)
+
+
+@app.post("/v1/jobs")
+@tracer.capture_method
+def create_job(body: CreateJobRequest) -> Response[str]:
+    return jobs.create(app.current_event, body)
+
+
+@app.get("/v1/jobs/<job_id>")
+@tracer.capture_method
+def get_job(job_id: str, wait: Annotated[float | None, Query(ge=0, le=600)] = None) -> Response[str]:
+    return jobs.get(app.current_event, job_id, wait)
+
+
+@app.delete("/v1/jobs/<job_id>")
+@tracer.capture_method
+def cancel_job(job_id: str) -> Response[str]:
+    return jobs.cancel(app.current_event, job_id)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    idempotency.register_lambda_context(context)
+    return app.resolve(event, context)

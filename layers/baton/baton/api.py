@@ -1,0 +1,129 @@
+"""HTTP behaviour of the jobs API: 202 + Location, Prefer (RFC 7240), Idempotency-Key, long-poll."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
+from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer, idempotent_function
+from aws_lambda_powertools.utilities.idempotency.config import IdempotencyConfig
+
+from baton.clock import iso_from_ms
+from baton.errors import InvalidRequestError, UnauthorizedError
+from baton.jobs import JobService
+from baton.models import CreateJobRequest
+from baton.records import JobRecord
+
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+WAIT_PATTERN = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+def tenant_of(event: APIGatewayProxyEvent) -> str:
+    tenant_id = event.request_context.authorizer.get("tenant_id")
+    if not tenant_id:
+        raise UnauthorizedError("missing or invalid API key")
+    return str(tenant_id)
+
+
+def requested_wait(prefer: str | None) -> float | None:
+    """`Prefer: wait=N` -> N seconds; None when absent (or `respond-async`)."""
+    if not prefer:
+        return None
+    match = WAIT_PATTERN.search(prefer)
+    return float(match.group(1)) if match else None
+
+
+def base_path(event: APIGatewayProxyEvent) -> str:
+    """The stage prefix API Gateway adds on execute-api URLs (e.g. "/dev"); empty locally."""
+    full = str(event.request_context.get("path") or event.path)
+    return full[: -len(event.path)] if full.endswith(event.path) else ""
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response[str]:
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=json.dumps(body),
+        headers=headers,
+    )
+
+
+class JobsHttp:
+    def __init__(
+        self, service: JobService, persistence: BasePersistenceLayer, config: IdempotencyConfig
+    ) -> None:
+        self.service = service
+        self.config = config
+        self._accept_once = idempotent_function(
+            data_keyword_argument="submission", persistence_store=persistence, config=config
+        )(self._accept_submission)
+
+    def create(self, event: APIGatewayProxyEvent, body: CreateJobRequest) -> Response[str]:
+        tenant_id = tenant_of(event)
+        key = event.headers.get("idempotency-key") or event.headers.get("Idempotency-Key")
+        submission = {"tenant_id": tenant_id, "body": body.model_dump(mode="json"), "idempotency_key": key}
+        if key is None:
+            accepted = self._accept_submission(submission=submission)
+        elif not IDEMPOTENCY_KEY_PATTERN.match(key):
+            raise InvalidRequestError(
+                "Idempotency-Key must be 1-255 visible ASCII characters", field="Idempotency-Key"
+            )
+        else:
+            accepted = self._accept_once(submission=submission)
+        job_id = accepted["job_id"]
+        location = f"{base_path(event)}/v1/jobs/{job_id}"
+        headers = {"Location": location, "Retry-After": str(self.service.settings.retry_after_seconds)}
+
+        wait = requested_wait(event.headers.get("prefer") or event.headers.get("Prefer"))
+        if wait is not None:
+            wait = min(wait, self.service.settings.max_wait_seconds)
+            headers["Preference-Applied"] = f"wait={wait:g}"
+            record = self.service.wait(tenant_id, job_id, wait, until_terminal=True)
+            if record.is_terminal:
+                headers.pop("Retry-After")
+                return _json(200, self.service.public_view(record), headers)
+        else:
+            headers["Preference-Applied"] = "respond-async"
+        host = event.headers.get("host") or event.headers.get("Host")
+        proto = event.headers.get("x-forwarded-proto") or event.headers.get("X-Forwarded-Proto") or "https"
+        poll_url = f"{proto}://{host}{location}" if host else location
+        body_out = {
+            "id": job_id,
+            "status": "pending",
+            "created_at": accepted["created_at"],
+            "poll_url": poll_url,
+            "delivery": accepted["delivery"],
+        }
+        return _json(202, body_out, headers)
+
+    def get(self, event: APIGatewayProxyEvent, job_id: str, wait: float | None) -> Response[str]:
+        tenant_id = tenant_of(event)
+        if wait is not None and wait > 0:
+            record = self.service.wait(tenant_id, job_id, wait, until_terminal=False)
+        else:
+            record = self.service.get(tenant_id, job_id)
+        return self._job_response(record)
+
+    def cancel(self, event: APIGatewayProxyEvent, job_id: str) -> Response[str]:
+        record = self.service.cancel(tenant_of(event), job_id)
+        return self._job_response(record)
+
+    def _job_response(self, record: JobRecord) -> Response[str]:
+        headers = (
+            {} if record.is_terminal else {"Retry-After": str(self.service.settings.retry_after_seconds)}
+        )
+        return _json(200, self.service.public_view(record), headers)
+
+    def _accept_submission(self, submission: dict[str, Any]) -> dict[str, Any]:
+        request = CreateJobRequest.model_validate(submission["body"])
+        record = self.service.accept(
+            submission["tenant_id"], request, idempotency_key=submission.get("idempotency_key")
+        )
+        return {
+            "job_id": record.job_id,
+            "created_at": iso_from_ms(record.created_ms),
+            "delivery": "webhook" if record.webhook else "polling",
+        }

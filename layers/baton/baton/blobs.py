@@ -1,0 +1,92 @@
+"""S3 layout of Baton's one bucket.
+
+uploads/<tenant>/...      client uploads; each object created here becomes a job
+documents/<tenant>/<id>   documents referenced by `document.id`
+extracted/<tenant>/<job>.txt   text pulled out of a job's document
+results/<tenant>/<job>.json    results too large for the job item
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from baton.aws import client
+from baton.errors import InvalidRequestError, UnreadableDocumentError
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    data: bytes
+    content_type: str | None
+    metadata: dict[str, str]
+
+
+class BlobStore:
+    def __init__(self, bucket: str) -> None:
+        self.bucket = bucket
+
+    @property
+    def _s3(self) -> Any:
+        return client("s3")
+
+    @staticmethod
+    def document_key(tenant_id: str, document_id: str) -> str:
+        return f"documents/{tenant_id}/{document_id}"
+
+    @staticmethod
+    def extracted_key(tenant_id: str, job_id: str) -> str:
+        return f"extracted/{tenant_id}/{job_id}.txt"
+
+    @staticmethod
+    def result_key(tenant_id: str, job_id: str) -> str:
+        return f"results/{tenant_id}/{job_id}.json"
+
+    def key_from_uri(self, tenant_id: str, s3_uri: str) -> str:
+        """A document URI must be inside Baton's bucket and the tenant's own prefixes."""
+        parsed = urlparse(s3_uri)
+        key = parsed.path.lstrip("/")
+        if parsed.netloc != self.bucket:
+            raise InvalidRequestError(
+                "document.s3_uri must be inside Baton's bucket", field="document.s3_uri"
+            )
+        if not any(key.startswith(f"{prefix}/{tenant_id}/") for prefix in ("uploads", "documents")):
+            raise InvalidRequestError(
+                f"document.s3_uri must be under uploads/{tenant_id}/ or documents/{tenant_id}/",
+                field="document.s3_uri",
+            )
+        return key
+
+    def read(self, key: str, *, max_bytes: int) -> StoredObject:
+        s3 = self._s3
+        try:
+            head = s3.head_object(Bucket=self.bucket, Key=key)
+        except s3.exceptions.ClientError as error:
+            if error.response["Error"]["Code"] in {"404", "NoSuchKey", "NotFound"}:
+                raise UnreadableDocumentError(f"document {key} does not exist") from None
+            raise
+        if head["ContentLength"] > max_bytes:
+            raise UnreadableDocumentError(
+                f"document is {head['ContentLength']} bytes; the limit is {max_bytes}"
+            )
+        body = s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return StoredObject(
+            data=body, content_type=head.get("ContentType"), metadata=head.get("Metadata", {})
+        )
+
+    def head_metadata(self, key: str) -> dict[str, str]:
+        return dict(self._s3.head_object(Bucket=self.bucket, Key=key).get("Metadata", {}))
+
+    def write(self, key: str, data: bytes, *, content_type: str) -> None:
+        self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    def read_text(self, key: str) -> str:
+        return bytes(self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()).decode()
+
+    def presigned_url(self, key: str, *, expires_in: int) -> str:
+        return str(
+            self._s3.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
+            )
+        )

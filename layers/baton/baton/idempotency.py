@@ -1,0 +1,35 @@
+"""Powertools idempotency, configured once: where records live and what makes two calls the same."""
+
+from __future__ import annotations
+
+from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer, IdempotencyConfig
+
+from baton.settings import Settings
+
+# A stage acts once per (job, step, version, depth), whatever SQS message carried the command:
+# a redelivered or duplicated message finds the stored outcome instead of calling the model again.
+STAGE_KEY = "[job_id, step, to_string(version), to_string(depth)]"
+# POST /v1/jobs with an Idempotency-Key: scoped to the tenant; the body must match the first one.
+SUBMISSION_KEY = "[tenant_id, idempotency_key]"
+SUBMISSION_PAYLOAD = "body"
+
+
+def persistence_layer(settings: Settings) -> DynamoDBPersistenceLayer:
+    return DynamoDBPersistenceLayer(table_name=settings.idempotency_table)
+
+
+def stage_config(settings: Settings) -> IdempotencyConfig:
+    return IdempotencyConfig(
+        event_key_jmespath=STAGE_KEY,
+        raise_on_no_idempotency_key=True,
+        expires_after_seconds=settings.retention_days * 86_400,
+    )
+
+
+def submission_config(settings: Settings) -> IdempotencyConfig:
+    return IdempotencyConfig(
+        event_key_jmespath=SUBMISSION_KEY,
+        payload_validation_jmespath=SUBMISSION_PAYLOAD,
+        raise_on_no_idempotency_key=True,
+        expires_after_seconds=settings.retention_days * 86_400,
+    )

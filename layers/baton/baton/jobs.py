@@ -1,0 +1,361 @@
+"""JobService: the domain behind every handler. Handlers parse and hand off; the logic lives here."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools import Logger
+
+from baton import llm
+from baton.blobs import BlobStore
+from baton.clock import now_ms
+from baton.errors import (
+    DocumentError,
+    InvalidRequestError,
+    JobNotFoundError,
+    ModelError,
+    StaleWriteError,
+)
+from baton.extract import extract_text
+from baton.messaging import CommandQueue, EventPublisher
+from baton.models import (
+    TERMINAL_EVENT_FOR_STATUS,
+    CreateJobRequest,
+    EventType,
+    LifecycleDetail,
+    StageCommand,
+    Step,
+    UploadMetadata,
+    WebhookAuth,
+)
+from baton.records import JobError, JobRecord, JobResult
+from baton.settings import Settings
+from baton.store import JobStore
+from baton.tenants import TenantStore
+from baton.webhooks import build_payload, deliver, webhook_id
+
+logger = Logger(child=True)
+
+POLL_INTERVAL_SECONDS = 0.2
+PROGRESS = {Step.EXTRACT: 10, Step.INFER: 50}
+PROGRESS_AFTER_EXTRACT = 40
+
+
+def new_job_id() -> str:
+    return f"job_{uuid.uuid4().hex}"
+
+
+class JobService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = JobStore(settings.jobs_table)
+        self.tenants = TenantStore(settings.jobs_table)
+        self.blobs = BlobStore(settings.bucket)
+        self.events = EventPublisher(settings.event_bus)
+        self.queues = {
+            Step.EXTRACT: CommandQueue(settings.extract_queue_url),
+            Step.INFER: CommandQueue(settings.infer_queue_url),
+        }
+
+    # -- API side ------------------------------------------------------------------------------
+    def accept(
+        self, tenant_id: str, request: CreateJobRequest, *, idempotency_key: str | None = None
+    ) -> JobRecord:
+        """Validate what pydantic cannot, store the job, hand it to its first stage."""
+        if request.input.text_length() > self.settings.max_prompt_chars:
+            raise InvalidRequestError(
+                f"input is longer than {self.settings.max_prompt_chars} characters", field="input"
+            )
+        document_key = None
+        if request.document is not None:
+            document_key = self._document_key(tenant_id, request)
+        record = self._new_record(
+            tenant_id,
+            job_id=new_job_id(),
+            request=request,
+            document_key=document_key,
+            source="api",
+            idempotency_key=idempotency_key,
+        )
+        self.store.create(record)
+        self._start(record)
+        return record
+
+    def accept_upload(self, bucket: str, raw_key: str, etag: str) -> JobRecord | None:
+        """An object created under uploads/<tenant>/ becomes a job; replays of the event are no-ops."""
+        key = unquote_plus(raw_key)
+        parts = key.split("/")
+        if len(parts) < 3 or parts[0] != "uploads" or not parts[2]:
+            logger.warning("ignoring object outside uploads/<tenant>/", extra={"key": key})
+            return None
+        tenant_id = parts[1]
+        if not self.tenants.exists(tenant_id):
+            raise InvalidRequestError(f"upload {key}: tenant {tenant_id!r} does not exist")
+        metadata = UploadMetadata.model_validate(self.blobs.head_metadata(key))
+        body: dict[str, Any] = {"input": {"prompt": metadata.prompt}, "metadata": {"source_key": key[:512]}}
+        if metadata.model:
+            body["model"] = metadata.model
+        if metadata.webhook_url:
+            body["webhook"] = {"url": str(metadata.webhook_url)}
+        request = CreateJobRequest.model_validate(body)
+        # S3 event ids are not unique on every endpoint (see facts.md): bucket + key + ETag are.
+        digest = hashlib.sha256(f"{bucket}/{key}/{etag}".encode()).hexdigest()[:32]
+        record = self._new_record(
+            tenant_id, job_id=f"job_{digest}", request=request, document_key=key, source="upload"
+        )
+        if not self.store.create(record):
+            logger.info("upload already accepted", extra={"job_id": record.job_id})
+            return self.store.get(tenant_id, record.job_id)
+        self._start(record)
+        return record
+
+    def get(self, tenant_id: str, job_id: str) -> JobRecord:
+        return self.store.get(tenant_id, job_id)
+
+    def wait(self, tenant_id: str, job_id: str, seconds: float, *, until_terminal: bool) -> JobRecord:
+        """Long-poll: return as soon as the job changes (or is terminal), or when time is up."""
+        deadline = time.monotonic() + min(seconds, self.settings.max_wait_seconds)
+        first = record = self.store.get(tenant_id, job_id)
+        while not record.is_terminal and time.monotonic() < deadline:
+            if not until_terminal and record.updated_ms != first.updated_ms:
+                break
+            time.sleep(POLL_INTERVAL_SECONDS)
+            record = self.store.get(tenant_id, job_id)
+        return record
+
+    def cancel(self, tenant_id: str, job_id: str) -> JobRecord:
+        record = self.store.cancel(tenant_id, job_id)
+        self._publish_terminal(record)
+        logger.info("job cancelled", extra={"job_id": job_id})
+        return record
+
+    def public_view(self, record: JobRecord) -> dict[str, Any]:
+        return record.public_view(
+            lambda key: self.blobs.presigned_url(key, expires_in=self.settings.result_url_expiry_seconds)
+        )
+
+    # -- stages --------------------------------------------------------------------------------
+    def run_extract(self, command: StageCommand) -> dict[str, Any]:
+        record = self._runnable(command)
+        if record is None:
+            return {"outcome": "skipped"}
+        record = self.store.start_step(record, Step.EXTRACT, progress=PROGRESS[Step.EXTRACT])
+        if record.document_key is None:
+            raise InvalidRequestError(f"job {record.job_id} has no document to extract")
+        try:
+            stored = self.blobs.read(record.document_key, max_bytes=self.settings.max_document_bytes)
+            extracted = extract_text(
+                stored.data, filename=record.document_key, content_type=stored.content_type
+            )
+        except DocumentError as error:
+            self._fail(record, error.type, error.message, retryable=False)
+            return {"outcome": "failed", "error": error.type}
+        text_key = self.blobs.extracted_key(record.tenant_id, record.job_id)
+        self.blobs.write(text_key, extracted.text.encode(), content_type="text/plain; charset=utf-8")
+        record = self.store.complete_extract(record, text_key=text_key, progress=PROGRESS_AFTER_EXTRACT)
+        self.events.publish(EventType.STEP_COMPLETED, record, step=Step.EXTRACT.value)
+        self._schedule(record, Step.INFER)
+        logger.info(
+            "text extracted",
+            extra={
+                "job_id": record.job_id,
+                "chars": extracted.chars,
+                "kind": extracted.kind,
+                "truncated": extracted.truncated,
+            },
+        )
+        return {"outcome": "extracted", "chars": extracted.chars}
+
+    def run_infer(self, command: StageCommand, *, remaining_ms: int) -> dict[str, Any]:
+        record = self._runnable(command)
+        if record is None:
+            return {"outcome": "skipped"}
+        record = self.store.start_step(record, Step.INFER, progress=PROGRESS[Step.INFER])
+        try:
+            messages = self._messages(record)
+            completion = llm.complete(
+                self.settings,
+                model=record.model,
+                messages=messages,
+                parameters=record.request.get("parameters", {}),
+                timeout=llm.model_timeout(self.settings, remaining_ms),
+                extra_headers={
+                    "X-Baton-Job-Id": record.job_id,
+                    "X-Baton-Step-Key": f"{record.job_id}:{record.version}:{record.depth}",
+                },
+            )
+        except ModelError as error:
+            if error.retryable:
+                raise  # SQS redelivers after the visibility timeout; the DLQ catches the rest
+            self._fail(record, error.type, error.message, retryable=False)
+            return {"outcome": "failed", "error": error.type}
+        result = self._store_result(record, completion)
+        try:
+            record = self.store.mark_completed(record, result=result, usage=completion.usage)
+        except StaleWriteError as error:
+            # Cancelled (or superseded) while the model was answering: discard, never overwrite.
+            logger.info("late result discarded", extra={"job_id": record.job_id, "reason": str(error)})
+            return {"outcome": "discarded"}
+        self._publish_terminal(record)
+        logger.info("job completed", extra={"job_id": record.job_id, "usage": completion.usage.model_dump()})
+        return {"outcome": "completed", "total_tokens": completion.usage.total_tokens}
+
+    def notify(self, detail: LifecycleDetail) -> dict[str, Any]:
+        """Deliver a terminal event to the job's webhook, if it has one. Raises to be retried."""
+        if not detail.status.is_terminal or detail.job is None:
+            return {"outcome": "ignored"}
+        try:
+            record = self.store.get(detail.tenant_id, detail.job_id)
+        except JobNotFoundError:
+            logger.warning("notification for a job that no longer exists", extra={"job_id": detail.job_id})
+            return {"outcome": "gone"}
+        if record.webhook is None:
+            return {"outcome": "no_webhook"}
+        started = now_ms()
+        auth = record.webhook.get("auth")
+        status = deliver(
+            record.webhook["url"],
+            secret=self.tenants.webhook_secret(record.tenant_id),
+            message_id=webhook_id(record.job_id, detail.status),
+            payload=build_payload(detail.status, detail.job),
+            extra_headers=_auth_headers(auth),
+            timeout=self.settings.webhook_timeout_seconds,
+        )
+        self.store.record_notification(record, notify_ms=now_ms() - started)
+        logger.info("webhook delivered", extra={"job_id": record.job_id, "status_code": status})
+        return {"outcome": "delivered", "status_code": status}
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _new_record(
+        self,
+        tenant_id: str,
+        *,
+        job_id: str,
+        request: CreateJobRequest,
+        document_key: str | None,
+        source: str,
+        idempotency_key: str | None = None,
+    ) -> JobRecord:
+        now = now_ms()
+        timeout = request.parameters.timeout_seconds or self.settings.default_timeout_seconds
+        return JobRecord(
+            job_id=job_id,
+            tenant_id=tenant_id,
+            model=request.model or self.settings.model,
+            created_ms=now,
+            updated_ms=now,
+            expires_at=now // 1000 + self.settings.retention_days * 86_400,
+            deadline_ms=now + timeout * 1000,
+            metadata=dict(request.metadata),
+            request=request.model_dump(mode="json", exclude={"webhook"}, exclude_none=True),
+            webhook=request.webhook.model_dump(mode="json", exclude_none=True) if request.webhook else None,
+            document_key=document_key,
+            source=source,
+            idempotency_key=idempotency_key,
+        )
+
+    def _document_key(self, tenant_id: str, request: CreateJobRequest) -> str:
+        document = request.document
+        assert document is not None
+        if document.id is not None:
+            key, field = self.blobs.document_key(tenant_id, document.id), "document.id"
+        else:
+            key, field = self.blobs.key_from_uri(tenant_id, str(document.s3_uri)), "document.s3_uri"
+        try:
+            self.blobs.head_metadata(key)
+        except Exception as error:
+            raise InvalidRequestError(f"{field}: no such document", field=field) from error
+        return key
+
+    def _start(self, record: JobRecord) -> None:
+        self.events.publish(EventType.ACCEPTED, record)
+        self._schedule(record, Step.EXTRACT if record.document_key else Step.INFER)
+        logger.info(
+            "job accepted",
+            extra={"job_id": record.job_id, "tenant_id": record.tenant_id, "source": record.source},
+        )
+
+    def _schedule(self, record: JobRecord, step: Step) -> None:
+        command = StageCommand(
+            job_id=record.job_id,
+            tenant_id=record.tenant_id,
+            step=step,
+            version=record.version,
+            depth=record.depth,
+        )
+        self.queues[step].send(command)
+
+    def _runnable(self, command: StageCommand) -> JobRecord | None:
+        """The job if this command may still act on it; None (logged) for stale or finished work."""
+        try:
+            record = self.store.get(command.tenant_id, command.job_id)
+        except JobNotFoundError:
+            logger.warning("command for an unknown or expired job dropped", extra=command.model_dump())
+            return None
+        if record.is_terminal or record.version != command.version or record.depth != command.depth:
+            logger.info(
+                "stale command dropped",
+                extra={
+                    **command.model_dump(),
+                    "status": record.status.value,
+                    "current_version": record.version,
+                },
+            )
+            return None
+        if now_ms() > record.deadline_ms:
+            self._fail(record, "timeout", "the job ran past its timeout_seconds", retryable=False)
+            return None
+        return record
+
+    def _messages(self, record: JobRecord) -> list[dict[str, Any]]:
+        job_input = record.request["input"]
+        document_text = self.blobs.read_text(record.text_key) if record.text_key else None
+        if "prompt" in job_input:
+            content = job_input["prompt"]
+            if document_text:
+                content = f"{content}\n\nDocument:\n{document_text}"
+            return [{"role": "user", "content": content}]
+        messages = [dict(message) for message in job_input["messages"]]
+        if document_text:
+            messages.append({"role": "user", "content": f"Document:\n{document_text}"})
+        return messages
+
+    def _store_result(self, record: JobRecord, completion: llm.Completion) -> JobResult:
+        result = JobResult(
+            text=completion.text, finish_reason=completion.finish_reason, tool_calls=completion.tool_calls
+        )
+        encoded = result.model_dump_json().encode()
+        if len(encoded) <= self.settings.inline_result_max_bytes:
+            return result
+        key = self.blobs.result_key(record.tenant_id, record.job_id)
+        self.blobs.write(key, encoded, content_type="application/json")
+        preview = (completion.text or "")[:1000]
+        return JobResult(
+            text=preview, finish_reason=completion.finish_reason, result_key=key, result_bytes=len(encoded)
+        )
+
+    def _fail(self, record: JobRecord, error_type: str, message: str, *, retryable: bool) -> None:
+        try:
+            failed = self.store.mark_failed(
+                record, JobError(type=error_type, message=message, retryable=retryable)
+            )
+        except StaleWriteError:
+            logger.info("job already finished; failure not recorded", extra={"job_id": record.job_id})
+            return
+        self._publish_terminal(failed)
+        logger.warning(
+            "job failed", extra={"job_id": record.job_id, "error_type": error_type, "reason": message}
+        )
+
+    def _publish_terminal(self, record: JobRecord) -> None:
+        self.events.publish(
+            TERMINAL_EVENT_FOR_STATUS[record.status], record, job_view=self.public_view(record)
+        )
+
+
+def _auth_headers(auth: dict[str, Any] | None) -> dict[str, str] | None:
+    return WebhookAuth.model_validate(auth).headers() if auth else None

@@ -1,0 +1,122 @@
+"""The model call, through the official openai client against any OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import openai
+from aws_lambda_powertools.utilities.parameters import get_secret
+
+from baton.errors import ModelError
+from baton.records import Usage
+from baton.settings import Settings
+
+# Leave the function this long after the model call to record the result and hand it on.
+SAFETY_MARGIN_SECONDS = 5.0
+MIN_MODEL_TIMEOUT_SECONDS = 1.0
+
+
+@dataclass
+class Completion:
+    text: str | None
+    finish_reason: str | None
+    tool_calls: list[dict[str, Any]] | None
+    usage: Usage = field(default_factory=Usage)
+
+
+def model_timeout(settings: Settings, remaining_ms: int) -> float:
+    """The model call's timeout always stays below the function's remaining time."""
+    budget = remaining_ms / 1000 - SAFETY_MARGIN_SECONDS
+    if budget < MIN_MODEL_TIMEOUT_SECONDS:
+        raise ModelError(
+            "not enough time left in this invocation to call the model", retryable=True, type_="timeout"
+        )
+    return min(settings.model_timeout_seconds, budget)
+
+
+def _api_key(settings: Settings) -> str:
+    if settings.openai_api_key:
+        return settings.openai_api_key
+    if settings.openai_api_key_secret_arn:
+        return str(get_secret(settings.openai_api_key_secret_arn, max_age=300))
+    # Local OpenAI-compatible servers (the simulator, Ollama, vLLM...) accept any key.
+    return "not-needed"
+
+
+@cache
+def _client(base_url: str | None, api_key: str) -> openai.OpenAI:
+    # Retries belong to SQS (visibility timeout, redrive), not to a loop inside one invocation.
+    return openai.OpenAI(base_url=base_url or None, api_key=api_key, max_retries=0)
+
+
+def complete(
+    settings: Settings,
+    *,
+    model: str,
+    messages: list[dict[str, Any]],
+    parameters: dict[str, Any],
+    timeout: float,
+    extra_headers: dict[str, str] | None = None,
+) -> Completion:
+    request: dict[str, Any] = {"model": model, "messages": messages}
+    for name in ("temperature", "max_tokens", "response_format", "tools"):
+        if parameters.get(name) is not None:
+            request[name] = parameters[name]
+    try:
+        response = _client(settings.openai_base_url, _api_key(settings)).chat.completions.create(
+            **request, timeout=timeout, extra_headers=extra_headers or {}
+        )
+    except openai.APITimeoutError as error:
+        raise ModelError(
+            f"model call timed out after {timeout:.0f}s", retryable=True, type_="timeout"
+        ) from error
+    except openai.APIConnectionError as error:
+        raise ModelError(
+            f"cannot reach the model endpoint: {error}", retryable=True, type_="model_unavailable"
+        ) from error
+    except openai.RateLimitError as error:
+        raise ModelError(
+            "the model provider is rate limiting", retryable=True, type_="rate_limited"
+        ) from error
+    except openai.InternalServerError as error:
+        raise ModelError(
+            f"the model endpoint failed ({error.status_code})", retryable=True, type_="model_unavailable"
+        ) from error
+    except openai.NotFoundError as error:
+        raise ModelError(f"unknown model {model!r}", retryable=False, type_="invalid_model") from error
+    except openai.BadRequestError as error:
+        code = getattr(error, "code", None) or "invalid_request"
+        kind = "context_length_exceeded" if code == "context_length_exceeded" else "model_rejected_request"
+        raise ModelError(_provider_message(error), retryable=False, type_=kind) from error
+    except openai.APIStatusError as error:
+        retryable = error.status_code >= 500 or error.status_code == 408
+        raise ModelError(
+            f"the model endpoint answered {error.status_code}", retryable=retryable, type_="model_error"
+        ) from error
+    choice = response.choices[0]
+    tool_calls = (
+        [call.model_dump(mode="json") for call in choice.message.tool_calls]
+        if choice.message.tool_calls
+        else None
+    )
+    usage = Usage()
+    if response.usage is not None:
+        usage = Usage(
+            prompt_tokens=response.usage.prompt_tokens,
+            completion_tokens=response.usage.completion_tokens,
+            total_tokens=response.usage.total_tokens,
+        )
+    return Completion(
+        text=choice.message.content, finish_reason=choice.finish_reason, tool_calls=tool_calls, usage=usage
+    )
+
+
+def _provider_message(error: openai.APIStatusError) -> str:
+    body = error.body
+    if isinstance(body, dict):
+        message = body.get("message") or (body.get("error") or {}).get("message")
+        if message:
+            return str(message)[:500]
+    return str(error)[:500]

@@ -1,0 +1,69 @@
+"""Commands between stages go on SQS; facts (lifecycle events) go on the EventBridge bus."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from baton.aws import client
+from baton.models import EVENT_SOURCE, EventType, LifecycleDetail, StageCommand
+from baton.records import JobRecord
+
+logger = Logger(child=True)
+
+
+class CommandQueue:
+    def __init__(self, queue_url: str) -> None:
+        self.queue_url = queue_url
+
+    def send(self, command: StageCommand, *, delay_seconds: int = 0) -> None:
+        client("sqs").send_message(
+            QueueUrl=self.queue_url,
+            MessageBody=command.model_dump_json(),
+            DelaySeconds=delay_seconds,
+            MessageAttributes={
+                "job_id": {"DataType": "String", "StringValue": command.job_id},
+                "step": {"DataType": "String", "StringValue": command.step.value},
+            },
+        )
+
+
+class EventPublisher:
+    def __init__(self, bus_name: str) -> None:
+        self.bus_name = bus_name
+
+    def publish(
+        self,
+        event_type: EventType,
+        record: JobRecord,
+        *,
+        job_view: dict[str, Any] | None = None,
+        step: str | None = None,
+    ) -> None:
+        detail = LifecycleDetail(
+            job_id=record.job_id,
+            tenant_id=record.tenant_id,
+            status=record.status,
+            version=record.version,
+            depth=record.depth,
+            metadata=record.metadata,
+            step=step,
+            job=job_view,
+        )
+        answer = client("events").put_events(
+            Entries=[
+                {
+                    "Source": EVENT_SOURCE,
+                    "DetailType": event_type.value,
+                    "Detail": detail.model_dump_json(),
+                    "EventBusName": self.bus_name,
+                    "Resources": [f"baton:job/{record.job_id}"],
+                }
+            ]
+        )
+        if answer.get("FailedEntryCount"):
+            # Losing a terminal event would lose the webhook: fail loudly so the stage retries.
+            raise RuntimeError(f"EventBridge refused {event_type.value}: {json.dumps(answer['Entries'])}")
+        logger.debug("event published", extra={"detail_type": event_type.value, "job_id": record.job_id})

@@ -1,0 +1,213 @@
+"""Public and internal data shapes: the API body, the stage commands and the lifecycle events."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    NEEDS_REVIEW = "needs_review"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.NEEDS_REVIEW}
+)
+
+
+class Step(StrEnum):
+    EXTRACT = "extract"
+    INFER = "infer"
+    TOOL = "tool"
+    NOTIFY = "notify"
+
+
+# Lifecycle event detail-types, as the contract names them.
+class EventType(StrEnum):
+    ACCEPTED = "Job Accepted"
+    STEP_COMPLETED = "Job Step Completed"
+    COMPLETED = "Job Completed"
+    FAILED = "Job Failed"
+    CANCELLED = "Job Cancelled"
+    NEEDS_REVIEW = "Job Needs Review"
+
+
+TERMINAL_EVENT_FOR_STATUS = {
+    JobStatus.COMPLETED: EventType.COMPLETED,
+    JobStatus.FAILED: EventType.FAILED,
+    JobStatus.CANCELLED: EventType.CANCELLED,
+    JobStatus.NEEDS_REVIEW: EventType.NEEDS_REVIEW,
+}
+
+EVENT_SOURCE = "baton.jobs"
+
+_STRICT = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class ChatMessage(BaseModel):
+    """An OpenAI chat message; content may be text or a list of content parts."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class JobInput(BaseModel):
+    model_config = _STRICT
+
+    prompt: str | None = Field(None, min_length=1)
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> JobInput:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of input.prompt or input.messages")
+        return self
+
+    def text_length(self) -> int:
+        if self.prompt is not None:
+            return len(self.prompt)
+        total = 0
+        for message in self.messages or []:
+            if isinstance(message.content, str):
+                total += len(message.content)
+            elif isinstance(message.content, list):
+                total += sum(len(str(part.get("text", ""))) for part in message.content)
+        return total
+
+
+class DocumentRef(BaseModel):
+    model_config = _STRICT
+
+    id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._\-/]{1,512}$")] | None = None
+    s3_uri: Annotated[str, StringConstraints(pattern=r"^s3://[^/]+/.+$", max_length=1100)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DocumentRef:
+        if (self.id is None) == (self.s3_uri is None):
+            raise ValueError("give exactly one of document.id or document.s3_uri")
+        return self
+
+
+class JobParameters(BaseModel):
+    model_config = _STRICT
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = Field(None, max_length=64)
+    max_depth: int | None = Field(None, ge=1, le=15)
+    max_total_tokens: int | None = Field(None, ge=1)
+    timeout_seconds: int | None = Field(None, ge=1, le=86_400)
+
+    @field_validator("response_format")
+    @classmethod
+    def _known_format(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("type") not in {"text", "json_object", "json_schema"}:
+            raise ValueError("response_format.type must be text, json_object or json_schema")
+        return value
+
+
+class WebhookAuth(BaseModel):
+    """Extra credentials Baton adds when calling the receiver (besides the signature)."""
+
+    model_config = _STRICT
+
+    type: Literal["bearer", "header"]
+    token: str | None = Field(None, min_length=1, max_length=4096)
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-]{1,64}$")] | None = None
+    value: str | None = Field(None, max_length=4096)
+
+    @model_validator(mode="after")
+    def _complete(self) -> WebhookAuth:
+        if self.type == "bearer" and not self.token:
+            raise ValueError("bearer auth needs token")
+        if self.type == "header" and not (self.name and self.value):
+            raise ValueError("header auth needs name and value")
+        return self
+
+    def headers(self) -> dict[str, str]:
+        if self.type == "bearer":
+            return {"Authorization": f"Bearer {self.token}"}
+        return {str(self.name): str(self.value)}
+
+
+class WebhookSpec(BaseModel):
+    model_config = _STRICT
+
+    url: AnyHttpUrl
+    auth: WebhookAuth | None = None
+
+
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+
+class CreateJobRequest(BaseModel):
+    """Body of POST /v1/jobs."""
+
+    model_config = _STRICT
+
+    input: JobInput
+    document: DocumentRef | None = None
+    model: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    parameters: JobParameters = Field(default_factory=JobParameters)
+    webhook: WebhookSpec | None = None
+    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=16)
+
+
+class StageCommand(BaseModel):
+    """What one stage asks the next to do; travels on SQS. Small: content stays in S3."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str
+    tenant_id: str
+    step: Step
+    version: int = Field(ge=1)
+    depth: int = Field(ge=0)
+
+
+class LifecycleDetail(BaseModel):
+    """`detail` of every event on the bus; terminal events also carry the public job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    tenant_id: str
+    status: JobStatus
+    version: int
+    depth: int
+    metadata: dict[str, str] = Field(default_factory=dict)
+    step: Step | None = None
+    job: dict[str, Any] | None = None
+
+
+class UploadMetadata(BaseModel):
+    """Object metadata (x-amz-meta-*) of an upload under uploads/<tenant>/ that becomes a job."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field("Summarize this document.", min_length=1, max_length=8192)
+    model: str | None = None
+    webhook_url: AnyHttpUrl | None = Field(None, alias="webhook-url")

@@ -1,0 +1,139 @@
+"""The job as stored in DynamoDB, and the public view of it that GET, events and webhooks share."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from baton.clock import iso_from_ms
+from baton.models import JobStatus, Step
+
+
+def job_key(tenant_id: str, job_id: str) -> dict[str, str]:
+    return {"pk": f"TENANT#{tenant_id}", "sk": f"JOB#{job_id}"}
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Timings(BaseModel):
+    queued_ms: int | None = None
+    extract_ms: int | None = None
+    infer_ms: int | None = None
+    notify_ms: int | None = None
+    total_ms: int | None = None
+
+
+class JobResult(BaseModel):
+    text: str | None = None
+    finish_reason: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    # Large results live in S3: the item keeps the key, GET hands out a short-lived URL.
+    result_key: str | None = None
+    result_bytes: int | None = None
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+    retryable: bool = False
+
+
+class JobRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    job_id: str
+    tenant_id: str
+    status: JobStatus = JobStatus.PENDING
+    current_step: Step | None = None
+    progress: int = 0
+    version: int = 1
+    depth: int = 0
+    model: str
+    created_ms: int
+    updated_ms: int
+    expires_at: int
+    deadline_ms: int
+    metadata: dict[str, str] = Field(default_factory=dict)
+    # The validated request body, minus the webhook (stored apart: it carries credentials).
+    request: dict[str, Any] = Field(default_factory=dict)
+    webhook: dict[str, Any] | None = None
+    document_key: str | None = None
+    text_key: str | None = None
+    source: str = "api"
+    step_started_ms: dict[str, int] = Field(default_factory=dict)
+    usage: Usage = Field(default_factory=Usage)
+    timings: Timings = Field(default_factory=Timings)
+    result: JobResult | None = None
+    error: JobError | None = None
+    idempotency_key: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+    # DynamoDB mapping. Nested free-form maps travel as JSON strings: no float/Decimal surprises.
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = (
+        "request",
+        "webhook",
+        "usage",
+        "timings",
+        "result",
+        "error",
+        "step_started_ms",
+        "metadata",
+    )
+
+    def to_item(self) -> dict[str, Any]:
+        item: dict[str, Any] = job_key(self.tenant_id, self.job_id)
+        data = self.model_dump(mode="json", exclude_none=True)
+        for name, value in data.items():
+            item[name] = json.dumps(value, separators=(",", ":")) if name in self.JSON_FIELDS else value
+        return item
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> JobRecord:
+        data: dict[str, Any] = {}
+        for name, value in item.items():
+            if name in ("pk", "sk"):
+                continue
+            if name in cls.JSON_FIELDS and isinstance(value, str):
+                data[name] = json.loads(value)
+            elif isinstance(value, Decimal):
+                data[name] = int(value)
+            else:
+                data[name] = value
+        return cls.model_validate(data)
+
+    def public_view(self, result_url: Callable[[str], str] | None = None) -> dict[str, Any]:
+        """The job as `GET /v1/jobs/{id}` returns it (also the body of terminal events/webhooks)."""
+        view: dict[str, Any] = {
+            "id": self.job_id,
+            "status": self.status.value,
+            "current_step": self.current_step.value if self.current_step else None,
+            "progress": self.progress,
+            "created_at": iso_from_ms(self.created_ms),
+            "updated_at": iso_from_ms(self.updated_ms),
+            "metadata": self.metadata,
+            "model": self.model,
+            "depth": self.depth,
+            "usage": self.usage.model_dump(),
+            "timings": self.timings.model_dump(),
+        }
+        if self.result is not None:
+            result: dict[str, Any] = {"text": self.result.text, "finish_reason": self.result.finish_reason}
+            if self.result.tool_calls:
+                result["tool_calls"] = self.result.tool_calls
+            if self.result.result_key and result_url is not None:
+                result["result_url"] = result_url(self.result.result_key)
+            view["result"] = result
+        if self.error is not None:
+            view["error"] = self.error.model_dump()
+        return view

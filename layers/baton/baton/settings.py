@@ -1,0 +1,49 @@
+"""Configuration: every environment variable Baton reads, parsed once into one validated model."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Values come from the function's environment (template.yaml Globals on AWS and locally)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    stage: str = Field("dev", alias="BATON_STAGE")
+    jobs_table: str = Field("baton-jobs", alias="JOBS_TABLE")
+    idempotency_table: str = Field("baton-idempotency", alias="IDEMPOTENCY_TABLE")
+    bucket: str = Field("baton-data", alias="BUCKET_NAME")
+    event_bus: str = Field("baton", alias="EVENT_BUS_NAME")
+    extract_queue_url: str = Field("", alias="EXTRACT_QUEUE_URL")
+    infer_queue_url: str = Field("", alias="INFER_QUEUE_URL")
+
+    # The model endpoint follows the openai client's own variables.
+    model: str = Field("baton-local", alias="BATON_MODEL", min_length=1)
+    openai_base_url: str | None = Field(None, alias="OPENAI_BASE_URL")
+    openai_api_key: str | None = Field(None, alias="OPENAI_API_KEY")
+    # On AWS the key lives in Secrets Manager; the function reads it once (cached by Powertools).
+    openai_api_key_secret_arn: str | None = Field(None, alias="OPENAI_API_KEY_SECRET_ARN")
+    model_timeout_seconds: float = Field(120.0, alias="BATON_MODEL_TIMEOUT_SECONDS", gt=0)
+
+    max_depth: int = Field(8, alias="BATON_MAX_DEPTH", ge=1, le=15)
+    retention_days: int = Field(7, alias="BATON_RETENTION_DAYS", ge=1)
+    default_timeout_seconds: int = Field(900, alias="BATON_DEFAULT_TIMEOUT_SECONDS", ge=1)
+    # Prefer: wait=N and GET ?wait=N are capped below API Gateway's 29 s integration timeout.
+    max_wait_seconds: float = Field(25.0, alias="BATON_MAX_WAIT_SECONDS", ge=0, le=28)
+    # Results larger than this go to S3; the job item keeps a pointer (DynamoDB items cap at 400 KB).
+    inline_result_max_bytes: int = Field(32_768, alias="BATON_INLINE_RESULT_MAX_BYTES", ge=1024)
+    max_prompt_chars: int = Field(200_000, alias="BATON_MAX_PROMPT_CHARS", ge=1)
+    max_document_bytes: int = Field(25 * 1024 * 1024, alias="BATON_MAX_DOCUMENT_BYTES", ge=1)
+    webhook_timeout_seconds: float = Field(10.0, alias="BATON_WEBHOOK_TIMEOUT_SECONDS", gt=0)
+    result_url_expiry_seconds: int = Field(3600, alias="BATON_RESULT_URL_EXPIRY_SECONDS", ge=60)
+    retry_after_seconds: int = Field(2, alias="BATON_RETRY_AFTER_SECONDS", ge=1)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Parsed once per process (once per Lambda cold start)."""
+    return Settings()

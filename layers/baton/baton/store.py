@@ -1,0 +1,184 @@
+"""JobStore: every job state change is one conditional DynamoDB write.
+
+Writes are conditioned on the job existing, not being terminal and still being at the version
+the caller was scheduled for, so a terminal state is never overwritten and stale work is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from baton.aws import client, from_dynamo, to_dynamo
+from baton.clock import now_ms
+from baton.errors import JobConflictError, JobNotFoundError, StaleWriteError
+from baton.models import JobStatus, Step
+from baton.records import JobError, JobRecord, JobResult, Usage, job_key
+
+_OPEN = (JobStatus.PENDING.value, JobStatus.PROCESSING.value)
+_JSON_FIELDS = set(JobRecord.JSON_FIELDS)
+
+
+class JobStore:
+    def __init__(self, table_name: str) -> None:
+        self.table_name = table_name
+
+    @property
+    def _ddb(self) -> Any:
+        return client("dynamodb")
+
+    # -- reads -------------------------------------------------------------------------------
+    def get(self, tenant_id: str, job_id: str) -> JobRecord:
+        """The job, or JobNotFoundError for unknown, foreign or expired ids (TTL may lag)."""
+        answer = self._ddb.get_item(
+            TableName=self.table_name, Key=to_dynamo(job_key(tenant_id, job_id)), ConsistentRead=True
+        )
+        item = answer.get("Item")
+        if not item:
+            raise JobNotFoundError(f"job {job_id} not found")
+        record = JobRecord.from_item(from_dynamo(item))
+        if record.expires_at * 1000 < now_ms():
+            raise JobNotFoundError(f"job {job_id} not found")
+        return record
+
+    # -- writes ------------------------------------------------------------------------------
+    def create(self, record: JobRecord) -> bool:
+        """Put a new job; False if a job with this id already exists (idempotent replays)."""
+        try:
+            self._ddb.put_item(
+                TableName=self.table_name,
+                Item=to_dynamo(record.to_item()),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def start_step(self, record: JobRecord, step: Step, *, progress: int) -> JobRecord:
+        now = now_ms()
+        started = dict(record.step_started_ms)
+        started.setdefault(step.value, now)
+        timings = record.timings.model_copy()
+        if timings.queued_ms is None:
+            timings.queued_ms = now - record.created_ms
+        return self._transition(
+            record,
+            {
+                "status": JobStatus.PROCESSING.value,
+                "current_step": step.value,
+                "progress": max(progress, record.progress),
+                "step_started_ms": started,
+                "timings": timings.model_dump(),
+            },
+        )
+
+    def complete_extract(self, record: JobRecord, *, text_key: str, progress: int) -> JobRecord:
+        timings = record.timings.model_copy()
+        timings.extract_ms = now_ms() - record.step_started_ms.get(Step.EXTRACT.value, now_ms())
+        return self._transition(
+            record, {"text_key": text_key, "progress": progress, "timings": timings.model_dump()}
+        )
+
+    def mark_completed(self, record: JobRecord, *, result: JobResult, usage: Usage) -> JobRecord:
+        now = now_ms()
+        timings = record.timings.model_copy()
+        timings.infer_ms = now - record.step_started_ms.get(Step.INFER.value, now)
+        timings.total_ms = now - record.created_ms
+        return self._transition(
+            record,
+            {
+                "status": JobStatus.COMPLETED.value,
+                "progress": 100,
+                "result": result.model_dump(exclude_none=True),
+                "usage": usage.model_dump(),
+                "timings": timings.model_dump(),
+            },
+        )
+
+    def mark_failed(self, record: JobRecord, error: JobError) -> JobRecord:
+        timings = record.timings.model_copy()
+        timings.total_ms = now_ms() - record.created_ms
+        return self._transition(
+            record,
+            {"status": JobStatus.FAILED.value, "error": error.model_dump(), "timings": timings.model_dump()},
+        )
+
+    def cancel(self, tenant_id: str, job_id: str) -> JobRecord:
+        """Cancel whatever version is current; a terminal job answers JobConflictError."""
+        record = self.get(tenant_id, job_id)
+        if record.is_terminal:
+            raise JobConflictError(f"job {job_id} is already {record.status.value}")
+        timings = record.timings.model_copy()
+        timings.total_ms = now_ms() - record.created_ms
+        try:
+            return self._transition(
+                record,
+                {
+                    "status": JobStatus.CANCELLED.value,
+                    "error": JobError(type="cancelled", message="cancelled by the client").model_dump(),
+                    "timings": timings.model_dump(),
+                },
+            )
+        except StaleWriteError:
+            # It moved on between our read and write: report what it is now.
+            latest = self.get(tenant_id, job_id)
+            if latest.is_terminal:
+                raise JobConflictError(f"job {job_id} is already {latest.status.value}") from None
+            return self.cancel(tenant_id, job_id)
+
+    def record_notification(self, record: JobRecord, *, notify_ms: int) -> None:
+        """Timing of webhook delivery; written onto the terminal job without changing its state."""
+        timings = record.timings.model_copy()
+        timings.notify_ms = notify_ms
+        try:
+            self._ddb.update_item(
+                TableName=self.table_name,
+                Key=to_dynamo(job_key(record.tenant_id, record.job_id)),
+                UpdateExpression="SET #timings = :timings",
+                ConditionExpression="#status = :status",
+                ExpressionAttributeNames={"#timings": "timings", "#status": "status"},
+                ExpressionAttributeValues=to_dynamo(
+                    {":timings": json.dumps(timings.model_dump()), ":status": record.status.value}
+                ),
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+
+    # -- the one conditional write -------------------------------------------------------------
+    def _transition(self, record: JobRecord, changes: dict[str, Any]) -> JobRecord:
+        now = now_ms()
+        values: dict[str, Any] = {"updated_ms": now, **changes}
+        names = {f"#{name}": name for name in values}
+        names.update({"#status": "status", "#version": "version"})
+        attribute_values = {
+            f":{name}": (json.dumps(value, separators=(",", ":")) if name in _JSON_FIELDS else value)
+            for name, value in values.items()
+        }
+        attribute_values.update({":pending": _OPEN[0], ":processing": _OPEN[1], ":version": record.version})
+        try:
+            answer = self._ddb.update_item(
+                TableName=self.table_name,
+                Key=to_dynamo(job_key(record.tenant_id, record.job_id)),
+                UpdateExpression="SET " + ", ".join(f"#{name} = :{name}" for name in values),
+                ConditionExpression=(
+                    "attribute_exists(pk) AND #status IN (:pending, :processing) AND #version = :version"
+                ),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=to_dynamo(attribute_values),
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            old: dict[str, Any] | None = error.response.get("Item")  # type: ignore[assignment]
+            state = from_dynamo(old).get("status", "missing") if old else "missing"
+            raise StaleWriteError(
+                f"job {record.job_id} is {state}; write for version {record.version} dropped"
+            ) from None
+        return JobRecord.from_item(from_dynamo(answer["Attributes"]))
