@@ -49,6 +49,13 @@ def new_job_id() -> str:
     return f"job_{uuid.uuid4().hex}"
 
 
+def upload_job_id(bucket: str, key: str, etag: str) -> str:
+    """The job an upload becomes. S3 event ids are not unique on every endpoint (facts.md), so the
+    id derives from bucket + key + ETag: a replayed event finds the same job."""
+    digest = hashlib.sha256(f"{bucket}/{key}/{etag.strip(chr(34))}".encode()).hexdigest()[:32]
+    return f"job_{digest}"
+
+
 class JobService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -102,10 +109,12 @@ class JobService:
         if metadata.webhook_url:
             body["webhook"] = {"url": str(metadata.webhook_url)}
         request = CreateJobRequest.model_validate(body)
-        # S3 event ids are not unique on every endpoint (see facts.md): bucket + key + ETag are.
-        digest = hashlib.sha256(f"{bucket}/{key}/{etag}".encode()).hexdigest()[:32]
         record = self._new_record(
-            tenant_id, job_id=f"job_{digest}", request=request, document_key=key, source="upload"
+            tenant_id,
+            job_id=upload_job_id(bucket, key, etag),
+            request=request,
+            document_key=key,
+            source="upload",
         )
         if not self.store.create(record):
             logger.info("upload already accepted", extra={"job_id": record.job_id})
