@@ -22,7 +22,7 @@ processor = BatchProcessor(event_type=EventType.SQS, model=UploadEventRecord)
 def record_handler(record: UploadEventRecord) -> dict[str, Any]:
     # Idempotent by construction: the job id is derived from bucket + key + ETag.
     detail = record.body.detail
-    job = service.accept_upload(detail.bucket.name, detail.object.key, detail.object.etag or "")
+    job = service.accept_upload(detail.bucket.name, detail.object.key, detail.object.etag)
     return {"job_id": job.job_id if job else None}
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from baton_dev.runtime.functions import LocalFunction
+from baton_dev.runtime.sqs_source import SqsEventSource
 from baton_dev.runtime.template import AppTemplate, AuthorizerSpec, RouteSpec
 
 logger = logging.getLogger("baton.runtime")
@@ -25,6 +26,8 @@ logger = logging.getLogger("baton.runtime")
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 ACCOUNT_ID = "123456789012"
 API_ID = "local"
+# Local-only introspection (not part of the deployed API): invocations per function.
+LOCAL_STATS_PATH = "/_local/stats"
 
 
 class _Route:
@@ -48,6 +51,7 @@ class LocalApiGateway:
         self.functions = functions
         self.region = region
         self.routes = [_Route(route) for route in app.routes]
+        self.sources: list[SqsEventSource] = []
         self._auth_cache: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
         self._auth_lock = threading.Lock()
         gateway = self
@@ -76,6 +80,22 @@ class LocalApiGateway:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def stats(self) -> dict[str, object]:
+        return {
+            "functions": {
+                name: {"invocations": function.invocations, "failures": function.failures}
+                for name, function in self.functions.items()
+            },
+            "event_sources": {
+                source.spec.logical_id: {
+                    "batches": source.batches,
+                    "records_ok": source.records_ok,
+                    "records_failed": source.records_failed,
+                }
+                for source in self.sources
+            },
+        }
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._server.serve_forever, name="local-api", daemon=True)
         self._thread.start()
@@ -94,6 +114,9 @@ class LocalApiGateway:
             self._send(request, 413, {}, json.dumps({"message": "Request Too Long"}))
             return
         raw_body = request.rfile.read(length) if length else b""
+        if split.path == LOCAL_STATS_PATH:
+            self._send(request, 200, {}, json.dumps(self.stats()))
+            return
         route, path_parameters = self._match(method, split.path)
         if route is None:
             self._gateway_response(

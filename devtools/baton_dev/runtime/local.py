@@ -100,6 +100,7 @@ class LocalRuntime:
         self._load_functions()
         self._start_sources()
         self.api = LocalApiGateway(self.app, self.functions, port=self.options.port, region=self.region)
+        self.api.sources = self.sources
         self.api.start()
         self._write_state()
         logger.info(

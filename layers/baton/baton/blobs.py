@@ -75,8 +75,10 @@ class BlobStore:
             data=body, content_type=head.get("ContentType"), metadata=head.get("Metadata", {})
         )
 
-    def head_metadata(self, key: str) -> dict[str, str]:
-        return dict(self._s3.head_object(Bucket=self.bucket, Key=key).get("Metadata", {}))
+    def head(self, key: str) -> tuple[dict[str, str], str]:
+        """The object's user metadata and its ETag (unquoted)."""
+        answer = self._s3.head_object(Bucket=self.bucket, Key=key)
+        return dict(answer.get("Metadata", {})), str(answer.get("ETag", "")).strip('"')
 
     def write(self, key: str, data: bytes, *, content_type: str) -> None:
         self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)

@@ -92,7 +92,7 @@ class JobService:
         self._start(record)
         return record
 
-    def accept_upload(self, bucket: str, raw_key: str, etag: str) -> JobRecord | None:
+    def accept_upload(self, bucket: str, raw_key: str, etag: str | None) -> JobRecord | None:
         """An object created under uploads/<tenant>/ becomes a job; replays of the event are no-ops."""
         key = unquote_plus(raw_key)
         parts = key.split("/")
@@ -102,7 +102,8 @@ class JobService:
         tenant_id = parts[1]
         if not self.tenants.exists(tenant_id):
             raise InvalidRequestError(f"upload {key}: tenant {tenant_id!r} does not exist")
-        metadata = UploadMetadata.model_validate(self.blobs.head_metadata(key))
+        object_metadata, current_etag = self.blobs.head(key)
+        metadata = UploadMetadata.model_validate(object_metadata)
         body: dict[str, Any] = {"input": {"prompt": metadata.prompt}, "metadata": {"source_key": key[:512]}}
         if metadata.model:
             body["model"] = metadata.model
@@ -111,7 +112,8 @@ class JobService:
         request = CreateJobRequest.model_validate(body)
         record = self._new_record(
             tenant_id,
-            job_id=upload_job_id(bucket, key, etag),
+            # moto names it eTag, not etag (facts.md): fall back to the object's own ETag.
+            job_id=upload_job_id(bucket, key, etag or current_etag),
             request=request,
             document_key=key,
             source="upload",
@@ -275,7 +277,7 @@ class JobService:
         else:
             key, field = self.blobs.key_from_uri(tenant_id, str(document.s3_uri)), "document.s3_uri"
         try:
-            self.blobs.head_metadata(key)
+            self.blobs.head(key)
         except Exception as error:
             raise InvalidRequestError(f"{field}: no such document", field=field) from error
         return key

@@ -1,0 +1,127 @@
+"""Integration fixtures: one real `baton dev` (moto server + model simulator + local API) per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+
+from baton_dev.runtime.local import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 120
+
+
+@dataclass
+class Tenant:
+    name: str
+    api_key: str
+    webhook_secret: str
+
+
+@dataclass
+class LocalStack:
+    api_url: str
+    state: dict[str, Any]
+    log_path: Path
+
+    def client(self, tenant: Tenant | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {tenant.api_key}"} if tenant else {}
+        return httpx.Client(base_url=self.api_url, headers=headers, timeout=40)
+
+    def aws(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.state["endpoint_url"],
+            region_name=self.state["region"],
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.api_url}/_local/stats", timeout=10).json())
+
+    def create_tenant(self, name: str) -> Tenant:
+        answer = subprocess.run(
+            [str(Path(sys.executable).parent / "baton"), "keys", "create", "--tenant", name,
+             "--state-dir", str(self.log_path.parent)],
+            capture_output=True, text=True, check=True, cwd=ROOT,
+        )
+        issued = json.loads(answer.stdout)
+        return Tenant(name=issued["tenant"], api_key=issued["api_key"], webhook_secret=issued["webhook_secret"])
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    state_dir = tmp_path_factory.mktemp("baton-dev")
+    port = free_port()
+    log_path = state_dir / "dev.log"
+    env = {key: value for key, value in os.environ.items() if key not in {"AWS_ENDPOINT_URL", "OPENAI_BASE_URL"}}
+    env["BATON_SIM_LATENCY_MS"] = "20"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "baton"), "dev", "--port", str(port), "--state-dir", str(state_dir)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+    state_file = state_dir / "dev.json"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not state_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"baton dev did not start:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.2)
+    stack = LocalStack(api_url=f"http://127.0.0.1:{port}", state=json.loads(state_file.read_text()),
+                       log_path=log_path)
+    try:
+        yield stack
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail("baton dev did not stop on SIGTERM within 20 s")
+
+
+@pytest.fixture(scope="session")
+def tenant(local_stack: LocalStack) -> Tenant:
+    return local_stack.create_tenant("acme")
+
+
+@pytest.fixture(scope="session")
+def other_tenant(local_stack: LocalStack) -> Tenant:
+    return local_stack.create_tenant("globex")
+
+
+@pytest.fixture
+def api(local_stack: LocalStack, tenant: Tenant) -> Iterator[httpx.Client]:
+    with local_stack.client(tenant) as client:
+        yield client
+
+
+TERMINAL = {"completed", "failed", "cancelled", "needs_review"}
+
+
+def wait_for_terminal(client: httpx.Client, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
+    """Long-poll (GET ?wait=) until the job is terminal; fail with the last state at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        answer = client.get(f"/v1/jobs/{job_id}", params={"wait": 5})
+        if answer.status_code == 200:
+            job = answer.json()
+            if job["status"] in TERMINAL:
+                return job
+        time.sleep(0.1)
+    pytest.fail(f"job {job_id} not terminal after {timeout_s}s; last seen {job}")
