@@ -9,6 +9,9 @@ from baton.settings import Settings
 # A stage acts once per (job, step, version, depth), whatever SQS message carried the command:
 # a redelivered or duplicated message finds the stored outcome instead of calling the model again.
 STAGE_KEY = "[job_id, step, to_string(version), to_string(depth)]"
+# notify: one successful delivery per terminal event (the webhook-id); a failed delivery raises,
+# which removes the record, so SQS retries it.
+NOTIFICATION_KEY = "[job_id, status]"
 # POST /v1/jobs with an Idempotency-Key: scoped to the tenant; the body must match the first one.
 SUBMISSION_KEY = "[tenant_id, idempotency_key]"
 SUBMISSION_PAYLOAD = "body"
@@ -30,6 +33,14 @@ def submission_config(settings: Settings) -> IdempotencyConfig:
     return IdempotencyConfig(
         event_key_jmespath=SUBMISSION_KEY,
         payload_validation_jmespath=SUBMISSION_PAYLOAD,
+        raise_on_no_idempotency_key=True,
+        expires_after_seconds=settings.retention_days * 86_400,
+    )
+
+
+def notification_config(settings: Settings) -> IdempotencyConfig:
+    return IdempotencyConfig(
+        event_key_jmespath=NOTIFICATION_KEY,
         raise_on_no_idempotency_key=True,
         expires_after_seconds=settings.retention_days * 86_400,
     )
