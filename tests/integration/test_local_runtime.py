@@ -17,7 +17,9 @@ from .conftest import ROOT, LocalStack, Tenant, wait_for_terminal
 pytestmark = pytest.mark.integration
 
 
-def test_every_function_and_event_source_in_the_template_runs(local_stack: LocalStack, tenant: Tenant) -> None:
+def test_every_function_and_event_source_in_the_template_runs(
+    local_stack: LocalStack, tenant: Tenant
+) -> None:
     template = AppTemplate.load(ROOT / "template.yaml")
     assert set(local_stack.state["functions"]) == set(template.functions)
     assert set(local_stack.state["event_sources"]) == {source.logical_id for source in template.sqs_sources}
@@ -28,7 +30,9 @@ def test_every_function_and_event_source_in_the_template_runs(local_stack: Local
     try:
         key = f"uploads/{tenant.name}/{uuid.uuid4().hex}.pdf"
         put = local_stack.aws("s3").put_object(
-            Bucket=local_stack.state["bucket"], Key=key, Body=sample_report_pdf(),
+            Bucket=local_stack.state["bucket"],
+            Key=key,
+            Body=sample_report_pdf(),
             Metadata={"prompt": "Summarize.", "webhook-url": receiver.url},
         )
         with local_stack.client(tenant) as api:
@@ -50,3 +54,18 @@ def test_every_function_and_event_source_in_the_template_runs(local_stack: Local
         assert stats["functions"][name]["invocations"] > 0, f"{name} never ran: {stats}"
     for source in template.sqs_sources:
         assert stats["event_sources"][source.logical_id]["records_ok"] > 0, f"{source.logical_id}: {stats}"
+
+
+def test_tests_run_on_the_templates_python() -> None:
+    import sys
+
+    assert _template_runtimes() == {f"python{sys.version_info.major}.{sys.version_info.minor}"}
+
+
+def _template_runtimes() -> set[str]:
+    template = AppTemplate.load(ROOT / "template.yaml")
+    return {
+        str(resource["Properties"]["Runtime"])
+        for resource in template.cloudformation["Resources"].values()
+        if resource["Type"] == "AWS::Lambda::Function"
+    }
