@@ -75,6 +75,16 @@ class BlobStore:
             data=body, content_type=head.get("ContentType"), metadata=head.get("Metadata", {})
         )
 
+    def exists(self, key: str) -> bool:
+        s3 = self._s3
+        try:
+            s3.head_object(Bucket=self.bucket, Key=key)
+        except s3.exceptions.ClientError as error:
+            if error.response["Error"]["Code"] in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise
+        return True
+
     def head(self, key: str) -> tuple[dict[str, str], str]:
         """The object's user metadata and its ETag (unquoted)."""
         answer = self._s3.head_object(Bucket=self.bucket, Key=key)

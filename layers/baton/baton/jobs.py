@@ -276,10 +276,8 @@ class JobService:
             key, field = self.blobs.document_key(tenant_id, document.id), "document.id"
         else:
             key, field = self.blobs.key_from_uri(tenant_id, str(document.s3_uri)), "document.s3_uri"
-        try:
-            self.blobs.head(key)
-        except Exception as error:
-            raise InvalidRequestError(f"{field}: no such document", field=field) from error
+        if not self.blobs.exists(key):
+            raise InvalidRequestError(f"{field}: no such document", field=field)
         return key
 
     def _start(self, record: JobRecord) -> None:
