@@ -1,0 +1,147 @@
+"""A local Standard Webhooks receiver for demos and tests: verifies and records every delivery."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, NamedTuple
+
+from standardwebhooks import Webhook
+
+logger = logging.getLogger("baton.webhooks.receiver")
+
+__all__ = ["WebhookEvent", "WebhookReceiver"]
+
+MAX_BODY_BYTES = 10 * 1024 * 1024
+
+
+class WebhookEvent(NamedTuple):
+    """One delivery the receiver answered (2xx when verified, 401 when not)."""
+
+    webhook_id: str
+    verified: bool
+    payload: Any  # the parsed JSON body; None when it was not JSON
+
+
+class WebhookReceiver:
+    """A ThreadingHTTPServer on 127.0.0.1 (a free port) in a daemon thread.
+
+    Every POST is checked with `standardwebhooks.Webhook(secret).verify`: valid ones get 204,
+    invalid ones 401; both are recorded in `events`. With `fail_first=N` the first N deliveries
+    are answered 503 (and counted in `failed_ids`, not `events`) so senders' retries can be tested.
+    """
+
+    def __init__(self, secret: str, fail_first: int = 0) -> None:
+        self._webhook = Webhook(secret)
+        self._fail_remaining = fail_first
+        self._lock = threading.Condition()
+        self._events: list[WebhookEvent] = []
+        self.failed_ids: list[str] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                logger.debug("%s " + format, self.address_string(), *args)
+
+            def do_POST(self) -> None:
+                receiver._handle(self)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="webhook-receiver", daemon=True
+        )
+        self._thread.start()
+        logger.info("webhook receiver listening on %s", self.url)
+
+    # -- public -------------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/webhooks"
+
+    @property
+    def events(self) -> list[WebhookEvent]:
+        with self._lock:
+            return list(self._events)
+
+    def wait_until(
+        self, predicate: Callable[[list[WebhookEvent]], bool], timeout: float
+    ) -> list[WebhookEvent]:
+        """Block until `predicate(events)` holds; TimeoutError when it still does not after `timeout`."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not predicate(self._events):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"webhook condition not met after {timeout:g}s ({len(self._events)} events)"
+                    )
+                self._lock.wait(remaining)
+            return list(self._events)
+
+    def wait_for(self, count: int, timeout: float) -> list[WebhookEvent]:
+        """Block until at least `count` deliveries were answered; TimeoutError otherwise."""
+        return self.wait_until(lambda events: len(events) >= count, timeout)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+        logger.info("webhook receiver on port %d stopped", self.port)
+
+    def __enter__(self) -> WebhookReceiver:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- request handling ---------------------------------------------------------------------------
+    def _handle(self, request: BaseHTTPRequestHandler) -> None:
+        length = int(request.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            self._answer(request, 413)
+            return
+        body = request.rfile.read(length) if length else b""
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        webhook_id = headers.get("webhook-id", "")
+        try:
+            self._webhook.verify(body, headers)
+            verified = True
+        except Exception as error:  # a verification failure, or headers too malformed to check
+            logger.warning("webhook %r failed verification: %s", webhook_id, error)
+            verified = False
+        with self._lock:
+            if self._fail_remaining > 0:
+                self._fail_remaining -= 1
+                self.failed_ids.append(webhook_id)
+                status = 503
+            else:
+                try:
+                    payload = json.loads(body)
+                except ValueError:
+                    payload = None
+                self._events.append(WebhookEvent(webhook_id, verified, payload))
+                self._lock.notify_all()
+                status = 204 if verified else 401
+        logger.info("webhook %r (verified=%s) answered %d", webhook_id, verified, status)
+        self._answer(request, status)
+
+    @staticmethod
+    def _answer(request: BaseHTTPRequestHandler, status: int) -> None:
+        request.send_response(status)
+        request.send_header("Content-Length", "0")
+        request.end_headers()
