@@ -54,12 +54,24 @@ class LocalStack:
 
     def create_tenant(self, name: str) -> Tenant:
         answer = subprocess.run(
-            [str(Path(sys.executable).parent / "baton"), "keys", "create", "--tenant", name,
-             "--state-dir", str(self.log_path.parent)],
-            capture_output=True, text=True, check=True, cwd=ROOT,
+            [
+                str(Path(sys.executable).parent / "baton"),
+                "keys",
+                "create",
+                "--tenant",
+                name,
+                "--state-dir",
+                str(self.log_path.parent),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
         )
         issued = json.loads(answer.stdout)
-        return Tenant(name=issued["tenant"], api_key=issued["api_key"], webhook_secret=issued["webhook_secret"])
+        return Tenant(
+            name=issued["tenant"], api_key=issued["api_key"], webhook_secret=issued["webhook_secret"]
+        )
 
 
 @pytest.fixture(scope="session")
@@ -67,12 +79,24 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
     state_dir = tmp_path_factory.mktemp("baton-dev")
     port = free_port()
     log_path = state_dir / "dev.log"
-    env = {key: value for key, value in os.environ.items() if key not in {"AWS_ENDPOINT_URL", "OPENAI_BASE_URL"}}
+    env = {
+        key: value for key, value in os.environ.items() if key not in {"AWS_ENDPOINT_URL", "OPENAI_BASE_URL"}
+    }
     env["BATON_SIM_LATENCY_MS"] = "20"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "baton"), "dev", "--port", str(port), "--state-dir", str(state_dir)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+            [
+                str(Path(sys.executable).parent / "baton"),
+                "dev",
+                "--port",
+                str(port),
+                "--state-dir",
+                str(state_dir),
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     state_file = state_dir / "dev.json"
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -81,8 +105,9 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
             process.kill()
             pytest.fail(f"baton dev did not start:\n{log_path.read_text()[-4000:]}")
         time.sleep(0.2)
-    stack = LocalStack(api_url=f"http://127.0.0.1:{port}", state=json.loads(state_file.read_text()),
-                       log_path=log_path)
+    stack = LocalStack(
+        api_url=f"http://127.0.0.1:{port}", state=json.loads(state_file.read_text()), log_path=log_path
+    )
     try:
         yield stack
     finally:

@@ -76,13 +76,19 @@ def test_get_wait_long_polls_until_the_job_changes(api: httpx.Client) -> None:
     assert wait_for_terminal(api, job_id)["status"] == "completed"
 
 
-def test_pdf_document_job_extracts_then_infers(local_stack: LocalStack, api: httpx.Client, tenant: Tenant) -> None:
+def test_pdf_document_job_extracts_then_infers(
+    local_stack: LocalStack, api: httpx.Client, tenant: Tenant
+) -> None:
     document_id = f"{uuid.uuid4().hex}-report.pdf"
     local_stack.aws("s3").put_object(
-        Bucket=local_stack.state["bucket"], Key=f"documents/{tenant.name}/{document_id}",
-        Body=sample_report_pdf(), ContentType="application/pdf",
+        Bucket=local_stack.state["bucket"],
+        Key=f"documents/{tenant.name}/{document_id}",
+        Body=sample_report_pdf(),
+        ContentType="application/pdf",
     )
-    answer = api.post("/v1/jobs", json={"input": {"prompt": "Summarize the review."}, "document": {"id": document_id}})
+    answer = api.post(
+        "/v1/jobs", json={"input": {"prompt": "Summarize the review."}, "document": {"id": document_id}}
+    )
     assert answer.status_code == 202
 
     job = wait_for_terminal(api, answer.json()["id"])
@@ -95,17 +101,24 @@ def test_pdf_document_job_extracts_then_infers(local_stack: LocalStack, api: htt
 
 def test_markdown_document_by_s3_uri(local_stack: LocalStack, api: httpx.Client, tenant: Tenant) -> None:
     key = f"documents/{tenant.name}/{uuid.uuid4().hex}.md"
-    local_stack.aws("s3").put_object(Bucket=local_stack.state["bucket"], Key=key, Body=SAMPLE_MARKDOWN.encode())
+    local_stack.aws("s3").put_object(
+        Bucket=local_stack.state["bucket"], Key=key, Body=SAMPLE_MARKDOWN.encode()
+    )
     uri = f"s3://{local_stack.state['bucket']}/{key}"
     answer = api.post("/v1/jobs", json={"input": {"prompt": "What changed?"}, "document": {"s3_uri": uri}})
     assert answer.status_code == 202
     assert wait_for_terminal(api, answer.json()["id"])["status"] == "completed"
 
 
-def test_upload_under_tenant_prefix_becomes_a_job(local_stack: LocalStack, api: httpx.Client, tenant: Tenant) -> None:
+def test_upload_under_tenant_prefix_becomes_a_job(
+    local_stack: LocalStack, api: httpx.Client, tenant: Tenant
+) -> None:
     key = f"uploads/{tenant.name}/{uuid.uuid4().hex}-review.pdf"
     put = local_stack.aws("s3").put_object(
-        Bucket=local_stack.state["bucket"], Key=key, Body=sample_report_pdf(), ContentType="application/pdf",
+        Bucket=local_stack.state["bucket"],
+        Key=key,
+        Body=sample_report_pdf(),
+        ContentType="application/pdf",
         Metadata={"prompt": "List the action items."},
     )
     job_id = upload_job_id(local_stack.state["bucket"], key, put["ETag"])
@@ -113,10 +126,15 @@ def test_upload_under_tenant_prefix_becomes_a_job(local_stack: LocalStack, api: 
     job = wait_for_terminal(api, job_id)
     assert job["status"] == "completed", job
     assert job["metadata"]["source_key"] == key
-    assert job["result"]["text"].startswith("Summary (List the action items.)") or "action" in job["result"]["text"].lower()
+    assert (
+        job["result"]["text"].startswith("Summary (List the action items.)")
+        or "action" in job["result"]["text"].lower()
+    )
 
 
-def test_webhook_is_delivered_signed_and_verifiable(local_stack: LocalStack, api: httpx.Client, tenant: Tenant) -> None:
+def test_webhook_is_delivered_signed_and_verifiable(
+    local_stack: LocalStack, api: httpx.Client, tenant: Tenant
+) -> None:
     receiver = WebhookReceiver(tenant.webhook_secret)
     try:
         answer = api.post("/v1/jobs", json={"input": {"prompt": ARTICLE}, "webhook": {"url": receiver.url}})
@@ -127,7 +145,9 @@ def test_webhook_is_delivered_signed_and_verifiable(local_stack: LocalStack, api
         receiver.wait_for(1, timeout=30)
     finally:
         receiver.stop()
-    deliveries = [event for event in receiver.events if event.payload and event.payload["data"]["id"] == job_id]
+    deliveries = [
+        event for event in receiver.events if event.payload and event.payload["data"]["id"] == job_id
+    ]
     assert deliveries, receiver.events
     delivery = deliveries[0]
     assert delivery.verified
@@ -136,7 +156,9 @@ def test_webhook_is_delivered_signed_and_verifiable(local_stack: LocalStack, api
     assert delivery.payload["data"]["result"]["text"]
     # Delivery timing is recorded on the job afterwards.
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and api.get(f"/v1/jobs/{job_id}").json()["timings"]["notify_ms"] is None:
+    while (
+        time.monotonic() < deadline and api.get(f"/v1/jobs/{job_id}").json()["timings"]["notify_ms"] is None
+    ):
         time.sleep(0.2)
     assert api.get(f"/v1/jobs/{job_id}").json()["timings"]["notify_ms"] is not None
 
@@ -204,7 +226,9 @@ def test_bad_bodies_get_422_naming_the_field(api: httpx.Client, body: dict[str, 
 
 
 def test_malformed_json_is_a_clear_400(api: httpx.Client) -> None:
-    answer = api.post("/v1/jobs", content=b'{"input": {"prompt": ', headers={"Content-Type": "application/json"})
+    answer = api.post(
+        "/v1/jobs", content=b'{"input": {"prompt": ', headers={"Content-Type": "application/json"}
+    )
     assert answer.status_code in {400, 422}
     assert answer.json()["error"]["type"] in {"invalid_json", "validation_error"}
     assert "Traceback" not in answer.text
@@ -222,3 +246,13 @@ def test_unknown_route_is_rejected_like_api_gateway(api: httpx.Client) -> None:
     answer = api.get("/v2/everything")
     assert answer.status_code == 403
     assert json.loads(answer.text)["error"]["message"] == "Missing Authentication Token"
+
+
+def test_a_form_encoded_body_gets_415_not_a_confusing_422(api: httpx.Client) -> None:
+    answer = api.post(
+        "/v1/jobs",
+        content=b'{"input": {"prompt": "x"}}',
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert answer.status_code == 415
+    assert answer.json()["error"]["field"] == "Content-Type"

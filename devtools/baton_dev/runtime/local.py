@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,9 @@ class LocalRuntime:
     def stop(self) -> None:
         if self.api is not None:
             self.api.stop()
+        # Signal every poller first so their last long polls end together, then join.
+        for source in self.sources:
+            source.signal_stop()
         for source in self.sources:
             source.stop(timeout=2.0)
         for function in self.functions.values():
@@ -184,6 +188,8 @@ class LocalRuntime:
         shared = dict(set.intersection(*(set(env.items()) for env in environments.values())))
         os.environ.update(shared)
         os.environ.update(LOCAL_POWERTOOLS)
+        # Metrics are off locally; Powertools still warns on every invocation that has none.
+        warnings.filterwarnings("ignore", message="No application metrics to publish")
         for logical_id, environment in environments.items():
             function = LocalFunction(self.app.functions[logical_id], environment, self.region)
             function.load()

@@ -79,8 +79,11 @@ class SqsEventSource:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def signal_stop(self) -> None:
         self._stop.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.signal_stop()
         for thread in self._threads:
             thread.join(timeout)
 

@@ -56,6 +56,15 @@ def _field_of(location: tuple[Any, ...] | list[Any]) -> str:
 def register_error_handlers(app: APIGatewayRestResolver) -> None:
     @app.exception_handler(RequestValidationError)
     def _validation(error: RequestValidationError) -> Response[str]:
+        content_type = (app.current_event.headers.get("content-type") or "").lower()
+        if app.current_event.body and content_type and not content_type.startswith("application/json"):
+            # Powertools parses form bodies as forms; a JSON API says plainly what it wants.
+            return error_response(
+                415,
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json",
+                "Content-Type",
+            )
         first = error.errors()[0] if error.errors() else {}
         field = _field_of(first.get("loc", ()))
         if first.get("type") == "json_invalid":

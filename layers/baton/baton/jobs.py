@@ -8,7 +8,8 @@ import uuid
 from typing import Any
 from urllib.parse import unquote_plus
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 
 from baton import llm
 from baton.blobs import BlobStore
@@ -39,6 +40,8 @@ from baton.tenants import TenantStore
 from baton.webhooks import build_payload, deliver, webhook_id
 
 logger = Logger(child=True)
+# Powertools Metrics instances share one metric set; each handler's @log_metrics flushes it.
+metrics = Metrics()
 
 POLL_INTERVAL_SECONDS = 0.2
 PROGRESS = {Step.EXTRACT: 10, Step.INFER: 50}
@@ -212,6 +215,7 @@ class JobService:
             logger.info("late result discarded", extra={"job_id": record.job_id, "reason": str(error)})
             return {"outcome": "discarded"}
         self._publish_terminal(record)
+        metrics.add_metric(name="ModelTokens", unit=MetricUnit.Count, value=completion.usage.total_tokens)
         logger.info("job completed", extra={"job_id": record.job_id, "usage": completion.usage.model_dump()})
         return {"outcome": "completed", "total_tokens": completion.usage.total_tokens}
 
@@ -237,6 +241,7 @@ class JobService:
             timeout=self.settings.webhook_timeout_seconds,
         )
         self.store.record_notification(record, notify_ms=now_ms() - started)
+        metrics.add_metric(name="WebhooksDelivered", unit=MetricUnit.Count, value=1)
         logger.info("webhook delivered", extra={"job_id": record.job_id, "status_code": status})
         return {"outcome": "delivered", "status_code": status}
 
@@ -282,6 +287,7 @@ class JobService:
 
     def _start(self, record: JobRecord) -> None:
         self.events.publish(EventType.ACCEPTED, record)
+        metrics.add_metric(name="JobsAccepted", unit=MetricUnit.Count, value=1)
         self._schedule(record, Step.EXTRACT if record.document_key else Step.INFER)
         logger.info(
             "job accepted",
@@ -364,6 +370,9 @@ class JobService:
         self.events.publish(
             TERMINAL_EVENT_FOR_STATUS[record.status], record, job_view=self.public_view(record)
         )
+        # One series per terminal state: JobsCompleted, JobsFailed, JobsCancelled, JobsNeedsReview.
+        name = "Jobs" + record.status.value.title().replace("_", "")
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
 
 
 def _auth_headers(auth: dict[str, Any] | None) -> dict[str, str] | None:
