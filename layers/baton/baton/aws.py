@@ -13,6 +13,9 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.config import Config
 
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32)
+# Without an explicit signature version botocore presigns S3 URLs with SigV2 in regions that still
+# list it (us-east-1), and S3 refuses SigV2 on buckets created since June 2020: result_url would 403.
+_S3_CONFIG = _CONFIG.merge(Config(signature_version="s3v4"))
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -20,7 +23,8 @@ _deserializer = TypeDeserializer()
 
 @cache
 def client(service: str) -> Any:
-    return boto3.session.Session().client(service, config=_CONFIG)  # type: ignore[call-overload]
+    config = _S3_CONFIG if service == "s3" else _CONFIG
+    return boto3.session.Session().client(service, config=config)  # type: ignore[call-overload]
 
 
 def to_dynamo(item: dict[str, Any]) -> dict[str, Any]:
