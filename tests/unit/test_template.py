@@ -1,0 +1,178 @@
+"""template.yaml: valid CloudFormation, and the wiring rules Baton relies on hold for every stage."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from cfnlint.api import ManualArgs, lint, lint_file
+
+from baton.settings import Settings
+from baton_dev.runtime.template import AppTemplate
+
+if TYPE_CHECKING:
+    from conftest import AwsStack
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "template.yaml"
+FUNCTIONS = {
+    "ApiFunction": "api",
+    "AuthorizerFunction": "authorizer",
+    "IngestFunction": "ingest",
+    "ExtractFunction": "extract",
+    "InferFunction": "infer",
+    "NotifyFunction": "notify",
+}
+LAMBDA_RECURSION_LIMIT = 16  # Lambda stops chains of more than 16 invocations through SQS/SNS
+
+
+def resources(app: AppTemplate, type_: str) -> dict[str, dict[str, Any]]:
+    return {lid: res for lid, res in app.cloudformation["Resources"].items() if res["Type"] == type_}
+
+
+def properties(app: AppTemplate, logical_id: str) -> dict[str, Any]:
+    props: dict[str, Any] = app.cloudformation["Resources"][logical_id]["Properties"]
+    return props
+
+
+def test_cfn_lint_passes() -> None:
+    matches = lint_file(TEMPLATE, config=ManualArgs(regions=["us-east-1"]))
+    assert [str(match) for match in matches] == []
+
+
+def test_cfn_lint_would_catch_a_misspelled_property() -> None:
+    """The check above can fail: the same linter flags a typo in the same template."""
+    broken = TEMPLATE.read_text().replace("VisibilityTimeout: 720", "VisibilityTimout: 720", 1)
+    assert broken != TEMPLATE.read_text()
+    matches = lint(broken, regions=["us-east-1"])
+    assert any(match.rule.id == "E3002" for match in matches)
+
+
+def test_translation_yields_every_function(app_template: AppTemplate) -> None:
+    assert set(app_template.functions) == set(FUNCTIONS)
+    for logical_id, name in FUNCTIONS.items():
+        spec = app_template.functions[logical_id]
+        assert spec.code_dir == REPO / "functions" / name
+        assert spec.module_file == REPO / "functions" / name / "app.py"
+        tree = ast.parse(spec.module_file.read_text())
+        defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assert spec.handler_name in defined, f"{logical_id}: no {spec.handler}"
+        props = properties(app_template, logical_id)
+        assert props["Runtime"] == "python3.13"
+        assert props["Architectures"] == ["arm64"]
+        assert props["TracingConfig"] == {"Mode": "Active"}
+
+
+def test_api_routes_and_authorizer(app_template: AppTemplate) -> None:
+    routes = {(route.method, route.path): route for route in app_template.routes}
+    assert set(routes) == {
+        ("POST", "/v1/jobs"),
+        ("GET", "/v1/jobs/{job_id}"),
+        ("DELETE", "/v1/jobs/{job_id}"),
+    }
+    assert {route.function for route in routes.values()} == {"ApiFunction"}
+    assert {route.authorizer for route in routes.values()} == {"ApiKeyAuthorizer"}
+    authorizer = app_template.authorizers["ApiKeyAuthorizer"]
+    assert (authorizer.function, authorizer.kind) == ("AuthorizerFunction", "request")
+    assert authorizer.identity_headers == ("Authorization",)
+    assert app_template.functions["ApiFunction"].timeout <= 29  # API Gateway's integration timeout
+    for response in ("UNAUTHORIZED", "ACCESS_DENIED", "DEFAULT_4XX", "DEFAULT_5XX"):
+        template = app_template.gateway_responses[response]["responseTemplates"]["application/json"]
+        assert '"error"' in template
+
+
+def test_every_stage_function_is_fed_by_one_sqs_queue(app_template: AppTemplate) -> None:
+    fed = {source.function: source.queue for source in app_template.sqs_sources}
+    assert fed == {
+        "IngestFunction": "IngestQueue",
+        "ExtractFunction": "ExtractQueue",
+        "InferFunction": "InferQueue",
+        "NotifyFunction": "NotifyQueue",
+    }
+
+
+def test_every_consumed_queue_redrives_to_a_dead_letter_queue(app_template: AppTemplate) -> None:
+    consumed = {source.queue for source in app_template.sqs_sources}
+    queues = resources(app_template, "AWS::SQS::Queue")
+    dead_letter_queues = set()
+    for queue in consumed:
+        redrive = queues[queue]["Properties"].get("RedrivePolicy")
+        assert redrive, f"{queue} has no RedrivePolicy"
+        target = redrive["deadLetterTargetArn"]["Fn::GetAtt"]
+        assert target[1] == "Arn" and target[0] in queues, f"{queue}: DLQ is not a template queue"
+        assert target[0] not in consumed, f"{queue}: its DLQ is consumed by a function"
+        assert redrive["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
+        dead_letter_queues.add(target[0])
+    assert len(dead_letter_queues) == len(consumed)  # one DLQ per stage
+    # DLQs keep messages as long as SQS allows (14 days), and each one is alarmed on.
+    alarmed = {
+        alarm["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
+        for alarm in resources(app_template, "AWS::CloudWatch::Alarm").values()
+        if alarm["Properties"]["Namespace"] == "AWS/SQS"
+    }
+    for dlq in dead_letter_queues:
+        assert queues[dlq]["Properties"]["MessageRetentionPeriod"] == 1_209_600
+        assert dlq in alarmed, f"no alarm on {dlq}"
+
+
+def test_every_event_source_reports_batch_item_failures(app_template: AppTemplate) -> None:
+    mappings = resources(app_template, "AWS::Lambda::EventSourceMapping")
+    assert len(mappings) == len(app_template.sqs_sources) == 4
+    for logical_id, mapping in mappings.items():
+        assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"], logical_id
+        concurrency = mapping["Properties"]["ScalingConfig"]["MaximumConcurrency"]
+        assert 2 <= concurrency <= 1000, logical_id
+
+
+@pytest.mark.parametrize("source", ["IngestQueue", "ExtractQueue", "InferQueue", "NotifyQueue"])
+def test_visibility_timeout_is_at_least_six_times_the_consumer_timeout(
+    app_template: AppTemplate, source: str
+) -> None:
+    [consumer] = [s.function for s in app_template.sqs_sources if s.queue == source]
+    visibility = int(properties(app_template, source)["VisibilityTimeout"])
+    assert visibility >= 6 * app_template.functions[consumer].timeout
+
+
+def test_infer_queue_outlasts_six_infer_timeouts(app_template: AppTemplate) -> None:
+    infer_timeout = app_template.functions["InferFunction"].timeout
+    assert infer_timeout >= 60  # a model call needs room
+    assert int(properties(app_template, "InferQueue")["VisibilityTimeout"]) >= 6 * infer_timeout
+
+
+def test_max_depth_stays_below_lambda_recursion_detection(app_template: AppTemplate) -> None:
+    parameter = app_template.cloudformation["Parameters"]["MaxDepth"]
+    assert int(parameter["Default"]) < LAMBDA_RECURSION_LIMIT
+    assert int(parameter["MaxValue"]) < LAMBDA_RECURSION_LIMIT
+    depth_field = Settings.model_fields["max_depth"]
+    assert any(getattr(meta, "le", None) == LAMBDA_RECURSION_LIMIT - 1 for meta in depth_field.metadata)
+
+
+def test_every_function_has_a_log_group_with_retention(app_template: AppTemplate) -> None:
+    groups = resources(app_template, "AWS::Logs::LogGroup").values()
+    named = {group["Properties"]["LogGroupName"]["Fn::Sub"] for group in groups}
+    assert named == {f"/aws/lambda/${{{logical_id}}}" for logical_id in FUNCTIONS}
+    for group in groups:
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_function_environment_maps_to_settings(aws: AwsStack) -> None:
+    """Every variable the template gives a function is a Settings field (Powertools' own aside),
+    and the values the stack resolves parse."""
+    aliases = {field.alias for field in Settings.model_fields.values()}
+    app = aws.app
+    for logical_id in app.functions:
+        environment = app.function_environment(logical_id, aws.stack.resolved)
+        baton_variables = {k: v for k, v in environment.items() if not k.startswith("POWERTOOLS_")}
+        assert set(baton_variables) <= aliases, f"{logical_id}: {set(baton_variables) - aliases}"
+        settings = Settings(**baton_variables)
+        assert settings.jobs_table == aws.jobs_table
+        assert settings.idempotency_table == aws.idempotency_table
+        assert settings.bucket == aws.bucket
+        assert settings.event_bus == aws.event_bus == "baton-dev"
+        assert settings.extract_queue_url == aws.queue_url("ExtractQueue")
+        assert settings.infer_queue_url == aws.queue_url("InferQueue")
+        assert settings.max_depth == 8
+        assert settings.retention_days == 7
+        assert settings.model == "baton-local"
