@@ -41,7 +41,7 @@ class LocalStack:
         return httpx.Client(base_url=self.api_url, headers=headers, timeout=40)
 
     def aws(self, service: str) -> Any:
-        return boto3.client(
+        return boto3.client(  # type: ignore[call-overload]
             service,
             endpoint_url=self.state["endpoint_url"],
             region_name=self.state["region"],

@@ -133,11 +133,6 @@ def test_only_uploads_reach_the_ingest_queue(aws: AwsStack, tenant: str) -> None
     assert aws.queued("IngestQueue") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a retry after a failure between storing the job and queueing its first "
-    "command finds the job already stored and never queues the command (job stays pending)",
-)
 def test_retry_after_a_failed_hand_off_still_starts_the_job(
     aws: AwsStack, ingest: LoadedFunction, tenant: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

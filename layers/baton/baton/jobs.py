@@ -27,6 +27,7 @@ from baton.models import (
     TERMINAL_EVENT_FOR_STATUS,
     CreateJobRequest,
     EventType,
+    JobStatus,
     LifecycleDetail,
     StageCommand,
     Step,
@@ -50,6 +51,12 @@ PROGRESS_AFTER_EXTRACT = 40
 
 def new_job_id() -> str:
     return f"job_{uuid.uuid4().hex}"
+
+
+def keyed_job_id(tenant_id: str, idempotency_key: str) -> str:
+    """With an Idempotency-Key the job id is derived from it, so a retried submission whose first
+    attempt stored the job but failed to hand it off finds that job instead of orphaning it."""
+    return "job_" + hashlib.sha256(f"{tenant_id}\n{idempotency_key}".encode()).hexdigest()[:32]
 
 
 def upload_job_id(bucket: str, key: str, etag: str) -> str:
@@ -85,15 +92,13 @@ class JobService:
             document_key = self._document_key(tenant_id, request)
         record = self._new_record(
             tenant_id,
-            job_id=new_job_id(),
+            job_id=keyed_job_id(tenant_id, idempotency_key) if idempotency_key else new_job_id(),
             request=request,
             document_key=document_key,
             source="api",
             idempotency_key=idempotency_key,
         )
-        self.store.create(record)
-        self._start(record)
-        return record
+        return self._store_and_start(record)
 
     def accept_upload(self, bucket: str, raw_key: str, etag: str | None) -> JobRecord | None:
         """An object created under uploads/<tenant>/ becomes a job; replays of the event are no-ops."""
@@ -121,11 +126,7 @@ class JobService:
             document_key=key,
             source="upload",
         )
-        if not self.store.create(record):
-            logger.info("upload already accepted", extra={"job_id": record.job_id})
-            return self.store.get(tenant_id, record.job_id)
-        self._start(record)
-        return record
+        return self._store_and_start(record)
 
     def get(self, tenant_id: str, job_id: str) -> JobRecord:
         return self.store.get(tenant_id, job_id)
@@ -285,10 +286,26 @@ class JobService:
             raise InvalidRequestError(f"{field}: no such document", field=field)
         return key
 
+    def _store_and_start(self, record: JobRecord) -> JobRecord:
+        """Create the job and hand it to its first stage. A retry whose job already exists (the
+        hand-off failed after the write) hands it off again while it is still pending: the stage's
+        idempotency absorbs a duplicate command, and lifecycle events are at-least-once anyway."""
+        if self.store.create(record):
+            self._start(record)
+            return record
+        existing = self.store.get(record.tenant_id, record.job_id)
+        if existing.status is JobStatus.PENDING and not existing.handed_off:
+            logger.info(
+                "job exists but may not have started; handing it off again", extra={"job_id": record.job_id}
+            )
+            self._start(existing)
+        return existing
+
     def _start(self, record: JobRecord) -> None:
         self.events.publish(EventType.ACCEPTED, record)
         metrics.add_metric(name="JobsAccepted", unit=MetricUnit.Count, value=1)
         self._schedule(record, Step.EXTRACT if record.document_key else Step.INFER)
+        self.store.mark_handed_off(record)
         logger.info(
             "job accepted",
             extra={"job_id": record.job_id, "tenant_id": record.tenant_id, "source": record.source},

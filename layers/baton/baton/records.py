@@ -74,6 +74,8 @@ class JobRecord(BaseModel):
     result: JobResult | None = None
     error: JobError | None = None
     idempotency_key: str | None = None
+    # Set once the first stage command is queued; a retried submission re-queues only without it.
+    handed_off: bool = False
 
     @property
     def is_terminal(self) -> bool:

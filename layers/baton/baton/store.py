@@ -130,6 +130,20 @@ class JobStore:
                 raise JobConflictError(f"job {job_id} is already {latest.status.value}") from None
             return self.cancel(tenant_id, job_id)
 
+    def mark_handed_off(self, record: JobRecord) -> None:
+        """Note that the first stage command is queued (not a state change: no version bump)."""
+        try:
+            self._ddb.update_item(
+                TableName=self.table_name,
+                Key=to_dynamo(job_key(record.tenant_id, record.job_id)),
+                UpdateExpression="SET handed_off = :true",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues=to_dynamo({":true": True}),
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+
     def record_notification(self, record: JobRecord, *, notify_ms: int) -> None:
         """Timing of webhook delivery; written onto the terminal job without changing its state."""
         timings = record.timings.model_copy()
