@@ -104,6 +104,7 @@ class AppTemplate:
     authorizers: dict[str, AuthorizerSpec] = field(default_factory=dict)
     gateway_responses: dict[str, dict[str, Any]] = field(default_factory=dict)
     api_stage: str = "dev"
+    _provisioning: tuple[dict[str, Any], dict[str, tuple[str, str]]] | None = field(default=None, repr=False)
 
     @classmethod
     def load(
@@ -236,7 +237,13 @@ class AppTemplate:
         intrinsic the local runtime needs (function environments, queue URLs and ARNs).
 
         Returns the template and a map output-name -> (what, key) to read the outputs back.
+        Derived once: callers must not mutate it.
         """
+        if self._provisioning is None:
+            self._provisioning = self._derive_provisioning_template()
+        return self._provisioning
+
+    def _derive_provisioning_template(self) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
         cfn = copy.deepcopy(self.cloudformation)
         kept = {lid: res for lid, res in cfn["Resources"].items() if res["Type"] in DATA_PLANE_TYPES}
         cfn["Resources"] = kept
