@@ -12,7 +12,8 @@ offline and reproducibly. Its answers are derived from the input so a demo still
 * with ``tools``, the first round answers with a ``tool_calls`` message (a calculator-like tool
   when the prompt holds an arithmetic expression), the round after the tool result answers text;
 * faults are injected by directives in the user text (``[sim:429]``, ``[sim:500]``,
-  ``[sim:503]``, ``[sim:slow=MS]``, ``[sim:context_length]``; an ``xN`` suffix such as
+  ``[sim:503]``, ``[sim:slow=MS]``, ``[sim:context_length]``, ``[sim:malformed]`` (a 200 whose body is
+  not a completion: the worker crashes on it); an ``xN`` suffix such as
   ``[sim:503x2]`` fails only the first N attempts of the same request) or at random with seeded,
   reproducible probabilities.
 
@@ -189,7 +190,7 @@ class SimulatorConfig:
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 _WORD_RE = re.compile(r"\w+")
 _DIRECTIVE_RE = re.compile(
-    r"\[sim:(?P<kind>429|500|503|context_length|slow)(?:=(?P<ms>\d+(?:\.\d+)?))?(?:x(?P<times>\d+))?\]",
+    r"\[sim:(?P<kind>429|500|503|context_length|malformed|slow)(?:=(?P<ms>\d+(?:\.\d+)?))?(?:x(?P<times>\d+))?\]",
     re.IGNORECASE,
 )
 _DOCUMENT_MARKER_RE = re.compile(r"^[ \t]*document[ \t]*:[ \t]*", re.IGNORECASE | re.MULTILINE)
@@ -307,7 +308,7 @@ def parse_directives(text: str) -> Directives:
     found: dict[str, re.Match[str]] = {}
     for match in _DIRECTIVE_RE.finditer(text):
         found.setdefault(match.group("kind").lower(), match)
-    for kind in ("429", "500", "503", "context_length", "slow"):
+    for kind in ("429", "500", "503", "context_length", "malformed", "slow"):
         if kind in found:
             match = found[kind]
             ms = match.group("ms")
@@ -1131,13 +1132,19 @@ class _Handler(BaseHTTPRequestHandler):
             prompt_tokens = count_prompt_tokens(messages)
             digest = request_digest(body)
             fault, slow_ms = sim._decide_fault(config, _last_user_text(messages), prompt_tokens, digest)
-            if fault is not None and fault != "slow":
+            if fault is not None and fault not in {"slow", "malformed"}:
                 raise _fault_error(fault, config, prompt_tokens)
         except _ApiError as err:
             self._log(path, model, err.status, err.fault, prompt_tokens, 0)
             self._send_json(err.status, err.body(), err.headers)
             return
 
+        if fault == "malformed":
+            # A 200 whose body is not a chat completion: the client chokes on it, every time (a
+            # poison prompt that crashes the worker, for DLQ drills).
+            self._log(path, model, 200, fault, prompt_tokens, 0)
+            self._send_json(200, {"object": "chat.completion", "choices": "not-a-list"}, {})
+            return
         reply = build_reply(body, digest)
         if slow_ms:
             sim._sleep(slow_ms / 1000)

@@ -12,6 +12,7 @@ from baton.idempotency import persistence_layer, stage_config
 from baton.jobs import JobService
 from baton.models import StageCommand
 from baton.parsing import StageCommandRecord
+from baton.retries import RetryPolicy
 from baton.settings import get_settings
 
 logger = Logger()
@@ -19,6 +20,7 @@ tracer = Tracer()
 metrics = Metrics()
 settings = get_settings()
 service = JobService(settings)
+retries = RetryPolicy.from_settings(settings)
 idempotency = stage_config(settings)
 processor = BatchProcessor(event_type=EventType.SQS, model=StageCommandRecord)
 
@@ -32,7 +34,10 @@ def extract_once(command: StageCommand) -> dict[str, Any]:
 
 @tracer.capture_method
 def record_handler(record: StageCommandRecord) -> dict[str, Any]:
-    return extract_once(command=record.body)
+    command = record.body
+    return retries.run(
+        record, lambda: extract_once(command=command), stage="extract", give_up=service.ender(command)
+    )
 
 
 @logger.inject_lambda_context

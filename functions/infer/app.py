@@ -12,6 +12,7 @@ from baton.idempotency import persistence_layer, stage_config
 from baton.jobs import JobService
 from baton.models import StageCommand
 from baton.parsing import StageCommandRecord
+from baton.retries import RetryPolicy
 from baton.settings import get_settings
 
 logger = Logger()
@@ -19,6 +20,7 @@ tracer = Tracer()
 metrics = Metrics()
 settings = get_settings()
 service = JobService(settings)
+retries = RetryPolicy.from_settings(settings)
 idempotency = stage_config(settings)
 processor = BatchProcessor(event_type=EventType.SQS, model=StageCommandRecord)
 
@@ -32,7 +34,12 @@ def infer_once(command: StageCommand, remaining_ms: int) -> dict[str, Any]:
 
 @tracer.capture_method
 def record_handler(record: StageCommandRecord, lambda_context: LambdaContext) -> dict[str, Any]:
-    return infer_once(command=record.body, remaining_ms=lambda_context.get_remaining_time_in_millis())
+    command = record.body
+
+    def infer() -> dict[str, Any]:
+        return infer_once(command=command, remaining_ms=lambda_context.get_remaining_time_in_millis())
+
+    return retries.run(record, infer, stage="infer", give_up=service.ender(command))
 
 
 @logger.inject_lambda_context

@@ -9,12 +9,15 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from baton.jobs import JobService
 from baton.parsing import UploadEventRecord
+from baton.retries import RetryPolicy
 from baton.settings import get_settings
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
-service = JobService(get_settings())
+settings = get_settings()
+service = JobService(settings)
+retries = RetryPolicy.from_settings(settings)
 processor = BatchProcessor(event_type=EventType.SQS, model=UploadEventRecord)
 
 
@@ -22,8 +25,13 @@ processor = BatchProcessor(event_type=EventType.SQS, model=UploadEventRecord)
 def record_handler(record: UploadEventRecord) -> dict[str, Any]:
     # Idempotent by construction: the job id is derived from bucket + key + ETag.
     detail = record.body.detail
-    job = service.accept_upload(detail.bucket.name, detail.object.key, detail.object.etag)
-    return {"job_id": job.job_id if job else None}
+
+    def accept() -> dict[str, Any]:
+        job = service.accept_upload(detail.bucket.name, detail.object.key, detail.object.etag)
+        return {"job_id": job.job_id if job else None}
+
+    # No job exists yet to fail: an upload that cannot become one ends in the ingest DLQ.
+    return retries.run(record, accept, stage="ingest", give_up=None)
 
 
 @logger.inject_lambda_context

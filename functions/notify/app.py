@@ -12,6 +12,7 @@ from baton.idempotency import notification_config, persistence_layer
 from baton.jobs import JobService
 from baton.models import LifecycleDetail
 from baton.parsing import LifecycleEventRecord
+from baton.retries import RetryPolicy
 from baton.settings import get_settings
 
 logger = Logger()
@@ -19,6 +20,7 @@ tracer = Tracer()
 metrics = Metrics()
 settings = get_settings()
 service = JobService(settings)
+retries = RetryPolicy.from_settings(settings)
 idempotency = notification_config(settings)
 processor = BatchProcessor(event_type=EventType.SQS, model=LifecycleEventRecord)
 
@@ -32,7 +34,9 @@ def notify_once(detail: LifecycleDetail) -> dict[str, Any]:
 
 @tracer.capture_method
 def record_handler(record: LifecycleEventRecord) -> dict[str, Any]:
-    return notify_once(detail=record.body.detail)
+    # Its job is already terminal: nothing to give up on. Past MaxReceiveCount the event waits in
+    # the notify DLQ for `baton dlq redrive notify`.
+    return retries.run(record, lambda: notify_once(detail=record.body.detail), stage="notify", give_up=None)
 
 
 @logger.inject_lambda_context

@@ -21,6 +21,9 @@ from baton_dev.runtime.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120
+SWEEP_EVERY_S = 2
+MAX_ATTEMPTS = 3
+MAX_RECEIVE_COUNT = 4
 
 
 @dataclass
@@ -48,6 +51,16 @@ class LocalStack:
             aws_access_key_id="local",
             aws_secret_access_key="local",
         )
+
+    @property
+    def simulator_url(self) -> str:
+        return str(self.state["model_url"]).removesuffix("/v1")
+
+    def model_calls(self, job_id: str) -> list[dict[str, Any]]:
+        """The local model's own request log for one job (every call, including refused ones)."""
+        log = httpx.get(f"{self.simulator_url}/_sim/requests", timeout=10).json()
+        entries = log["requests"] if isinstance(log, dict) else log
+        return [entry for entry in entries if entry.get("job_id") == job_id]
 
     def stats(self) -> dict[str, Any]:
         return dict(httpx.get(f"{self.api_url}/_local/stats", timeout=10).json())
@@ -83,6 +96,9 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
         key: value for key, value in os.environ.items() if key not in {"AWS_ENDPOINT_URL", "OPENAI_BASE_URL"}
     }
     env["BATON_SIM_LATENCY_MS"] = "20"
+    # Fast retries so the reliability tests finish in seconds (defaults: 2 s base, 300 s cap).
+    env["BATON_RETRY_BASE_SECONDS"] = "0.5"
+    env["BATON_RETRY_CAP_SECONDS"] = "2"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
@@ -92,6 +108,10 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
                 str(port),
                 "--state-dir",
                 str(state_dir),
+                "--schedule-every",
+                str(SWEEP_EVERY_S),
+                "--parameter-overrides",
+                f"MaxAttempts={MAX_ATTEMPTS} MaxReceiveCount={MAX_RECEIVE_COUNT}",
             ],
             cwd=ROOT,
             stdout=log,

@@ -23,6 +23,7 @@ def test_every_function_and_event_source_in_the_template_runs(
     template = AppTemplate.load(ROOT / "template.yaml")
     assert set(local_stack.state["functions"]) == set(template.functions)
     assert set(local_stack.state["event_sources"]) == {source.logical_id for source in template.sqs_sources}
+    assert set(local_stack.state["schedules"]) == {schedule.logical_id for schedule in template.schedules}
 
     # One upload with a webhook walks every stage: S3 -> EventBridge -> ingest -> extract -> infer
     # -> bus -> notify; reading it back over HTTP exercises the authorizer and the API function.
@@ -37,6 +38,12 @@ def test_every_function_and_event_source_in_the_template_runs(
         )
         with local_stack.client(tenant) as api:
             job = wait_for_terminal(api, upload_job_id(local_stack.state["bucket"], key, put["ETag"]))
+            # A job whose model calls a built-in tool adds the tool stage.
+            agent = api.post(
+                "/v1/jobs",
+                json={"input": {"prompt": "What is 6 * 7?"}, "parameters": {"tools": ["calculator"]}},
+            )
+            assert wait_for_terminal(api, agent.json()["id"])["status"] == "completed"
         assert job["status"] == "completed"
         receiver.wait_for(1, timeout=30)
         assert receiver.events[0].verified
@@ -54,6 +61,8 @@ def test_every_function_and_event_source_in_the_template_runs(
         assert stats["functions"][name]["invocations"] > 0, f"{name} never ran: {stats}"
     for source in template.sqs_sources:
         assert stats["event_sources"][source.logical_id]["records_ok"] > 0, f"{source.logical_id}: {stats}"
+    for schedule in template.schedules:
+        assert stats["schedules"][schedule.logical_id]["runs"] > 0, f"{schedule.logical_id}: {stats}"
 
 
 def test_tests_run_on_the_templates_python() -> None:

@@ -24,6 +24,8 @@ FUNCTIONS = {
     "ExtractFunction": "extract",
     "InferFunction": "infer",
     "NotifyFunction": "notify",
+    "ToolFunction": "tool",
+    "SweeperFunction": "sweeper",
 }
 LAMBDA_RECURSION_LIMIT = 16  # Lambda stops chains of more than 16 invocations through SQS/SNS
 
@@ -37,6 +39,12 @@ def properties(app: AppTemplate, logical_id: str) -> dict[str, Any]:
     return props
 
 
+def visibility_timeout(app: AppTemplate, queue: str) -> int:
+    """A queue's visibility timeout, with a !Ref to a parameter resolved to its default."""
+    value = properties(app, queue)["VisibilityTimeout"]
+    return int(app.parameter_value(value["Ref"]) if isinstance(value, dict) else value)
+
+
 def test_cfn_lint_passes() -> None:
     matches = lint_file(TEMPLATE, config=ManualArgs(regions=["us-east-1"]))
     assert [str(match) for match in matches] == []
@@ -44,7 +52,7 @@ def test_cfn_lint_passes() -> None:
 
 def test_cfn_lint_would_catch_a_misspelled_property() -> None:
     """The check above can fail: the same linter flags a typo in the same template."""
-    broken = TEMPLATE.read_text().replace("VisibilityTimeout: 720", "VisibilityTimout: 720", 1)
+    broken = TEMPLATE.read_text().replace("VisibilityTimeout: !Ref Infer", "VisibilityTimout: !Ref Infer", 1)
     assert broken != TEMPLATE.read_text()
     matches = lint(broken, regions=["us-east-1"])
     assert any(match.rule.id == "E3002" for match in matches)
@@ -90,6 +98,7 @@ def test_every_stage_function_is_fed_by_one_sqs_queue(app_template: AppTemplate)
         "ExtractFunction": "ExtractQueue",
         "InferFunction": "InferQueue",
         "NotifyFunction": "NotifyQueue",
+        "ToolFunction": "ToolQueue",
     }
 
 
@@ -119,26 +128,37 @@ def test_every_consumed_queue_redrives_to_a_dead_letter_queue(app_template: AppT
 
 def test_every_event_source_reports_batch_item_failures(app_template: AppTemplate) -> None:
     mappings = resources(app_template, "AWS::Lambda::EventSourceMapping")
-    assert len(mappings) == len(app_template.sqs_sources) == 4
+    assert len(mappings) == len(app_template.sqs_sources) == 5
     for logical_id, mapping in mappings.items():
         assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"], logical_id
         concurrency = mapping["Properties"]["ScalingConfig"]["MaximumConcurrency"]
         assert 2 <= concurrency <= 1000, logical_id
 
 
-@pytest.mark.parametrize("source", ["IngestQueue", "ExtractQueue", "InferQueue", "NotifyQueue"])
+@pytest.mark.parametrize("source", ["IngestQueue", "ExtractQueue", "InferQueue", "ToolQueue", "NotifyQueue"])
 def test_visibility_timeout_is_at_least_six_times_the_consumer_timeout(
     app_template: AppTemplate, source: str
 ) -> None:
     [consumer] = [s.function for s in app_template.sqs_sources if s.queue == source]
-    visibility = int(properties(app_template, source)["VisibilityTimeout"])
-    assert visibility >= 6 * app_template.functions[consumer].timeout
+    assert visibility_timeout(app_template, source) >= 6 * app_template.functions[consumer].timeout
 
 
 def test_infer_queue_outlasts_six_infer_timeouts(app_template: AppTemplate) -> None:
     infer_timeout = app_template.functions["InferFunction"].timeout
     assert infer_timeout >= 60  # a model call needs room
-    assert int(properties(app_template, "InferQueue")["VisibilityTimeout"]) >= 6 * infer_timeout
+    assert visibility_timeout(app_template, "InferQueue") >= 6 * infer_timeout
+
+
+def test_baton_gives_up_on_retryable_errors_before_the_queue_dead_letters() -> None:
+    """Only crashes and timeouts should reach a DLQ: classified failures end the job first."""
+    parameters = AppTemplate.load(TEMPLATE).cloudformation["Parameters"]
+    assert int(parameters["MaxReceiveCount"]["Default"]) > int(parameters["MaxAttempts"]["Default"])
+
+
+def test_the_sweeper_runs_on_a_schedule_of_at_most_a_minute(app_template: AppTemplate) -> None:
+    [schedule] = app_template.schedules
+    assert schedule.function == "SweeperFunction"
+    assert schedule.expression == "rate(1 minute)"
 
 
 def test_max_depth_stays_below_lambda_recursion_detection(app_template: AppTemplate) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from baton_dev.runtime.functions import LocalFunction
+from baton_dev.runtime.schedules import ScheduleSource
 from baton_dev.runtime.sqs_source import SqsEventSource
 from baton_dev.runtime.template import AppTemplate, AuthorizerSpec, RouteSpec
 
@@ -52,6 +53,7 @@ class LocalApiGateway:
         self.region = region
         self.routes = [_Route(route) for route in app.routes]
         self.sources: list[SqsEventSource] = []
+        self.schedules: list[ScheduleSource] = []
         self._auth_cache: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
         self._auth_lock = threading.Lock()
         gateway = self
@@ -94,6 +96,7 @@ class LocalApiGateway:
                 }
                 for source in self.sources
             },
+            "schedules": {schedule.spec.logical_id: {"runs": schedule.runs} for schedule in self.schedules},
         }
 
     def start(self) -> None:

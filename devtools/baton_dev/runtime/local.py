@@ -25,6 +25,7 @@ from typing import Any
 from baton_dev.runtime.api_gateway import LocalApiGateway
 from baton_dev.runtime.functions import LocalFunction
 from baton_dev.runtime.provision import ProvisionedStack, provision
+from baton_dev.runtime.schedules import ScheduleSource
 from baton_dev.runtime.sqs_source import SqsEventSource
 from baton_dev.runtime.template import AppTemplate
 from baton_dev.simulator import ModelSimulator, SimulatorConfig
@@ -74,6 +75,8 @@ class RuntimeOptions:
     region: str = "us-east-1"
     parameters: dict[str, str] = field(default_factory=dict)
     simulator: SimulatorConfig | None = None
+    # Run scheduled functions this often instead of their rate(...) (fault drills, tests).
+    schedule_every_s: float | None = None
 
 
 class LocalRuntime:
@@ -84,6 +87,7 @@ class LocalRuntime:
         self.simulator: ModelSimulator | None = None
         self.functions: dict[str, LocalFunction] = {}
         self.sources: list[SqsEventSource] = []
+        self.schedules: list[ScheduleSource] = []
         self.api: LocalApiGateway | None = None
         self.stack: ProvisionedStack | None = None
         self.endpoint_url = ""
@@ -100,8 +104,10 @@ class LocalRuntime:
         self.stack = provision(self.app, stack_name=self.options.stack_name)
         self._load_functions()
         self._start_sources()
+        self._start_schedules()
         self.api = LocalApiGateway(self.app, self.functions, port=self.options.port, region=self.region)
         self.api.sources = self.sources
+        self.api.schedules = self.schedules
         self.api.start()
         self._write_state()
         logger.info(
@@ -121,8 +127,12 @@ class LocalRuntime:
         # Signal every poller first so their last long polls end together, then join.
         for source in self.sources:
             source.signal_stop()
+        for schedule in self.schedules:
+            schedule.signal_stop()
         for source in self.sources:
             source.stop(timeout=2.0)
+        for schedule in self.schedules:
+            schedule.stop(timeout=2.0)
         for function in self.functions.values():
             function.close()
         if self.simulator is not None:
@@ -217,6 +227,15 @@ class LocalRuntime:
             source.start()
             self.sources.append(source)
 
+    def _start_schedules(self) -> None:
+        assert self.app is not None
+        for spec in self.app.schedules:
+            schedule = ScheduleSource(
+                spec, self.functions[spec.function], region=self.region, every_s=self.options.schedule_every_s
+            )
+            schedule.start()
+            self.schedules.append(schedule)
+
     def state(self) -> dict[str, Any]:
         assert self.app is not None and self.stack is not None and self.api is not None
         shared_env = self.app.function_environment(next(iter(self.app.functions)), self.stack.resolved)
@@ -233,6 +252,8 @@ class LocalRuntime:
             "queues": self.stack.queue_urls,
             "functions": sorted(self.functions),
             "event_sources": [source.spec.logical_id for source in self.sources],
+            "schedules": [schedule.spec.logical_id for schedule in self.schedules],
+            "parameters": self.options.parameters,
         }
 
     def _write_state(self) -> None:

@@ -77,6 +77,14 @@ class SqsSourceSpec:
 
 
 @dataclass(frozen=True)
+class ScheduleSpec:
+    logical_id: str
+    function: str
+    expression: str
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class RouteSpec:
     path: str
     method: str
@@ -100,6 +108,7 @@ class AppTemplate:
     cloudformation: dict[str, Any]
     functions: dict[str, FunctionSpec] = field(default_factory=dict)
     sqs_sources: list[SqsSourceSpec] = field(default_factory=list)
+    schedules: list[ScheduleSpec] = field(default_factory=list)
     routes: list[RouteSpec] = field(default_factory=list)
     authorizers: dict[str, AuthorizerSpec] = field(default_factory=dict)
     gateway_responses: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -137,6 +146,7 @@ class AppTemplate:
         app = cls(path=path, parameters=dict(parameters or {}), cloudformation=cfn)
         app._read_functions(code_dirs)
         app._read_event_sources()
+        app._read_schedules()
         app._read_api()
         return app
 
@@ -181,6 +191,27 @@ class AppTemplate:
                     enabled=bool(props.get("Enabled", True)),
                 )
             )
+
+    def _read_schedules(self) -> None:
+        """EventBridge rules with a ScheduleExpression that invoke a function of the template."""
+        for logical_id, resource in self._resources("AWS::Events::Rule"):
+            props = resource["Properties"]
+            if "ScheduleExpression" not in props:
+                continue
+            expression = props["ScheduleExpression"]
+            if isinstance(expression, dict) and "Ref" in expression:
+                expression = self.parameter_value(expression["Ref"])
+            for target in props.get("Targets", []):
+                arn = target.get("Arn")
+                if isinstance(arn, dict) and "Fn::GetAtt" in arn and arn["Fn::GetAtt"][0] in self.functions:
+                    self.schedules.append(
+                        ScheduleSpec(
+                            logical_id=logical_id,
+                            function=arn["Fn::GetAtt"][0],
+                            expression=str(expression),
+                            enabled=props.get("State", "ENABLED") == "ENABLED",
+                        )
+                    )
 
     def _read_api(self) -> None:
         for _, resource in self._resources("AWS::ApiGateway::RestApi"):
@@ -246,6 +277,17 @@ class AppTemplate:
     def _derive_provisioning_template(self) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
         cfn = copy.deepcopy(self.cloudformation)
         kept = {lid: res for lid, res in cfn["Resources"].items() if res["Type"] in DATA_PLANE_TYPES}
+        for lid in [lid for lid, res in kept.items() if res["Type"] == "AWS::Events::Rule"]:
+            # Rules that invoke functions (schedules) are run by the local runtime instead.
+            targets = [
+                target
+                for target in kept[lid]["Properties"].get("Targets", [])
+                if not _references_any(target, set(self.functions))
+            ]
+            if targets:
+                kept[lid]["Properties"]["Targets"] = targets
+            else:
+                del kept[lid]
         cfn["Resources"] = kept
         cfn["Outputs"] = {}
         lookups: dict[str, tuple[str, str]] = {}
@@ -280,6 +322,11 @@ class AppTemplate:
             else:
                 environment[name] = str(value)
         return environment
+
+
+def _references_any(value: Any, names: set[str]) -> bool:
+    text = json.dumps(value)
+    return any(f'"{name}"' in text or "${" + name in text for name in names)
 
 
 def _function_of(uri: Any) -> str:

@@ -3,11 +3,13 @@
 uploads/<tenant>/...      client uploads; each object created here becomes a job
 documents/<tenant>/<id>   documents referenced by `document.id`
 extracted/<tenant>/<job>.txt   text pulled out of a job's document
+conversations/<tenant>/<job>.json   the messages of an agent loop, hop after hop
 results/<tenant>/<job>.json    results too large for the job item
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -38,6 +40,10 @@ class BlobStore:
     @staticmethod
     def extracted_key(tenant_id: str, job_id: str) -> str:
         return f"extracted/{tenant_id}/{job_id}.txt"
+
+    @staticmethod
+    def conversation_key(tenant_id: str, job_id: str) -> str:
+        return f"conversations/{tenant_id}/{job_id}.json"
 
     @staticmethod
     def result_key(tenant_id: str, job_id: str) -> str:
@@ -92,6 +98,12 @@ class BlobStore:
 
     def write(self, key: str, data: bytes, *, content_type: str) -> None:
         self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    def write_json(self, key: str, value: Any) -> None:
+        self.write(key, json.dumps(value, separators=(",", ":")).encode(), content_type="application/json")
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_text(key))
 
     def read_text(self, key: str) -> str:
         return bytes(self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()).decode()

@@ -70,8 +70,11 @@ class ModelError(BatonError):
 
     type = "model_error"
 
-    def __init__(self, message: str, *, retryable: bool, type_: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, type_: str | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
         if type_:
             self.type = type_

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -34,10 +36,12 @@ from baton.models import (
     UploadMetadata,
     WebhookAuth,
 )
-from baton.records import JobError, JobRecord, JobResult
+from baton.records import JobError, JobRecord, JobResult, Usage
+from baton.retries import Failure
 from baton.settings import Settings
 from baton.store import JobStore
 from baton.tenants import TenantStore
+from baton.tools import ToolContext, expand_tools, run_tool_calls, runs_builtin_tools
 from baton.webhooks import build_payload, deliver, webhook_id
 
 logger = Logger(child=True)
@@ -76,6 +80,7 @@ class JobService:
         self.queues = {
             Step.EXTRACT: CommandQueue(settings.extract_queue_url),
             Step.INFER: CommandQueue(settings.infer_queue_url),
+            Step.TOOL: CommandQueue(settings.tool_queue_url),
         }
 
     # -- API side ------------------------------------------------------------------------------
@@ -190,14 +195,18 @@ class JobService:
         if record is None:
             return {"outcome": "skipped"}
         record = self.store.start_step(record, Step.INFER, progress=PROGRESS[Step.INFER])
+        messages = self._messages(record)
+        parameters = dict(record.request.get("parameters", {}))
+        if parameters.get("tools"):
+            parameters["tools"] = expand_tools(parameters["tools"])
         try:
-            messages = self._messages(record)
             completion = llm.complete(
                 self.settings,
                 model=record.model,
                 messages=messages,
-                parameters=record.request.get("parameters", {}),
-                timeout=llm.model_timeout(self.settings, remaining_ms),
+                parameters=parameters,
+                # Below the function's remaining time, and never past the job's own deadline.
+                timeout=min(llm.model_timeout(self.settings, remaining_ms), self._seconds_left(record)),
                 extra_headers={
                     "X-Baton-Job-Id": record.job_id,
                     "X-Baton-Step-Key": f"{record.job_id}:{record.version}:{record.depth}",
@@ -205,20 +214,125 @@ class JobService:
             )
         except ModelError as error:
             if error.retryable:
-                raise  # SQS redelivers after the visibility timeout; the DLQ catches the rest
+                raise  # the retry policy backs off through SQS and gives up after max attempts
             self._fail(record, error.type, error.message, retryable=False)
             return {"outcome": "failed", "error": error.type}
-        result = self._store_result(record, completion)
-        try:
-            record = self.store.mark_completed(record, result=result, usage=completion.usage)
-        except StaleWriteError as error:
-            # Cancelled (or superseded) while the model was answering: discard, never overwrite.
-            logger.info("late result discarded", extra={"job_id": record.job_id, "reason": str(error)})
-            return {"outcome": "discarded"}
-        self._publish_terminal(record)
         metrics.add_metric(name="ModelTokens", unit=MetricUnit.Count, value=completion.usage.total_tokens)
-        logger.info("job completed", extra={"job_id": record.job_id, "usage": completion.usage.model_dump()})
-        return {"outcome": "completed", "total_tokens": completion.usage.total_tokens}
+        usage = record.usage.plus(completion.usage)
+        result = self._store_result(record, completion)
+        # A stale write below (cancelled or superseded while the model answered) raises
+        # StaleWriteError: the retry policy drops the result, never writing it over the new state.
+        budget = self._token_budget(record)
+        if usage.total_tokens > budget:
+            return self._needs_review(
+                record,
+                "token_budget",
+                f"the job used {usage.total_tokens} tokens; its budget is {budget}",
+                usage=usage,
+                result=result,
+            )
+        if (
+            completion.tool_calls
+            and completion.finish_reason == "tool_calls"
+            and runs_builtin_tools(completion.tool_calls)
+        ):
+            limit = self._max_depth(record)
+            if record.depth + 1 >= limit:
+                return self._needs_review(
+                    record,
+                    "depth_limit",
+                    f"the model kept calling tools; depth {record.depth + 1} reached max_depth {limit}",
+                    usage=usage,
+                    result=result,
+                )
+            self.blobs.write_json(
+                self.blobs.conversation_key(record.tenant_id, record.job_id),
+                [*messages, _assistant_message(completion)],
+            )
+            record = self.store.schedule_tools(record, usage=usage)
+            self.events.publish(EventType.STEP_COMPLETED, record, step=Step.INFER.value)
+            self._schedule(record, Step.TOOL)
+            return {"outcome": "tool_calls", "calls": len(completion.tool_calls)}
+        record = self.store.mark_completed(record, result=result, usage=usage)
+        self._publish_terminal(record)
+        logger.info("job completed", extra={"job_id": record.job_id, "usage": usage.model_dump()})
+        return {"outcome": "completed", "total_tokens": usage.total_tokens}
+
+    def run_tool(self, command: StageCommand) -> dict[str, Any]:
+        """Run the model's tool calls with Baton's safe built-ins, then schedule the next
+        inference one hop deeper: choreography, each hop through a queue."""
+        record = self._runnable(command)
+        if record is None:
+            return {"outcome": "skipped"}
+        record = self.store.start_step(record, Step.TOOL, progress=record.progress)
+        conversation_key = self.blobs.conversation_key(record.tenant_id, record.job_id)
+        conversation: list[dict[str, Any]] = self.blobs.read_json(conversation_key)
+        calls = conversation[-1].get("tool_calls") or []
+        context = ToolContext(
+            tenant_id=record.tenant_id,
+            job_id=record.job_id,
+            document_text=self.blobs.read_text(record.text_key) if record.text_key else None,
+            now=datetime.now(tz=UTC),
+        )
+        conversation.extend(run_tool_calls(calls, context))
+        self.blobs.write_json(conversation_key, conversation)
+        record = self.store.advance_depth(record)
+        self.events.publish(EventType.STEP_COMPLETED, record, step=Step.TOOL.value)
+        self._schedule(record, Step.INFER)
+        return {"outcome": "tools_ran", "calls": len(calls), "depth": record.depth}
+
+    def ender(self, command: StageCommand) -> Callable[[Failure, int], None]:
+        """What the retry policy calls when this command's step cannot succeed."""
+
+        def end(failure: Failure, attempts: int) -> None:
+            message = failure.message
+            if failure.retryable:
+                message = f"{message} (the {command.step.value} step gave up after {attempts} attempts)"
+            self.give_up(command, failure.type, message, retryable=bool(failure.retryable))
+
+        return end
+
+    def give_up(self, command: StageCommand, error_type: str, message: str, *, retryable: bool) -> None:
+        """End the job of a command whose step cannot succeed (permanent error or retries spent)."""
+        try:
+            record = self.store.get(command.tenant_id, command.job_id)
+        except JobNotFoundError:
+            return
+        if record.is_terminal or record.version != command.version:
+            return
+        self._fail(record, error_type, message, retryable=retryable)
+
+    def fail_dead_lettered(
+        self, tenant_id: str, job_id: str, *, stage: str, attempts: int, queue: str
+    ) -> bool:
+        """A message of this job reached `queue` (a DLQ): the job fails, and its webhook still fires."""
+        try:
+            record = self.store.get(tenant_id, job_id)
+        except JobNotFoundError:
+            return False
+        if record.is_terminal:
+            return False
+        self._fail(
+            record,
+            "dead_lettered",
+            f"the {stage} step failed {attempts} times (crash or timeout); its message is kept in {queue}",
+            retryable=False,
+        )
+        return True
+
+    def fail_overdue(self, now: int) -> int:
+        """Jobs past their deadline end as failed with error.type timeout."""
+        failed = 0
+        for tenant_id, job_id in self.store.overdue(now):
+            try:
+                record = self.store.get(tenant_id, job_id)
+            except JobNotFoundError:
+                continue
+            if record.is_terminal or record.deadline_ms >= now:
+                continue
+            self._fail(record, "timeout", "the job ran past its timeout_seconds", retryable=False)
+            failed += 1
+        return failed
 
     def notify(self, detail: LifecycleDetail) -> dict[str, Any]:
         """Deliver a terminal event to the job's webhook, if it has one. Raises to be retried."""
@@ -344,6 +458,12 @@ class JobService:
         return record
 
     def _messages(self, record: JobRecord) -> list[dict[str, Any]]:
+        if record.depth > 0:
+            # Later hops continue the stored conversation (prompt, tool calls, tool results).
+            conversation: list[dict[str, Any]] = self.blobs.read_json(
+                self.blobs.conversation_key(record.tenant_id, record.job_id)
+            )
+            return conversation
         job_input = record.request["input"]
         document_text = self.blobs.read_text(record.text_key) if record.text_key else None
         if "prompt" in job_input:
@@ -370,6 +490,31 @@ class JobService:
             text=preview, finish_reason=completion.finish_reason, result_key=key, result_bytes=len(encoded)
         )
 
+    @staticmethod
+    def _seconds_left(record: JobRecord) -> float:
+        return max(1.0, (record.deadline_ms - now_ms()) / 1000)
+
+    def _max_depth(self, record: JobRecord) -> int:
+        # A client may lower the guard, never raise it above the deployment's limit.
+        requested = record.request.get("parameters", {}).get("max_depth")
+        return min(requested or self.settings.max_depth, self.settings.max_depth)
+
+    def _token_budget(self, record: JobRecord) -> int:
+        requested = record.request.get("parameters", {}).get("max_total_tokens")
+        return min(requested or self.settings.max_total_tokens, self.settings.max_total_tokens)
+
+    def _needs_review(
+        self, record: JobRecord, reason: str, message: str, *, usage: Usage, result: JobResult
+    ) -> dict[str, Any]:
+        record = self.store.mark_needs_review(
+            record, JobError(type=reason, message=message, retryable=False), usage=usage, result=result
+        )
+        self._publish_terminal(record)
+        logger.warning(
+            "job needs review", extra={"job_id": record.job_id, "reason": reason, "depth": record.depth}
+        )
+        return {"outcome": "needs_review", "reason": reason}
+
     def _fail(self, record: JobRecord, error_type: str, message: str, *, retryable: bool) -> None:
         try:
             failed = self.store.mark_failed(
@@ -390,6 +535,10 @@ class JobService:
         # One series per terminal state: JobsCompleted, JobsFailed, JobsCancelled, JobsNeedsReview.
         name = "Jobs" + record.status.value.title().replace("_", "")
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+
+
+def _assistant_message(completion: llm.Completion) -> dict[str, Any]:
+    return {"role": "assistant", "content": completion.text, "tool_calls": completion.tool_calls}
 
 
 def _auth_headers(auth: dict[str, Any] | None) -> dict[str, str] | None:

@@ -78,11 +78,17 @@ def complete(
         ) from error
     except openai.RateLimitError as error:
         raise ModelError(
-            "the model provider is rate limiting", retryable=True, type_="rate_limited"
+            "the model provider is rate limiting",
+            retryable=True,
+            type_="rate_limited",
+            retry_after=retry_after_seconds(error.response.headers),
         ) from error
     except openai.InternalServerError as error:
         raise ModelError(
-            f"the model endpoint failed ({error.status_code})", retryable=True, type_="model_unavailable"
+            f"the model endpoint failed ({error.status_code})",
+            retryable=True,
+            type_="model_unavailable",
+            retry_after=retry_after_seconds(error.response.headers),
         ) from error
     except openai.NotFoundError as error:
         raise ModelError(f"unknown model {model!r}", retryable=False, type_="invalid_model") from error
@@ -111,6 +117,18 @@ def complete(
     return Completion(
         text=choice.message.content, finish_reason=choice.finish_reason, tool_calls=tool_calls, usage=usage
     )
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Retry-After (seconds; `retry-after-ms` when the provider sends it, as OpenAI does)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue  # an HTTP date: rare from model providers; fall back to our backoff
+    return None
 
 
 def _provider_message(error: openai.APIStatusError) -> str:

@@ -15,6 +15,8 @@ from pydantic import (
     model_validator,
 )
 
+from baton.tools import TOOLS
+
 
 class JobStatus(StrEnum):
     PENDING = "pending"
@@ -115,10 +117,20 @@ class JobParameters(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, ge=1, le=1_000_000)
     response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = Field(None, max_length=64)
+    # OpenAI tool definitions, or names of Baton's built-ins ("calculator", ...). Calls to the
+    # built-ins run inside Baton (agent loop); calls to other tools end the job for the client.
+    tools: list[dict[str, Any] | str] | None = Field(None, max_length=64)
     max_depth: int | None = Field(None, ge=1, le=15)
     max_total_tokens: int | None = Field(None, ge=1)
     timeout_seconds: int | None = Field(None, ge=1, le=86_400)
+
+    @field_validator("tools")
+    @classmethod
+    def _known_builtins(cls, value: list[dict[str, Any] | str] | None) -> list[dict[str, Any] | str] | None:
+        for tool in value or []:
+            if isinstance(tool, str) and tool not in TOOLS:
+                raise ValueError(f"unknown built-in tool {tool!r}; built-ins: {', '.join(TOOLS)}")
+        return value
 
     @field_validator("response_format")
     @classmethod

@@ -22,6 +22,14 @@ class Usage(BaseModel):
     completion_tokens: int = 0
     total_tokens: int = 0
 
+    def plus(self, other: Usage) -> Usage:
+        """Usage across every inference hop of a job."""
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+        )
+
 
 class Timings(BaseModel):
     queued_ms: int | None = None

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     event_bus: str = Field("baton", alias="EVENT_BUS_NAME")
     extract_queue_url: str = Field("", alias="EXTRACT_QUEUE_URL")
     infer_queue_url: str = Field("", alias="INFER_QUEUE_URL")
+    tool_queue_url: str = Field("", alias="TOOL_QUEUE_URL")
+    # Every stage's DLQ, comma-separated (the sweeper reads them).
+    dead_letter_queue_urls: str = Field("", alias="DEAD_LETTER_QUEUE_URLS")
 
     # The model endpoint follows the openai client's own variables.
     model: str = Field("baton-local", alias="BATON_MODEL", min_length=1)
@@ -30,6 +33,11 @@ class Settings(BaseSettings):
     model_timeout_seconds: float = Field(120.0, alias="BATON_MODEL_TIMEOUT_SECONDS", gt=0)
 
     max_depth: int = Field(8, alias="BATON_MAX_DEPTH", ge=1, le=15)
+    max_total_tokens: int = Field(200_000, alias="BATON_MAX_TOTAL_TOKENS", ge=1)
+    # Retryable failures (429, 5xx, timeouts, throttling) back off with full jitter, SQS-natively.
+    max_attempts: int = Field(5, alias="BATON_MAX_ATTEMPTS", ge=1, le=50)
+    retry_base_seconds: float = Field(2.0, alias="BATON_RETRY_BASE_SECONDS", gt=0)
+    retry_cap_seconds: float = Field(300.0, alias="BATON_RETRY_CAP_SECONDS", gt=0, le=43_200)
     retention_days: int = Field(7, alias="BATON_RETENTION_DAYS", ge=1)
     default_timeout_seconds: int = Field(900, alias="BATON_DEFAULT_TIMEOUT_SECONDS", ge=1)
     # Prefer: wait=N and GET ?wait=N are capped below API Gateway's 29 s integration timeout.
@@ -41,6 +49,10 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(10.0, alias="BATON_WEBHOOK_TIMEOUT_SECONDS", gt=0)
     result_url_expiry_seconds: int = Field(3600, alias="BATON_RESULT_URL_EXPIRY_SECONDS", ge=60)
     retry_after_seconds: int = Field(2, alias="BATON_RETRY_AFTER_SECONDS", ge=1)
+
+    @property
+    def dead_letter_queues(self) -> list[str]:
+        return [url for url in self.dead_letter_queue_urls.split(",") if url]
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,7 @@ the caller was scheduled for, so a terminal state is never overwritten and stale
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -18,6 +19,15 @@ from baton.models import JobStatus, Step
 from baton.records import JobError, JobRecord, JobResult, Usage, job_key
 
 _OPEN = (JobStatus.PENDING.value, JobStatus.PROCESSING.value)
+OPEN_JOBS_INDEX = "open-jobs"
+OPEN_SHARDS = 8
+
+
+def open_shard(job_id: str) -> str:
+    """Jobs that are not terminal carry this in the sparse open-jobs index (spread over shards)."""
+    return f"open#{zlib.crc32(job_id.encode()) % OPEN_SHARDS}"
+
+
 _JSON_FIELDS = set(JobRecord.JSON_FIELDS)
 
 
@@ -46,10 +56,11 @@ class JobStore:
     # -- writes ------------------------------------------------------------------------------
     def create(self, record: JobRecord) -> bool:
         """Put a new job; False if a job with this id already exists (idempotent replays)."""
+        item = {**record.to_item(), "open_shard": open_shard(record.job_id)}
         try:
             self._ddb.put_item(
                 TableName=self.table_name,
-                Item=to_dynamo(record.to_item()),
+                Item=to_dynamo(item),
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except ClientError as error:
@@ -82,6 +93,45 @@ class JobStore:
         return self._transition(
             record, {"text_key": text_key, "progress": progress, "timings": timings.model_dump()}
         )
+
+    def schedule_tools(self, record: JobRecord, *, usage: Usage) -> JobRecord:
+        """The model asked for tools: the job moves to the tool step (same depth)."""
+        return self._transition(record, {"current_step": Step.TOOL.value, "usage": usage.model_dump()})
+
+    def advance_depth(self, record: JobRecord) -> JobRecord:
+        """Tool results are in: the next inference is one hop deeper (conditional on this depth)."""
+        return self._transition(record, {"depth": record.depth + 1, "current_step": Step.INFER.value})
+
+    def mark_needs_review(
+        self, record: JobRecord, error: JobError, *, usage: Usage, result: JobResult | None
+    ) -> JobRecord:
+        timings = record.timings.model_copy()
+        timings.total_ms = now_ms() - record.created_ms
+        changes: dict[str, Any] = {
+            "status": JobStatus.NEEDS_REVIEW.value,
+            "error": error.model_dump(),
+            "usage": usage.model_dump(),
+            "timings": timings.model_dump(),
+        }
+        if result is not None:
+            changes["result"] = result.model_dump(exclude_none=True)
+        return self._transition(record, changes)
+
+    def overdue(self, now: int, *, limit: int = 100) -> list[tuple[str, str]]:
+        """(tenant_id, job_id) of open jobs whose deadline has passed, from the sparse index."""
+        found: list[tuple[str, str]] = []
+        for shard in range(OPEN_SHARDS):
+            answer = self._ddb.query(
+                TableName=self.table_name,
+                IndexName=OPEN_JOBS_INDEX,
+                KeyConditionExpression="open_shard = :shard AND deadline_ms < :now",
+                ExpressionAttributeValues=to_dynamo({":shard": f"open#{shard}", ":now": now}),
+                Limit=limit,
+            )
+            for item in answer.get("Items", []):
+                keys = from_dynamo(item)
+                found.append((str(keys["pk"]).removeprefix("TENANT#"), str(keys["sk"]).removeprefix("JOB#")))
+        return found[:limit]
 
     def mark_completed(self, record: JobRecord, *, result: JobResult, usage: Usage) -> JobRecord:
         now = now_ms()
@@ -173,14 +223,26 @@ class JobStore:
             f":{name}": (json.dumps(value, separators=(",", ":")) if name in _JSON_FIELDS else value)
             for name, value in values.items()
         }
-        attribute_values.update({":pending": _OPEN[0], ":processing": _OPEN[1], ":version": record.version})
+        attribute_values.update(
+            {
+                ":pending": _OPEN[0],
+                ":processing": _OPEN[1],
+                ":expected_version": record.version,
+                ":expected_depth": record.depth,
+            }
+        )
+        names["#depth"] = "depth"
+        update = "SET " + ", ".join(f"#{name} = :{name}" for name in values)
+        if JobStatus(values.get("status", record.status.value)).is_terminal:
+            update += " REMOVE open_shard"  # leaves the open-jobs index: nothing left to sweep
         try:
             answer = self._ddb.update_item(
                 TableName=self.table_name,
                 Key=to_dynamo(job_key(record.tenant_id, record.job_id)),
-                UpdateExpression="SET " + ", ".join(f"#{name} = :{name}" for name in values),
+                UpdateExpression=update,
                 ConditionExpression=(
-                    "attribute_exists(pk) AND #status IN (:pending, :processing) AND #version = :version"
+                    "attribute_exists(pk) AND #status IN (:pending, :processing)"
+                    " AND #version = :expected_version AND #depth = :expected_depth"
                 ),
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=to_dynamo(attribute_values),

@@ -1,0 +1,25 @@
+"""sweeper (every minute): fail jobs whose messages reached a DLQ, and jobs past their deadline."""
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from baton.jobs import JobService
+from baton.settings import get_settings
+from baton.sweeper import Sweeper
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+sweeper = Sweeper(JobService(get_settings()))
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+@event_parser(model=EventBridgeModel)
+def lambda_handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
+    return sweeper.sweep()

@@ -1,0 +1,161 @@
+"""Failure taxonomy and SQS-native retries.
+
+Every failure a stage meets is one of:
+- permanent (invalid request, unreadable document, context too long, schema mismatch): the job
+  fails at once with a clear `error.type`, no retries burnt;
+- retryable (429, 5xx, timeouts, connection errors, AWS throttling): the record is reported as a
+  batch item failure and its visibility is set to an exponential backoff with full jitter (at least
+  the provider's Retry-After); after `max_attempts` the job fails with `error.retryable: true`;
+- unknown (a crash): the record fails with the same backoff and is left to the queue's redrive
+  policy, so a poison message ends in the stage's DLQ, where the sweeper fails its job.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
+from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+from pydantic import ValidationError
+
+from baton.aws import client
+from baton.errors import BatonError, StaleWriteError
+from baton.settings import Settings
+
+logger = Logger(child=True)
+
+MAX_VISIBILITY_SECONDS = 43_200  # SQS's ceiling
+_AWS_RETRYABLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalServerError",
+        "InternalFailure",
+        "TransactionConflictException",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    retryable: bool | None  # None: unknown, treated as a crash
+    type: str
+    message: str
+    retry_after: float | None = None
+
+
+def classify(error: BaseException) -> Failure:
+    if isinstance(error, BatonError):
+        retry_after = getattr(error, "retry_after", None)
+        return Failure(error.retryable, error.type, error.message, retry_after)
+    if isinstance(error, IdempotencyAlreadyInProgressError):
+        return Failure(True, "in_progress", "another invocation is working on this step")
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _AWS_RETRYABLE_CODES or status >= 500:
+            return Failure(True, "aws_unavailable", f"AWS answered {code or status}")
+        return Failure(None, "aws_error", f"AWS answered {code or status}")
+    if isinstance(error, ConnectionError | HTTPClientError):
+        return Failure(True, "aws_unavailable", f"cannot reach AWS: {type(error).__name__}")
+    if isinstance(error, ValidationError):
+        return Failure(
+            False, "schema_mismatch", f"message does not match its schema: {error.error_count()} errors"
+        )
+    return Failure(None, "crash", f"{type(error).__name__}: {str(error)[:300]}")
+
+
+def backoff_seconds(attempt: int, *, base: float, cap: float, retry_after: float | None = None) -> int:
+    """Full jitter (AWS Architecture Blog): uniform(0, min(cap, base * 2^(attempt-1))), but never
+    sooner than the provider's Retry-After."""
+    ceiling = min(cap, base * 2 ** max(0, attempt - 1))
+    delay = random.uniform(0, ceiling)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(MAX_VISIBILITY_SECONDS, math.ceil(delay))
+
+
+@cache
+def _queue_url(queue_arn: str) -> str:
+    _, _, _, _, account, name = queue_arn.split(":", 5)
+    return str(client("sqs").get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"])
+
+
+def delay_redelivery(record: SqsRecordModel, seconds: int) -> None:
+    """The SQS-native backoff: the failed record reappears after `seconds`, not after the full
+    visibility timeout."""
+    client("sqs").change_message_visibility(
+        QueueUrl=_queue_url(record.eventSourceARN),
+        ReceiptHandle=record.receiptHandle,
+        VisibilityTimeout=seconds,
+    )
+
+
+def attempt_of(record: SqsRecordModel) -> int:
+    return int(record.attributes.ApproximateReceiveCount)
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int
+    base_seconds: float
+    cap_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(settings.max_attempts, settings.retry_base_seconds, settings.retry_cap_seconds)
+
+    def run(
+        self,
+        record: SqsRecordModel,
+        work: Callable[[], dict[str, Any]],
+        *,
+        stage: str,
+        give_up: Callable[[Failure, int], None] | None,
+    ) -> dict[str, Any]:
+        """Run one record's work under the taxonomy. `give_up(failure, attempt)` ends the job
+        (None: this stage never fails jobs, e.g. notify, whose job is already terminal)."""
+        attempt = attempt_of(record)
+        try:
+            return work()
+        except StaleWriteError as error:
+            logger.info("stale work dropped", extra={"stage": stage, "reason": str(error)})
+            return {"outcome": "stale"}
+        except Exception as error:
+            failure = classify(error)
+            context = {
+                "stage": stage,
+                "attempt": attempt,
+                "error_type": failure.type,
+                "reason": failure.message,
+            }
+            if failure.retryable is False and give_up is not None:
+                logger.warning("permanent failure", extra=context)
+                give_up(failure, attempt)
+                return {"outcome": "failed", "error": failure.type}
+            if failure.retryable and attempt >= self.max_attempts and give_up is not None:
+                logger.warning("retries exhausted", extra=context)
+                give_up(failure, attempt)
+                return {"outcome": "failed", "error": failure.type}
+            delay = backoff_seconds(
+                attempt, base=self.base_seconds, cap=self.cap_seconds, retry_after=failure.retry_after
+            )
+            try:
+                delay_redelivery(record, delay)
+            except Exception:
+                logger.exception("could not set the backoff; the queue's visibility timeout applies")
+            level = logger.warning if failure.retryable else logger.error
+            level("step failed; SQS will redeliver", extra={**context, "retry_in_s": delay})
+            raise
