@@ -7,9 +7,11 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import typer
 from rich.console import Console
@@ -18,12 +20,19 @@ from rich.markup import escape
 from baton_dev import logs
 
 if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
     from baton_dev.client import BatonClient
+    from baton_dev.dlq import DeadLetterQueue
     from baton_dev.target import Target
 
 app = typer.Typer(help="Baton: asynchronous LLM jobs on AWS serverless.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+dlq_app = typer.Typer(
+    help="Inspect the stage queues' dead-letter queues and move messages back.", no_args_is_help=True
+)
+app.add_typer(dlq_app, name="dlq")
 logger = logging.getLogger("baton.cli")
 
 # The user interface: results and JSON on stdout, progress and errors on stderr.
@@ -224,6 +233,250 @@ def demo(
     logs.configure(log_level)
     code = run_demo(DemoOptions(state_dir=state_dir, port=port, template=template, timeout=timeout))
     raise typer.Exit(code)
+
+
+# -- dead-letter queues ------------------------------------------------------------------------------
+
+DlqStackOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Deployed stack (its CloudFormation outputs) instead of the local stack.", show_default=False
+    ),
+]
+DlqQueueArgument = Annotated[
+    str, typer.Argument(help="The DLQ: logical id (InferDeadLetterQueue), stage (infer), name or URL.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+class RedriveMethod(StrEnum):
+    auto = "auto"
+    move_task = "move-task"
+    receive_send = "receive-send"
+
+
+@dlq_app.command("list")
+def dlq_list(
+    stack: DlqStackOption = None, state_dir: StateDirOption = Path(".baton"), json_output: JsonOption = False
+) -> None:
+    """Every dead-letter queue with its source queue, depth and (deployed) oldest message age."""
+    import boto3
+    from rich import box
+    from rich.table import Table
+
+    from baton_dev.dlq import list_dead_letter_queues
+
+    target, sqs = _dlq_target(stack, state_dir)
+    # SQS has no attribute for the oldest message's age: CloudWatch has (on AWS, not in emulators).
+    cloudwatch = None if target.endpoint_url else boto3.client("cloudwatch", region_name=target.region)
+    with _dlq_aws_errors(stack):
+        statuses = list_dead_letter_queues(sqs, target.queues, cloudwatch=cloudwatch)
+    if json_output:
+        typer.echo(json.dumps([status.to_dict() for status in statuses], indent=2))
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("DLQ", no_wrap=True)
+    table.add_column("source", no_wrap=True)
+    table.add_column("visible", justify="right", no_wrap=True)
+    table.add_column("in flight", justify="right", no_wrap=True)
+    table.add_column("max recv", justify="right", no_wrap=True)
+    table.add_column("oldest", justify="right", no_wrap=True)
+    for status in statuses:
+        table.add_row(
+            status.queue.logical_id,
+            status.queue.source_logical_id or "-",
+            f"[bold red]{status.visible}[/bold red]" if status.visible else "0",
+            str(status.in_flight),
+            "-" if status.max_receive_count is None else str(status.max_receive_count),
+            _age(status.oldest_age_s),
+        )
+    out.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    queue: DlqQueueArgument,
+    max_messages: Annotated[int, typer.Option("--max", min=1, help="Show at most N messages.")] = 10,
+    full: Annotated[bool, typer.Option("--full", help="Whole bodies (pretty JSON), not truncated.")] = False,
+    stack: DlqStackOption = None,
+    state_dir: StateDirOption = Path(".baton"),
+    json_output: JsonOption = False,
+) -> None:
+    """Peek at a DLQ's messages without removing them.
+
+    SQS has no read-only look: messages are received and made visible again at once, never
+    deleted, so each `show` adds 1 to the receive count of every message it prints (harmless on
+    a DLQ, which has no redrive policy itself).
+    """
+    from rich.text import Text
+
+    from baton_dev.dlq import peek
+
+    target, sqs = _dlq_target(stack, state_dir)
+    dlq = _dlq_resolve(target, queue)
+    with _dlq_aws_errors(stack):
+        messages = peek(sqs, dlq.url, max_messages=max_messages)
+    if json_output:
+        typer.echo(
+            json.dumps(
+                {
+                    "dlq": dlq.logical_id,
+                    "url": dlq.url,
+                    "messages": [message.to_dict() for message in messages],
+                },
+                indent=2,
+            )
+        )
+        return
+    err.print(
+        f"{escape(dlq.logical_id)} (source {escape(dlq.source_logical_id or '-')}): "
+        f"{len(messages)} message(s); each `show` adds 1 to their receive count"
+    )
+    for message in messages:
+        sent = message.sent_at.strftime("%Y-%m-%d %H:%M:%SZ") if message.sent_at else "?"
+        out.print(
+            Text.assemble(
+                (message.message_id, "bold"),
+                f"  receives {message.receive_count}  sent {sent}  {message.kind}",
+                f" {message.detail_type!r}" if message.detail_type else "",
+            )
+        )
+        if message.job_id or message.tenant_id or message.step:
+            out.print(
+                Text(
+                    f"  job {message.job_id or '-'}  tenant {message.tenant_id or '-'}"
+                    f"  step {message.step or '-'}"
+                )
+            )
+        out.print(Text(_dlq_body(message.body, full), style="dim"), highlight=False)
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    queue: DlqQueueArgument,
+    max_messages: Annotated[
+        int | None,
+        typer.Option("--max", min=1, help="Move at most N messages (uses receive-send).", show_default=False),
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            help="Destination queue URL or logical id (default: the DLQ's source).",
+            show_default=False,
+        ),
+    ] = None,
+    method: Annotated[
+        RedriveMethod,
+        typer.Option(help="auto: StartMessageMoveTask, or receive-send where the endpoint lacks it."),
+    ] = RedriveMethod.auto,
+    wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for a move task to finish.")] = 300.0,
+    stack: DlqStackOption = None,
+    state_dir: StateDirOption = Path(".baton"),
+    json_output: JsonOption = False,
+) -> None:
+    """Move a DLQ's messages back to its source queue (or --to); exit 1 if any could not be moved."""
+    from baton_dev.dlq import DlqError, Method, redrive
+
+    target, sqs = _dlq_target(stack, state_dir)
+    dlq = _dlq_resolve(target, queue)
+    destination = target.queues.get(to, to) if to else dlq.source_url
+    if not destination:
+        _fail(f"{dlq.logical_id} has no source queue ({dlq.source_logical_id or '?'} unknown): pass --to URL")
+    with _dlq_aws_errors(stack):
+        try:
+            result = redrive(
+                sqs,
+                dlq.url,
+                destination,
+                max_messages=max_messages,
+                method=cast("Method", method.value),
+                wait_timeout_s=wait_timeout,
+            )
+        except DlqError as error:
+            _fail(str(error))
+    if json_output:
+        typer.echo(
+            json.dumps({"dlq": dlq.logical_id, "destination": destination, **result.to_dict()}, indent=2)
+        )
+    else:
+        to_name = next((name for name, url in target.queues.items() if url == destination), destination)
+        how = result.method + (f" ({result.fallback_reason})" if result.fallback_reason else "")
+        out.print(
+            f"moved {result.moved} message(s) from {escape(dlq.logical_id)} to {escape(to_name)} "
+            f"by {escape(how)}",
+            highlight=False,
+        )
+        if result.task_status and result.task_status != "COMPLETED":
+            err.print(f"move task {escape(str(result.task_handle))} is {escape(result.task_status)}")
+        if result.failed:
+            err.print(f"[red]{result.failed} message(s) not moved; they are still on the DLQ[/red]")
+    raise typer.Exit(1 if result.failed or result.task_status == "FAILED" else 0)
+
+
+def _dlq_target(stack: str | None, state_dir: Path) -> tuple[Target, SQSClient]:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from baton_dev.target import TargetError, resolve_target
+
+    try:
+        target = resolve_target(stack=stack, state_dir=state_dir)
+    except TargetError as error:
+        _fail(str(error))
+    except (BotoCoreError, ClientError) as error:
+        _fail(f"AWS error reading stack {stack}: {error}")
+    except (OSError, ValueError, KeyError) as error:
+        _fail(f"unreadable state in {state_dir}: {error}")
+    if not any(name.endswith("DeadLetterQueue") for name in target.queues):
+        _fail(
+            "no dead-letter queues found" + (f" in the outputs of {stack}" if stack else f" in {state_dir}")
+        )
+    target.apply_aws_environment()
+    return target, boto3.client("sqs", region_name=target.region, endpoint_url=target.endpoint_url)
+
+
+def _dlq_resolve(target: Target, name: str) -> DeadLetterQueue:
+    from baton_dev.dlq import DlqError, resolve_dead_letter_queue
+
+    try:
+        return resolve_dead_letter_queue(target.queues, name)
+    except DlqError as error:
+        _fail(str(error))
+
+
+@contextmanager
+def _dlq_aws_errors(stack: str | None) -> Iterator[None]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError) as error:
+        _fail(f"AWS error: {error}" + ("" if stack else " (is `baton dev` still running?)"))
+
+
+def _dlq_body(body: str, full: bool, limit: int = 200) -> str:
+    if full:
+        try:
+            return "  " + json.dumps(json.loads(body), indent=2).replace("\n", "\n  ")
+        except ValueError:
+            return "  " + body
+    flat = " ".join(body.split())
+    return "  " + (flat if len(flat) <= limit else flat[: limit - 1] + "…")
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    value = int(seconds)
+    for unit, size, next_unit, next_size in (
+        ("d", 86400, "h", 3600),
+        ("h", 3600, "m", 60),
+        ("m", 60, "s", 1),
+    ):
+        if value >= size:
+            return f"{value // size}{unit} {value % size // next_size}{next_unit}"
+    return f"{value}s"
 
 
 # -- helpers -----------------------------------------------------------------------------------------

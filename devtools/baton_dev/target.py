@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
@@ -23,6 +23,8 @@ class Target:
     bucket: str | None
     endpoint_url: str | None
     region: str
+    # Every SQS queue by template logical id (e.g. "InferQueue", "InferDeadLetterQueue") -> URL.
+    queues: dict[str, str] = field(default_factory=dict, hash=False)
 
     def apply_aws_environment(self) -> None:
         """Point boto3 (and the shared domain package) at this target's endpoint."""
@@ -51,6 +53,9 @@ def resolve_target(*, stack: str | None = None, state_dir: Path = Path(".baton")
             bucket=outputs.get("BucketName"),
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL"),
             region=boto3.session.Session().region_name or "us-east-1",
+            queues={
+                key.removesuffix("Url"): value for key, value in outputs.items() if key.endswith("QueueUrl")
+            },
         )
     state_file = state_dir / "dev.json"
     if not state_file.exists():
@@ -64,4 +69,5 @@ def resolve_target(*, stack: str | None = None, state_dir: Path = Path(".baton")
         bucket=state.get("bucket"),
         endpoint_url=state["endpoint_url"],
         region=state["region"],
+        queues=dict(state.get("queues") or {}),
     )

@@ -41,8 +41,7 @@ def properties(app: AppTemplate, logical_id: str) -> dict[str, Any]:
 
 def visibility_timeout(app: AppTemplate, queue: str) -> int:
     """A queue's visibility timeout, with a !Ref to a parameter resolved to its default."""
-    value = properties(app, queue)["VisibilityTimeout"]
-    return int(app.parameter_value(value["Ref"]) if isinstance(value, dict) else value)
+    return int(app.resolve_parameter(properties(app, queue)["VisibilityTimeout"]))
 
 
 def test_cfn_lint_passes() -> None:

@@ -161,8 +161,8 @@ class AppTemplate:
                 logical_id=logical_id,
                 code_dir=code_dirs[props["Code"]["S3Key"]],
                 handler=props["Handler"],
-                timeout=int(props.get("Timeout", 3)),
-                memory_mb=int(props.get("MemorySize", 128)),
+                timeout=int(self.resolve_parameter(props.get("Timeout", 3))),
+                memory_mb=int(self.resolve_parameter(props.get("MemorySize", 128))),
                 environment=dict(props.get("Environment", {}).get("Variables", {})),
             )
 
@@ -198,9 +198,7 @@ class AppTemplate:
             props = resource["Properties"]
             if "ScheduleExpression" not in props:
                 continue
-            expression = props["ScheduleExpression"]
-            if isinstance(expression, dict) and "Ref" in expression:
-                expression = self.parameter_value(expression["Ref"])
+            expression = self.resolve_parameter(props["ScheduleExpression"])
             for target in props.get("Targets", []):
                 arn = target.get("Arn")
                 if isinstance(arn, dict) and "Fn::GetAtt" in arn and arn["Fn::GetAtt"][0] in self.functions:
@@ -255,6 +253,12 @@ class AppTemplate:
                 self.api_stage = stage
             elif isinstance(stage, dict) and "Ref" in stage:
                 self.api_stage = str(self.parameter_value(stage["Ref"]))
+
+    def resolve_parameter(self, value: Any) -> Any:
+        """A property that may be a !Ref to a template parameter, as its value."""
+        if isinstance(value, dict) and set(value) == {"Ref"}:
+            return self.parameter_value(value["Ref"])
+        return value
 
     def parameter_value(self, name: str) -> str:
         if name in self.parameters:

@@ -145,13 +145,19 @@ class RetryPolicy:
                 logger.warning("permanent failure", extra=context)
                 give_up(failure, attempt)
                 return {"outcome": "failed", "error": failure.type}
-            if failure.retryable and attempt >= self.max_attempts and give_up is not None:
+            exhausted = attempt >= self.max_attempts and failure.type != "in_progress"
+            if failure.retryable and exhausted and give_up is not None:
                 logger.warning("retries exhausted", extra=context)
                 give_up(failure, attempt)
                 return {"outcome": "failed", "error": failure.type}
-            delay = backoff_seconds(
-                attempt, base=self.base_seconds, cap=self.cap_seconds, retry_after=failure.retry_after
-            )
+            if failure.type == "in_progress":
+                # Another invocation holds this step (or died holding it: its record expires with
+                # that invocation's timeout). Not an attempt of ours: look again later, never give up.
+                delay = math.ceil(self.cap_seconds)
+            else:
+                delay = backoff_seconds(
+                    attempt, base=self.base_seconds, cap=self.cap_seconds, retry_after=failure.retry_after
+                )
             try:
                 delay_redelivery(record, delay)
             except Exception:
