@@ -27,9 +27,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
+
+from baton.deadletters import SQS_BATCH, make_visible, peek_messages, receive_hidden
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -39,7 +41,6 @@ logger = logging.getLogger("baton.dlq")
 
 DLQ_SUFFIX = "DeadLetterQueue"
 SOURCE_SUFFIX = "Queue"
-SQS_BATCH = 10
 # Keep one SendMessageBatch well under SQS's limit on a batch's total payload.
 BATCH_PAYLOAD_BYTES = 256 * 1024
 COMMAND_FIELDS = frozenset({"job_id", "tenant_id", "step", "version", "depth"})
@@ -270,23 +271,10 @@ def _text(value: Any) -> str | None:
 def peek(
     sqs: SQSClient, queue_url: str, *, max_messages: int = 10, hide_seconds: int = 30
 ) -> list[PeekedMessage]:
-    """Up to `max_messages` messages of a queue, left on it (see the module docstring: each one's
-    receive count goes up by one). Messages are hidden while being collected, so that successive
-    receives return different ones, then all made visible again, even on error."""
-    seen: dict[str, PeekedMessage] = {}
-    handles: list[str] = []
-    try:
-        while len(seen) < max_messages:
-            batch = _receive(sqs, queue_url, min(SQS_BATCH, max_messages - len(seen)), hide_seconds)
-            handles.extend(message["ReceiptHandle"] for message in batch)
-            fresh = [message for message in batch if message["MessageId"] not in seen]
-            if not fresh:
-                break
-            for message in fresh:
-                seen[message["MessageId"]] = _peeked(message)
-    finally:
-        _make_visible(sqs, queue_url, handles)
-    return list(seen.values())
+    """Up to `max_messages` messages of a queue, left on it (see baton.deadletters: each one's
+    receive count goes up by one)."""
+    messages = peek_messages(sqs, queue_url, max_messages=max_messages, hide_seconds=hide_seconds)
+    return [_peeked(cast("MessageTypeDef", message)) for message in messages]
 
 
 def _peeked(message: MessageTypeDef) -> PeekedMessage:
@@ -305,32 +293,6 @@ def _peeked(message: MessageTypeDef) -> PeekedMessage:
         },
         **info,
     )
-
-
-def _receive(sqs: SQSClient, queue_url: str, count: int, visibility_s: int) -> list[MessageTypeDef]:
-    # A 1 s long poll: on AWS a short poll samples a subset of servers and may miss messages.
-    return sqs.receive_message(
-        QueueUrl=queue_url,
-        MaxNumberOfMessages=count,
-        VisibilityTimeout=visibility_s,
-        WaitTimeSeconds=1,
-        MessageSystemAttributeNames=["All"],
-        MessageAttributeNames=["All"],
-    ).get("Messages", [])
-
-
-def _make_visible(sqs: SQSClient, queue_url: str, handles: Sequence[str]) -> None:
-    for chunk in _chunks(list(handles), SQS_BATCH):
-        answer = sqs.change_message_visibility_batch(
-            QueueUrl=queue_url,
-            Entries=[
-                {"Id": str(index), "ReceiptHandle": handle, "VisibilityTimeout": 0}
-                for index, handle in enumerate(chunk)
-            ],
-        )
-        for failure in answer.get("Failed", []):
-            # Typically a handle superseded by a later receive of the same message: harmless.
-            logger.debug("visibility not restored: %s", failure)
 
 
 # -- redrive -------------------------------------------------------------------------------------
@@ -452,7 +414,7 @@ def _receive_send(
     fifo = destination_url.endswith(".fifo")
     while max_messages is None or moved < max_messages:
         wanted = SQS_BATCH if max_messages is None else min(SQS_BATCH, max_messages - moved)
-        batch = _receive(sqs, dlq_url, wanted, visibility_s)
+        batch = cast("list[MessageTypeDef]", receive_hidden(sqs, dlq_url, wanted, visibility_s))
         if not batch:
             break
         sent: list[MessageTypeDef] = []
@@ -469,13 +431,13 @@ def _receive_send(
         except BaseException:
             # Whatever was not confirmed sent goes back to the DLQ now, not after the timeout.
             done = {message["MessageId"] for message in sent}
-            _make_visible(sqs, dlq_url, [m["ReceiptHandle"] for m in batch if m["MessageId"] not in done])
+            make_visible(sqs, dlq_url, [m["ReceiptHandle"] for m in batch if m["MessageId"] not in done])
             _delete(sqs, dlq_url, sent)
             raise
         _delete(sqs, dlq_url, sent)
         moved += len(sent)
         if unsent:
-            _make_visible(sqs, dlq_url, [message["ReceiptHandle"] for message in unsent])
+            make_visible(sqs, dlq_url, [message["ReceiptHandle"] for message in unsent])
             return RedriveResult(moved=moved, method="receive-send", failed=len(unsent))
     return RedriveResult(moved=moved, method="receive-send")
 

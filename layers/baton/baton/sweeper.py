@@ -17,12 +17,13 @@ from pydantic import ValidationError
 
 from baton.aws import client
 from baton.clock import now_ms
+from baton.deadletters import peek_messages
 from baton.jobs import JobService
 from baton.models import StageCommand
 
 logger = Logger(child=True)
 
-PEEK_ROUNDS = 10  # up to 100 messages per DLQ per sweep; the rest wait for the next minute
+PEEK_MAX = 100  # messages per DLQ per sweep; the rest wait for the next minute
 
 
 @dataclass(frozen=True)
@@ -55,25 +56,6 @@ def dead_letter_of(message: dict[str, Any]) -> DeadLetter | None:
     return None
 
 
-def peek(queue_url: str) -> list[dict[str, Any]]:
-    """Read messages without consuming them (visibility 0: they stay in the DLQ)."""
-    seen: dict[str, dict[str, Any]] = {}
-    sqs = client("sqs")
-    for _ in range(PEEK_ROUNDS):
-        answer = sqs.receive_message(
-            QueueUrl=queue_url,
-            MaxNumberOfMessages=10,
-            VisibilityTimeout=0,
-            WaitTimeSeconds=0,
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
-        )
-        fresh = [m for m in answer.get("Messages", []) if m["MessageId"] not in seen]
-        if not fresh:
-            break
-        seen.update({m["MessageId"]: m for m in fresh})
-    return list(seen.values())
-
-
 class Sweeper:
     def __init__(self, service: JobService) -> None:
         self.service = service
@@ -89,7 +71,7 @@ class Sweeper:
         failed = 0
         for queue_url in self.service.settings.dead_letter_queues:
             queue = queue_url.rsplit("/", 1)[-1]
-            for message in peek(queue_url):
+            for message in peek_messages(client("sqs"), queue_url, max_messages=PEEK_MAX):
                 letter = dead_letter_of(message)
                 if letter is None:
                     logger.warning(
