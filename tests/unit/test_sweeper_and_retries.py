@@ -58,7 +58,7 @@ def test_a_dead_lettered_command_fails_its_job_and_stays_in_the_dlq(
 def test_an_overdue_job_fails_as_timeout(
     aws: AwsStack, api: LoadedFunction, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job_id = accept(aws, api, parameters={"timeout_seconds": 1})
+    job_id = accept(aws, api, parameters={"timeout_seconds": 60})
     sweeper = aws.load("SweeperFunction")
     assert sweeper(_scheduled_event())["overdue_failed"] == 0  # not yet overdue
 

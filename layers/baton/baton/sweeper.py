@@ -71,6 +71,8 @@ class Sweeper:
         failed = 0
         for queue_url in self.service.settings.dead_letter_queues:
             queue = queue_url.rsplit("/", 1)[-1]
+            if not _has_messages(queue_url):
+                continue  # the usual case: skip the long poll
             for message in peek_messages(client("sqs"), queue_url, max_messages=PEEK_MAX):
                 letter = dead_letter_of(message)
                 if letter is None:
@@ -88,3 +90,11 @@ class Sweeper:
                 ):
                     failed += 1
         return failed
+
+
+def _has_messages(queue_url: str) -> bool:
+    attributes = client("sqs").get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return any(int(value) > 0 for value in attributes.values())
