@@ -15,7 +15,10 @@ offline and reproducibly. Its answers are derived from the input so a demo still
   ``[sim:503]``, ``[sim:slow=MS]``, ``[sim:context_length]``, ``[sim:malformed]`` (a 200 whose body is
   not a completion: the worker crashes on it); an ``xN`` suffix such as
   ``[sim:503x2]`` fails only the first N attempts of the same request) or at random with seeded,
-  reproducible probabilities.
+  reproducible probabilities;
+* a provider's rate limit: with ``rate_limit_rpm`` set, requests beyond it (counted over a
+  sliding window of ``rate_limit_window_s``) answer 429 with ``Retry-After`` / ``retry-after-ms``
+  saying when a slot frees.
 
 Endpoints: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions`` (also
 streaming), ``GET /_sim/requests`` (``DELETE`` clears it), ``GET|POST /_sim/faults``,
@@ -43,7 +46,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
@@ -57,6 +60,7 @@ __all__ = [
     "ModelSimulator",
     "SimReply",
     "SimulatorConfig",
+    "SlidingWindowLimiter",
     "build_reply",
     "choose_tool_call",
     "content_text",
@@ -93,9 +97,11 @@ FAULT_FIELDS = (
     "seed",
     "latency_ms",
     "ms_per_token",
+    "rate_limit_rpm",
+    "rate_limit_window_s",
 )
 _RATE_FIELDS = ("rate_429", "rate_500", "rate_503", "rate_slow")
-_NON_NEGATIVE_FIELDS = ("latency_ms", "ms_per_token", "retry_after_s", "slow_ms")
+_NON_NEGATIVE_FIELDS = ("latency_ms", "ms_per_token", "retry_after_s", "slow_ms", "rate_limit_rpm")
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,6 +124,11 @@ class SimulatorConfig:
     rate_slow: float = 0.0
     slow_ms: float = 5000
     seed: int = 0
+    # A provider's request rate limit: beyond rate_limit_rpm requests per minute (0: unlimited),
+    # enforced over a sliding window of rate_limit_window_s seconds (providers enforce per-minute
+    # limits over shorter periods too), requests answer 429 with the Retry-After until a slot frees.
+    rate_limit_rpm: float = 0.0
+    rate_limit_window_s: float = 60.0
 
     def __post_init__(self) -> None:
         if isinstance(self.models, str):
@@ -135,6 +146,9 @@ class SimulatorConfig:
             if value < 0 or math.isnan(value):
                 raise ValueError(f"{name}: must be >= 0, got {value}")
             setattr(self, name, value)
+        self.rate_limit_window_s = float(self.rate_limit_window_s)
+        if not self.rate_limit_window_s > 0:
+            raise ValueError(f"rate_limit_window_s: must be > 0, got {self.rate_limit_window_s}")
         if int(self.context_window) < 1:
             raise ValueError(f"context_window: must be >= 1, got {self.context_window}")
         self.context_window = int(self.context_window)
@@ -153,6 +167,8 @@ class SimulatorConfig:
             "rate_503": "BATON_SIM_RATE_503",
             "rate_slow": "BATON_SIM_RATE_SLOW",
             "slow_ms": "BATON_SIM_SLOW_MS",
+            "rate_limit_rpm": "BATON_SIM_RATE_LIMIT_RPM",
+            "rate_limit_window_s": "BATON_SIM_RATE_LIMIT_WINDOW_S",
         }
         ints = {"context_window": "BATON_SIM_CONTEXT_WINDOW", "seed": "BATON_SIM_SEED"}
         kwargs: dict[str, Any] = {}
@@ -181,6 +197,34 @@ class SimulatorConfig:
     def faults(self) -> dict[str, Any]:
         """The fields that can be changed at runtime, with their current values."""
         return {name: getattr(self, name) for name in FAULT_FIELDS}
+
+    def requests_per_window(self) -> int:
+        """Requests admitted per sliding window (0: no limit)."""
+        if self.rate_limit_rpm <= 0:
+            return 0
+        return max(1, math.floor(self.rate_limit_rpm * self.rate_limit_window_s / 60))
+
+
+class SlidingWindowLimiter:
+    """At most `limit` admitted requests in any `window_s` seconds; refused ones are not counted."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._admitted: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def acquire(self, limit: int, window_s: float) -> float | None:
+        """None when admitted; otherwise the seconds until a slot frees (for Retry-After)."""
+        if limit <= 0:
+            return None
+        now = self._clock()
+        with self._lock:
+            while self._admitted and self._admitted[0] <= now - window_s:
+                self._admitted.popleft()
+            if len(self._admitted) >= limit:
+                return max(0.001, self._admitted[-limit] + window_s - now)
+            self._admitted.append(now)
+            return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -864,6 +908,24 @@ def _fault_error(fault: str, config: SimulatorConfig, prompt_tokens: int) -> _Ap
     )
 
 
+def _rate_limit_error(seconds: float, config: SimulatorConfig) -> _ApiError:
+    return _ApiError(
+        429,
+        f"Rate limit reached for requests: limit {config.rate_limit_rpm:g} per minute "
+        f"(simulated by Baton's model simulator). Please try again in {seconds:.3f}s.",
+        type_="requests",
+        code="rate_limit_exceeded",
+        fault="rate_limit",
+        headers={
+            "Retry-After": str(math.ceil(seconds)),
+            "retry-after-ms": str(math.ceil(seconds * 1000)),
+            "x-ratelimit-limit-requests": f"{config.rate_limit_rpm:g}",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": f"{seconds:.3f}s",
+        },
+    )
+
+
 def _validate_chat_body(body: Any, config: SimulatorConfig) -> tuple[dict[str, Any], str, list[Any]]:
     if not isinstance(body, dict):
         raise _ApiError(400, "The request body must be a JSON object.")
@@ -1129,6 +1191,9 @@ class _Handler(BaseHTTPRequestHandler):
             if isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
                 model = parsed["model"]
             body, model, messages = _validate_chat_body(parsed, config)
+            wait_s = sim._limiter.acquire(config.requests_per_window(), config.rate_limit_window_s)
+            if wait_s is not None:
+                raise _rate_limit_error(wait_s, config)
             prompt_tokens = count_prompt_tokens(messages)
             digest = request_digest(body)
             fault, slow_ms = sim._decide_fault(config, _last_user_text(messages), prompt_tokens, digest)
@@ -1287,6 +1352,7 @@ class ModelSimulator:
         self._rng = random.Random(self._config.seed)
         self._log: deque[dict[str, Any]] = deque(maxlen=MAX_LOG_ENTRIES)
         self._attempts: Counter[str] = Counter()
+        self._limiter = SlidingWindowLimiter()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -1379,7 +1445,8 @@ class ModelSimulator:
     def set_faults(self, **changes: Any) -> SimulatorConfig:
         """Change fault fields at runtime (``rate_429``, ``retry_after_s``, ``rate_500``,
         ``rate_503``, ``rate_slow``, ``slow_ms``, ``seed`` re-seeds the generator, and also
-        ``latency_ms`` / ``ms_per_token``). Raises ValueError for unknown fields or bad values."""
+        ``latency_ms`` / ``ms_per_token`` / ``rate_limit_rpm`` / ``rate_limit_window_s``).
+        Raises ValueError for unknown fields or bad values."""
         unknown = sorted(set(changes) - set(FAULT_FIELDS))
         if unknown:
             raise ValueError(
@@ -1469,6 +1536,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate-slow", type=float, default=defaults.rate_slow)
     parser.add_argument("--slow-ms", type=float, default=defaults.slow_ms)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--rate-limit-rpm", type=float, default=defaults.rate_limit_rpm, help="requests/min; 0: unlimited"
+    )
+    parser.add_argument("--rate-limit-window-s", type=float, default=defaults.rate_limit_window_s)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
 
@@ -1485,6 +1556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rate_slow=args.rate_slow,
             slow_ms=args.slow_ms,
             seed=args.seed,
+            rate_limit_rpm=args.rate_limit_rpm,
+            rate_limit_window_s=args.rate_limit_window_s,
         )
     except ValueError as exc:
         parser.error(str(exc))

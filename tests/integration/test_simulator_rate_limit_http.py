@@ -1,0 +1,33 @@
+"""The simulator's provider rate limit over HTTP: 429 with Retry-After, as Baton's model client sees it."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from baton.llm import retry_after_seconds
+from baton_dev.simulator import ModelSimulator, SimulatorConfig
+
+pytestmark = pytest.mark.integration
+
+BODY = {"model": "baton-local", "messages": [{"role": "user", "content": "Hello there."}]}
+
+
+def test_requests_beyond_the_limit_answer_429_until_a_slot_frees() -> None:
+    # 120 requests/min enforced over 1 s windows: 2 per second.
+    config = SimulatorConfig(latency_ms=0, ms_per_token=0, rate_limit_rpm=120, rate_limit_window_s=1)
+    with ModelSimulator(config) as sim, httpx.Client(base_url=sim.base_url, timeout=10) as client:
+        statuses = [client.post("/chat/completions", json=BODY).status_code for _ in range(2)]
+        refused = client.post("/chat/completions", json=BODY)
+        assert statuses == [200, 200]
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        wait = retry_after_seconds(refused.headers)
+        assert wait is not None and 0 < wait <= 1.0
+        assert refused.headers["Retry-After"] == "1"
+        time.sleep(wait + 0.05)
+        assert client.post("/chat/completions", json=BODY).status_code == 200
+        faults = [entry["fault"] for entry in sim.request_log()]
+        assert faults == [None, None, "rate_limit", None]
