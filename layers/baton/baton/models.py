@@ -114,15 +114,16 @@ class DocumentRef(BaseModel):
 class JobParameters(BaseModel):
     model_config = _STRICT
 
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    # Numbers are strict: `true` or "5" is a wrong type (422), not silently 1 or 5.
+    temperature: float | None = Field(None, ge=0, le=2, strict=True)
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000, strict=True)
     response_format: dict[str, Any] | None = None
     # OpenAI tool definitions, or names of Baton's built-ins ("calculator", ...). Calls to the
     # built-ins run inside Baton (agent loop); calls to other tools end the job for the client.
     tools: list[dict[str, Any] | str] | None = Field(None, max_length=64)
-    max_depth: int | None = Field(None, ge=1, le=15)
-    max_total_tokens: int | None = Field(None, ge=1)
-    timeout_seconds: int | None = Field(None, ge=1, le=86_400)
+    max_depth: int | None = Field(None, ge=1, le=15, strict=True)
+    max_total_tokens: int | None = Field(None, ge=1, strict=True)
+    timeout_seconds: int | None = Field(None, ge=1, le=86_400, strict=True)
 
     @field_validator("tools")
     @classmethod
@@ -175,6 +176,27 @@ MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 
 
+# Free-form parts of a body (response_format, tool definitions, message extras) may nest, but
+# not without bound: pydantic refuses to serialise past ~250 levels (a 500), and no real JSON
+# schema or tool definition comes near this.
+MAX_NESTING_DEPTH = 64
+
+
+def _nesting_depth(value: Any, limit: int) -> int:
+    """How deep `value` nests (a scalar is 0), counting no further than `limit` + 1."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list) and item:
+            if depth + 1 > limit:
+                return depth + 1
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        deepest = max(deepest, depth + isinstance(item, dict | list))
+    return deepest
+
+
 class CreateJobRequest(BaseModel):
     """Body of POST /v1/jobs."""
 
@@ -186,6 +208,13 @@ class CreateJobRequest(BaseModel):
     parameters: JobParameters = Field(default_factory=JobParameters)
     webhook: WebhookSpec | None = None
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded_nesting(cls, data: Any) -> Any:
+        if _nesting_depth(data, MAX_NESTING_DEPTH) > MAX_NESTING_DEPTH:
+            raise ValueError(f"the body nests deeper than {MAX_NESTING_DEPTH} levels")
+        return data
 
 
 class StageCommand(BaseModel):
