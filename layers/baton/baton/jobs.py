@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -51,6 +52,9 @@ metrics = Metrics()
 POLL_INTERVAL_SECONDS = 0.2
 PROGRESS = {Step.EXTRACT: 10, Step.INFER: 50}
 PROGRESS_AFTER_EXTRACT = 40
+# What the stored request may take of the job's 400 KB DynamoDB item; the rest is for the inline
+# result (BATON_INLINE_RESULT_MAX_BYTES, 32 KB by default), metadata and bookkeeping.
+MAX_STORED_REQUEST_BYTES = 256_000
 
 
 def new_job_id() -> str:
@@ -103,6 +107,7 @@ class JobService:
             source="api",
             idempotency_key=idempotency_key,
         )
+        _check_stored_size(record)
         return self._store_and_start(record)
 
     def accept_upload(self, bucket: str, raw_key: str, etag: str | None) -> JobRecord | None:
@@ -535,6 +540,22 @@ class JobService:
         # One series per terminal state: JobsCompleted, JobsFailed, JobsCancelled, JobsNeedsReview.
         name = "Jobs" + record.status.value.title().replace("_", "")
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+
+
+def _check_stored_size(record: JobRecord) -> None:
+    """A job is one DynamoDB item (400 KB at most, or the write fails with a 500). The request is
+    stored in it as escaped JSON, so a prompt within BATON_MAX_PROMPT_CHARS can still be too big:
+    non-ASCII characters take 6 bytes each (\\uXXXX). Refuse it up front with a 422."""
+    stored = len(record.to_item()["request"])
+    if stored <= MAX_STORED_REQUEST_BYTES:
+        return
+    input_bytes = len(json.dumps(record.request["input"], separators=(",", ":")))
+    field = "input" if input_bytes > MAX_STORED_REQUEST_BYTES // 2 else "body"
+    raise InvalidRequestError(
+        f"{field} is too large to store: {stored} bytes as JSON (non-ASCII characters count 6 "
+        f"bytes each); the limit is {MAX_STORED_REQUEST_BYTES}",
+        field=field,
+    )
 
 
 def _assistant_message(completion: llm.Completion) -> dict[str, Any]:
