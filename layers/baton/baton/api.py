@@ -12,13 +12,22 @@ from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer, id
 from aws_lambda_powertools.utilities.idempotency.config import IdempotencyConfig
 
 from baton.clock import iso_from_ms
-from baton.errors import InvalidRequestError, UnauthorizedError
+from baton.errors import InvalidRequestError, JobNotFoundError, UnauthorizedError
 from baton.jobs import JobService
 from baton.models import CreateJobRequest
 from baton.records import JobRecord
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+# Every job id Baton makes (new, keyed and upload ids) has this shape. Anything else is unknown
+# without asking DynamoDB, which refuses keys over 1024 bytes with a ValidationException (a 500).
+JOB_ID_PATTERN = re.compile(r"job_[0-9a-f]{32}")
 WAIT_PATTERN = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+def known_job_id(job_id: str) -> str:
+    if not JOB_ID_PATTERN.fullmatch(job_id):
+        raise JobNotFoundError(f"job {job_id[:64]} not found")
+    return job_id
 
 
 def tenant_of(event: APIGatewayProxyEvent) -> str:
@@ -101,6 +110,7 @@ class JobsHttp:
 
     def get(self, event: APIGatewayProxyEvent, job_id: str, wait: float | None) -> Response[str]:
         tenant_id = tenant_of(event)
+        job_id = known_job_id(job_id)
         if wait is not None and wait > 0:
             record = self.service.wait(tenant_id, job_id, wait, until_terminal=False)
         else:
@@ -108,7 +118,7 @@ class JobsHttp:
         return self._job_response(record)
 
     def cancel(self, event: APIGatewayProxyEvent, job_id: str) -> Response[str]:
-        record = self.service.cancel(tenant_of(event), job_id)
+        record = self.service.cancel(tenant_of(event), known_job_id(job_id))
         return self._job_response(record)
 
     def _job_response(self, record: JobRecord) -> Response[str]:
