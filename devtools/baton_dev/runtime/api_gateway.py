@@ -114,7 +114,14 @@ class LocalApiGateway:
         method = request.command.upper()
         length = int(request.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
-            self._send(request, 413, {}, json.dumps({"message": "Request Too Long"}))
+            # Drain the body so the client reads the answer instead of a reset connection, then
+            # answer as API Gateway does: the REQUEST_TOO_LARGE gateway response (else DEFAULT_4XX).
+            while length > 0:
+                chunk = request.rfile.read(min(length, 1 << 20))
+                if not chunk:
+                    break
+                length -= len(chunk)
+            self._gateway_response(request, "REQUEST_TOO_LARGE", 413, "Request Too Long")
             return
         raw_body = request.rfile.read(length) if length else b""
         if split.path == LOCAL_STATS_PATH:
