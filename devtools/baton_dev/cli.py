@@ -62,15 +62,39 @@ def dev(
     template: Annotated[Path, typer.Option(help="SAM template to run.")] = Path("template.yaml"),
     state_dir: Annotated[Path, typer.Option(help="Where runtime state and logs go.")] = Path(".baton"),
     log_level: Annotated[str, typer.Option(help="Log level of the runtime.")] = "INFO",
+    parameter_overrides: Annotated[
+        list[str] | None,
+        typer.Option(help="Template parameter Key=Value, like `sam deploy` (repeatable)."),
+    ] = None,
+    schedule_every: Annotated[
+        float | None, typer.Option(help="Run scheduled functions every N seconds instead of their rate().")
+    ] = None,
+    stack_name: Annotated[str, typer.Option(help="Local stack name (reused if it exists).")] = "baton-local",
 ) -> None:
     """Run the whole stack locally (API on http://127.0.0.1:PORT) until Ctrl-C or SIGTERM."""
     from baton_dev.runtime.local import LocalRuntime, RuntimeOptions
 
     logs.configure(log_level)
+    parameters: dict[str, str] = {}
+    for item in parameter_overrides or []:
+        for pair in item.split():
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                _fail(f"--parameter-overrides expects Key=Value, got {pair!r}")
+            parameters[key] = value.strip('"')
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    runtime = LocalRuntime(RuntimeOptions(template=template, port=port, state_dir=state_dir))
+    runtime = LocalRuntime(
+        RuntimeOptions(
+            template=template,
+            port=port,
+            state_dir=state_dir,
+            parameters=parameters,
+            schedule_every_s=schedule_every,
+            stack_name=stack_name,
+        )
+    )
     try:
         runtime.start()
         stop.wait()
