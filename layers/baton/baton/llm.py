@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
 from aws_lambda_powertools.utilities.parameters import get_secret
 
 from baton.errors import ModelError
 from baton.records import Usage
 from baton.settings import Settings
+
+if TYPE_CHECKING:
+    import openai
+
+# `openai` is imported on first use, not at import: only the infer function calls the model, and
+# importing the client costs every other function ~0.4 s of cold start (bench/cold_start.py).
 
 # Leave the function this long after the model call to record the result and hand it on.
 SAFETY_MARGIN_SECONDS = 5.0
@@ -47,6 +52,8 @@ def _api_key(settings: Settings) -> str:
 
 @cache
 def _client(base_url: str | None, api_key: str) -> openai.OpenAI:
+    import openai
+
     # Retries belong to SQS (visibility timeout, redrive), not to a loop inside one invocation.
     return openai.OpenAI(base_url=base_url or None, api_key=api_key, max_retries=0)
 
@@ -60,6 +67,8 @@ def complete(
     timeout: float,
     extra_headers: dict[str, str] | None = None,
 ) -> Completion:
+    import openai
+
     request: dict[str, Any] = {"model": model, "messages": messages}
     for name in ("temperature", "max_tokens", "response_format", "tools"):
         if parameters.get(name) is not None:
