@@ -155,11 +155,6 @@ def blank_pdf() -> bytes:
 LATIN_1 = "Café crème brûlée à la française, où l'été dure. ".encode("latin-1") * 20
 OFFICE_ZIP = b"PK\x03\x04" + bytes(200)
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
-NEVER_BECOMES_A_JOB = (
-    "an upload whose object metadata does not validate never becomes a job: accept_upload raises "
-    "on UploadMetadata, ingest retries it into its DLQ, and the job id the client derived answers "
-    "404 forever instead of a job failed with a clear reason"
-)
 
 
 def case(name: str, send: Send, expected: Refused | Accepted | Ends, *marks: pytest.MarkDecorator) -> Any:
@@ -451,13 +446,11 @@ CASES = [
         "upload with webhook-url not a URL",
         upload("note.txt", ARTICLE.encode(), "text/plain", {"webhook-url": "not a url"}),
         Ends("failed", "invalid_request", within_s=20),
-        pytest.mark.xfail(strict=True, reason=NEVER_BECOMES_A_JOB),
     ),
     case(
         "upload with empty prompt",
         upload("note.txt", ARTICLE.encode(), "text/plain", {"prompt": ""}),
         Ends("failed", "invalid_request", within_s=20),
-        pytest.mark.xfail(strict=True, reason=NEVER_BECOMES_A_JOB),
     ),
 ]
 

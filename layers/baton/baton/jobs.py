@@ -13,6 +13,7 @@ from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import ValidationError
 
 from baton import llm
 from baton.blobs import BlobStore
@@ -121,22 +122,44 @@ class JobService:
         if not self.tenants.exists(tenant_id):
             raise InvalidRequestError(f"upload {key}: tenant {tenant_id!r} does not exist")
         object_metadata, current_etag = self.blobs.head(key)
-        metadata = UploadMetadata.model_validate(object_metadata)
-        body: dict[str, Any] = {"input": {"prompt": metadata.prompt}, "metadata": {"source_key": key[:512]}}
-        if metadata.model:
-            body["model"] = metadata.model
-        if metadata.webhook_url:
-            body["webhook"] = {"url": str(metadata.webhook_url)}
-        request = CreateJobRequest.model_validate(body)
+        # moto names it eTag, not etag (facts.md): fall back to the object's own ETag.
+        job_id = upload_job_id(bucket, key, etag or current_etag)
+        try:
+            metadata = UploadMetadata.model_validate(object_metadata)
+            body: dict[str, Any] = {
+                "input": {"prompt": metadata.prompt},
+                "metadata": {"source_key": key[:512]},
+            }
+            if metadata.model:
+                body["model"] = metadata.model
+            if metadata.webhook_url:
+                body["webhook"] = {"url": str(metadata.webhook_url)}
+            request = CreateJobRequest.model_validate(body)
+        except ValidationError as error:
+            # The uploader polls this job id: it must end, failed, naming the bad metadata.
+            return self._reject_upload(tenant_id, job_id, key, error)
         record = self._new_record(
-            tenant_id,
-            # moto names it eTag, not etag (facts.md): fall back to the object's own ETag.
-            job_id=upload_job_id(bucket, key, etag or current_etag),
-            request=request,
-            document_key=key,
-            source="upload",
+            tenant_id, job_id=job_id, request=request, document_key=key, source="upload"
         )
         return self._store_and_start(record)
+
+    def _reject_upload(self, tenant_id: str, job_id: str, key: str, error: ValidationError) -> JobRecord:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "metadata"
+        placeholder = CreateJobRequest.model_validate(
+            {"input": {"prompt": "(rejected upload)"}, "metadata": {"source_key": key[:512]}}
+        )
+        record = self._new_record(
+            tenant_id, job_id=job_id, request=placeholder, document_key=key, source="upload"
+        )
+        if self.store.create(record):
+            self._fail(
+                record,
+                "invalid_request",
+                f"upload metadata x-amz-meta-{field}: {first['msg']}",
+                retryable=False,
+            )
+        return self.store.get(tenant_id, job_id)
 
     def get(self, tenant_id: str, job_id: str) -> JobRecord:
         return self.store.get(tenant_id, job_id)
