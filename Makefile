@@ -8,7 +8,7 @@ UV_VERSION := 0.13.8
 PYTHON313 ?= $(shell for c in python3.13 "$$HOME/.pyenv/versions/3.13.0/bin/python3.13" $$(ls -d $$HOME/.pyenv/versions/3.13*/bin/python3.13 /usr/local/bin/python3.13 2>/dev/null); do \
 	if PYENV_VERSION=3.13.0 "$$c" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1; then echo "$$c"; break; fi; done)
 
-.PHONY: help install demo dev test test-unit test-integration lint typecheck lint-template lock clean
+.PHONY: help install demo dev test test-unit test-integration lint typecheck lint-template lock clean bench
 
 help:
 	@echo "make demo    start the local stack, submit real jobs, show them finish"
@@ -53,6 +53,9 @@ test-integration: install
 test: lint typecheck lint-template
 	$(PY) -m pytest tests/unit --disable-socket --allow-unix-socket -q
 	$(PY) -m pytest tests/integration tests/e2e -q
+
+bench: install
+	$(PY) -m bench
 
 lock:
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.13 \

@@ -26,6 +26,7 @@ def _requests_for(clients: int, quick: bool) -> int:
 
 
 def run_level(stack: StackProcess, clients: int, total: int) -> dict[str, Any]:
+    """One concurrency level; a reset connection counts as an answer-less request (status 0)."""
     # Warm-up at this concurrency: the runtime gives each concurrent invocation an execution
     # environment of its own, and the first use of each is a cold start (not what is measured).
     with parallel(clients, lambda index: _burst(stack, 2)):
@@ -52,7 +53,7 @@ def run_level(stack: StackProcess, clients: int, total: int) -> dict[str, Any]:
     handler_ms: list[float] = api["ms"]
     aws_ms: list[float] = api["aws_ms"]
     own_ms = [total_ms - aws for total_ms, aws in zip(handler_ms, aws_ms, strict=True)]
-    client_ms = [submitted.ms for submitted in results]
+    client_ms = [submitted.ms for submitted in results if submitted.status]
     accepted = [submitted for submitted in results if submitted.status == 202]
     calls = {
         f"{row['service']}:{row['operation']}": row["calls"] / max(1, len(accepted))
@@ -65,6 +66,7 @@ def run_level(stack: StackProcess, clients: int, total: int) -> dict[str, Any]:
         "clients": clients,
         "requests": len(results),
         "accepted_202": len(accepted),
+        "connection_errors": sum(1 for submitted in results if submitted.status == 0),
         "throughput_rps": round(len(results) / elapsed, 1),
         "client_ms": client_ms,
         "handler_ms": handler_ms,
@@ -108,8 +110,9 @@ def run(*, quick: bool = False, stack: StackProcess | None = None) -> Result:
             " / ".join(f"{value:.1f}" for value in gap) + " ms",
         )
         result.add(
-            f"{n:>2} clients: accepted/sent, throughput",
-            f"{level['accepted_202']}/{level['requests']}, {level['throughput_rps']} req/s",
+            f"{n:>2} clients: accepted/sent (connections reset), throughput",
+            f"{level['accepted_202']}/{level['requests']} ({level['connection_errors']}), "
+            f"{level['throughput_rps']} req/s",
         )
     first = levels[0]["aws_calls_per_accept"]
     result.add(

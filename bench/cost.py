@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from bench.prices import (
@@ -78,7 +79,7 @@ def job_units(metrics: dict[str, Any], jobs: int, memory: dict[str, int]) -> dic
 
 
 def price(
-    units: dict[str, float], lambdas: dict[str, dict[str, float]], extra: dict[str, float]
+    units: Mapping[str, float], lambdas: Mapping[str, Mapping[str, float]], extra: Mapping[str, float]
 ) -> dict[str, float]:
     """$ per job, by line item."""
     p = PRICES

@@ -563,7 +563,7 @@ class StackOptions:
 
 @dataclass
 class Submitted:
-    status: int
+    status: int  # 0: no HTTP answer (connection reset or refused)
     job_id: str | None
     ms: float  # POST -> answer, as the client saw it
     sent_epoch_ms: float
@@ -724,7 +724,10 @@ class StackProcess:
     ) -> Submitted:
         sent = time.time() * 1000
         started = time.perf_counter()
-        answer = client.post("/v1/jobs", json=body, headers=headers or {})
+        try:
+            answer = client.post("/v1/jobs", json=body, headers=headers or {})
+        except httpx.TransportError:  # e.g. a reset connection: the client sees no answer at all
+            return Submitted(0, None, (time.perf_counter() - started) * 1000, sent)
         elapsed = (time.perf_counter() - started) * 1000
         job_id = answer.json().get("id") if answer.status_code in (200, 202) else None
         return Submitted(answer.status_code, job_id, elapsed, sent)

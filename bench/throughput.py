@@ -116,6 +116,8 @@ def run(*, quick: bool = False, stack: StackProcess | None = None) -> Result:
         row["calls"] for row in metrics["aws"] if not row["role"].startswith(("setup", "control", "other"))
     ) / max(1, completed)
     result.add("AWS calls per job (handlers + pollers)", f"{calls_per_job:.1f}")
+    empty_polls = sum(row["calls"] for row in metrics["aws"] if row["operation"] == "ReceiveMessage:empty")
+    result.add("empty SQS long polls by the local pollers", f"{empty_polls / elapsed:.1f}/s")
     for name, profile in profiles.items():
         if profile.error:
             result.add(f"profile {name}", profile.error)
