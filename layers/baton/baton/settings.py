@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     extract_queue_url: str = Field("", alias="EXTRACT_QUEUE_URL")
     infer_queue_url: str = Field("", alias="INFER_QUEUE_URL")
     tool_queue_url: str = Field("", alias="TOOL_QUEUE_URL")
-    # Every stage's DLQ, comma-separated (the sweeper reads them).
+    # The DLQs whose messages are job commands (extract, infer, tool), comma-separated: the sweeper.
     dead_letter_queue_urls: str = Field("", alias="DEAD_LETTER_QUEUE_URLS")
 
     # The model endpoint follows the openai client's own variables.
