@@ -8,7 +8,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.idempotency import idempotent_function
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from baton.idempotency import notification_config, persistence_layer
+from baton.idempotency import idempotency_prefix, notification_config, persistence_layer
 from baton.jobs import JobService
 from baton.models import LifecycleDetail
 from baton.parsing import LifecycleEventRecord
@@ -26,7 +26,10 @@ processor = BatchProcessor(event_type=EventType.SQS, model=LifecycleEventRecord)
 
 
 @idempotent_function(
-    data_keyword_argument="detail", persistence_store=persistence_layer(settings), config=idempotency
+    data_keyword_argument="detail",
+    persistence_store=persistence_layer(settings),
+    config=idempotency,
+    key_prefix=idempotency_prefix("notify"),
 )
 def notify_once(detail: LifecycleDetail) -> dict[str, Any]:
     return service.notify(detail)

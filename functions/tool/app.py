@@ -8,7 +8,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.idempotency import idempotent_function
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from baton.idempotency import persistence_layer, stage_config
+from baton.idempotency import idempotency_prefix, persistence_layer, stage_config
 from baton.jobs import JobService
 from baton.models import StageCommand
 from baton.parsing import StageCommandRecord
@@ -26,7 +26,10 @@ processor = BatchProcessor(event_type=EventType.SQS, model=StageCommandRecord)
 
 
 @idempotent_function(
-    data_keyword_argument="command", persistence_store=persistence_layer(settings), config=idempotency
+    data_keyword_argument="command",
+    persistence_store=persistence_layer(settings),
+    config=idempotency,
+    key_prefix=idempotency_prefix("tool"),
 )
 def tools_once(command: StageCommand) -> dict[str, Any]:
     return service.run_tool(command)

@@ -13,6 +13,7 @@ from aws_lambda_powertools.utilities.idempotency.config import IdempotencyConfig
 
 from baton.clock import iso_from_ms
 from baton.errors import InvalidRequestError, JobNotFoundError, UnauthorizedError
+from baton.idempotency import idempotency_prefix
 from baton.jobs import JobService
 from baton.models import CreateJobRequest
 from baton.records import JobRecord
@@ -67,7 +68,10 @@ class JobsHttp:
         self.service = service
         self.config = config
         self._accept_once = idempotent_function(
-            data_keyword_argument="submission", persistence_store=persistence, config=config
+            data_keyword_argument="submission",
+            persistence_store=persistence,
+            config=config,
+            key_prefix=idempotency_prefix("submission"),
         )(self._accept_submission)
 
     def create(self, event: APIGatewayProxyEvent, body: CreateJobRequest) -> Response[str]:

@@ -17,6 +17,13 @@ SUBMISSION_KEY = "[tenant_id, idempotency_key]"
 SUBMISSION_PAYLOAD = "body"
 
 
+def idempotency_prefix(step: str) -> str:
+    """Records are keyed by step, not by Powertools' default (function name + module + function),
+    which changes with a renamed function or module, and which a process running several functions
+    (the local runtime) could read while another function's environment is applied."""
+    return f"baton.{step}"
+
+
 def persistence_layer(settings: Settings) -> DynamoDBPersistenceLayer:
     return DynamoDBPersistenceLayer(table_name=settings.idempotency_table)
 
