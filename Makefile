@@ -8,7 +8,7 @@ UV_VERSION := 0.13.8
 PYTHON313 ?= $(shell for c in python3.13 "$$HOME/.pyenv/versions/3.13.0/bin/python3.13" $$(ls -d $$HOME/.pyenv/versions/3.13*/bin/python3.13 /usr/local/bin/python3.13 2>/dev/null); do \
 	if PYENV_VERSION=3.13.0 "$$c" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1; then echo "$$c"; break; fi; done)
 
-.PHONY: help install demo dev test test-unit test-integration lint typecheck lint-template lock clean bench
+.PHONY: help install demo dev test test-unit test-integration lint typecheck lint-template lock layer-lock clean bench
 
 help:
 	@echo "make demo    start the local stack, submit real jobs, show them finish"
@@ -60,6 +60,12 @@ bench: install
 lock:
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.13 \
 		--python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+# The Lambda layer's pins (arm64, python3.13), installed by `sam build` from layers/baton/.
+layer-lock:
+	$(VENV)/bin/uv pip compile layers/baton/requirements.in --generate-hashes --python-version 3.13 \
+		--python-platform aarch64-manylinux_2_28 --no-emit-package boto3 --no-emit-package botocore \
+		--no-emit-package s3transfer -o layers/baton/requirements.txt
 
 clean:
 	rm -rf $(VENV) .aws-sam .baton .pytest_cache .mypy_cache .ruff_cache
