@@ -479,6 +479,8 @@ class JobService:
                     "current_version": record.version,
                 },
             )
+            if record.is_terminal and _ended_by(record, command):
+                self._announce_again(record)
             return None
         if now_ms() > record.deadline_ms:
             self._fail(record, "timeout", "the job ran past its timeout_seconds", retryable=False)
@@ -556,6 +558,17 @@ class JobService:
             "job failed", extra={"job_id": record.job_id, "error_type": error_type, "reason": message}
         )
 
+    def _announce_again(self, record: JobRecord) -> None:
+        """This very step ended the job, and its command is back: the invocation that wrote the
+        terminal state did not finish (it died, or PutEvents failed and it raised), so its terminal
+        event may never have been published, and without it no webhook fires. Publish it again:
+        lifecycle events are at-least-once, and notify delivers once per (job, status).
+        (A command whose step finished is answered by its idempotency record and never gets here.)"""
+        logger.info("terminal event published again", extra={"job_id": record.job_id})
+        self.events.publish(
+            TERMINAL_EVENT_FOR_STATUS[record.status], record, job_view=self.public_view(record)
+        )
+
     def _publish_terminal(self, record: JobRecord) -> None:
         self.events.publish(
             TERMINAL_EVENT_FOR_STATUS[record.status], record, job_view=self.public_view(record)
@@ -563,6 +576,15 @@ class JobService:
         # One series per terminal state: JobsCompleted, JobsFailed, JobsCancelled, JobsNeedsReview.
         name = "Jobs" + record.status.value.title().replace("_", "")
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+
+
+def _ended_by(record: JobRecord, command: StageCommand) -> bool:
+    """Whether the terminal job was last at this command's step (same version and depth)."""
+    return (
+        record.version == command.version
+        and record.depth == command.depth
+        and record.current_step == command.step
+    )
 
 
 def _check_stored_size(record: JobRecord) -> None:
