@@ -8,11 +8,12 @@ UV_VERSION := 0.13.8
 PYTHON313 ?= $(shell for c in python3.13 "$$HOME/.pyenv/versions/3.13.0/bin/python3.13" $$(ls -d $$HOME/.pyenv/versions/3.13*/bin/python3.13 /usr/local/bin/python3.13 2>/dev/null); do \
 	if PYENV_VERSION=3.13.0 "$$c" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1; then echo "$$c"; break; fi; done)
 
-.PHONY: help install demo dev test test-unit test-integration lint typecheck lint-template lock layer-lock clean bench
+.PHONY: help install demo dev test test-unit test-integration chaos lint typecheck lint-template lock layer-lock clean bench
 
 help:
 	@echo "make demo    start the local stack, submit real jobs, show them finish"
 	@echo "make test    lint, type-check and run every test suite"
+	@echo "make chaos   the fault-injection suite at full size (2000 jobs; CHAOS_JOBS=N to change)"
 	@echo "make dev     run the local stack (API on http://127.0.0.1:3000) until Ctrl-C"
 
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -53,6 +54,11 @@ test-integration: install
 test: lint typecheck lint-template
 	$(PY) -m pytest tests/unit --disable-socket --allow-unix-socket -q
 	$(PY) -m pytest tests/integration tests/e2e -q
+	$(PY) -m pytest tests/chaos -q --chaos-jobs 50
+
+# Faults, duplicates, a runtime SIGKILL and failing webhooks over many jobs; logs in .baton/chaos/.
+chaos: install
+	$(PY) -m pytest tests/chaos -q -s --chaos-jobs $${CHAOS_JOBS:-2000}
 
 bench: install
 	$(PY) -m bench
