@@ -828,11 +828,12 @@ class ChaosRun:
                 expected[spec.webhook].add(f"msg_{spec.job_id}_{status}")
         deadline = time.monotonic() + self.config.webhook_grace_s
         for index, ids in expected.items():
-            remaining = deadline - time.monotonic()
+
+            def all_delivered(events: list[WebhookEvent], ids: set[str] = ids) -> bool:
+                return ids <= {event.webhook_id for event in events}
+
             try:
-                self.receivers[index].wait_until(
-                    lambda events, ids=ids: ids <= {e.webhook_id for e in events}, timeout=max(0.1, remaining)
-                )
+                self.receivers[index].wait_until(all_delivered, timeout=max(0.1, deadline - time.monotonic()))
             except TimeoutError:
                 break  # the analysis names the missing ones
         self.obs.webhooks_done_at = time.time()
