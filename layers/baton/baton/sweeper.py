@@ -50,9 +50,6 @@ def dead_letter_of(message: dict[str, Any]) -> DeadLetter | None:
     detail = event.get("detail") if isinstance(event, dict) else None
     if isinstance(detail, dict) and detail.get("job_id") and detail.get("tenant_id"):
         return DeadLetter(str(detail["tenant_id"]), str(detail["job_id"]), "notify", attempts)
-    if isinstance(event, dict) and event.get("source") == "aws.s3":
-        # An upload that never became a job: nothing to fail; it waits in the ingest DLQ.
-        return DeadLetter("", "", "ingest", attempts)
     return None
 
 
@@ -81,9 +78,8 @@ class Sweeper:
                         extra={"queue": queue, "message_id": message["MessageId"]},
                     )
                     continue
-                if letter.stage in {"notify", "ingest"}:
-                    # notify: its job is already terminal, only the webhook is stuck (redrive it);
-                    # ingest: the upload never became a job. Both wait in their DLQ for an operator.
+                if letter.stage == "notify":
+                    # Its job is already terminal: only the webhook is stuck (baton dlq redrive).
                     continue
                 if self.service.fail_dead_lettered(
                     letter.tenant_id, letter.job_id, stage=letter.stage, attempts=letter.attempts, queue=queue
