@@ -64,7 +64,15 @@ def test_translation_yields_every_function(app_template: AppTemplate) -> None:
         assert spec.code_dir == REPO / "functions" / name
         assert spec.module_file == REPO / "functions" / name / "app.py"
         tree = ast.parse(spec.module_file.read_text())
+        # A handler is a def, or built by baton.stages.sqs_stage_handler and assigned.
         defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        defined |= {
+            target.id
+            for node in tree.body
+            if isinstance(node, ast.Assign)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
         assert spec.handler_name in defined, f"{logical_id}: no {spec.handler}"
         props = properties(app_template, logical_id)
         assert props["Runtime"] == "python3.13"

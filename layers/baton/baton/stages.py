@@ -1,0 +1,87 @@
+"""One factory for the SQS-fed stage handlers: each functions/<name>/app.py only declares its stage.
+
+Every such handler is the same machine: Powertools parses each record into a pydantic model, runs
+the step once per idempotency key, classifies failures through the retry policy (SQS-native
+backoff, give up after max attempts) and answers ReportBatchItemFailures, so one bad record never
+redelivers its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
+
+from baton.idempotency import idempotency_prefix, persistence_layer
+from baton.retries import Failure, RetryPolicy
+from baton.settings import get_settings
+
+StepResult = dict[str, Any]
+LambdaHandler = Callable[[dict[str, Any], LambdaContext], PartialItemFailureResponse]
+
+
+def sqs_stage_handler[RecordT: SqsRecordModel, PayloadT: BaseModel](
+    stage: str,
+    *,
+    record_model: type[RecordT],
+    payload: Callable[[RecordT], PayloadT],
+    work: Callable[[PayloadT, LambdaContext], StepResult],
+    idempotency: IdempotencyConfig | None,
+    give_up: Callable[[PayloadT], Callable[[Failure, int], None]] | None = None,
+) -> LambdaHandler:
+    """The Lambda handler of an SQS-fed stage.
+
+    - `payload(record)`: what the step acts on (the command, the lifecycle event's detail...); the
+      idempotency key is computed from it, never from the SQS message, so a duplicated or
+      redelivered message finds the stored outcome;
+    - `work(payload, context)`: the step, in the domain (JobService);
+    - `idempotency`: the Powertools config keying the step (None: idempotent by construction);
+    - `give_up(payload)`: what ends the job when the step cannot succeed (None: nothing to end).
+    """
+    settings = get_settings()
+    logger = Logger()
+    tracer = Tracer()
+    metrics = Metrics()
+    retries = RetryPolicy.from_settings(settings)
+    processor = BatchProcessor(event_type=EventType.SQS, model=record_model)
+
+    def run(payload: PayloadT, context: LambdaContext) -> StepResult:
+        return work(payload, context)
+
+    step = run
+    if idempotency is not None:
+        step = idempotent_function(
+            data_keyword_argument="payload",
+            persistence_store=persistence_layer(settings),
+            config=idempotency,
+            key_prefix=idempotency_prefix(stage),
+        )(run)
+
+    @tracer.capture_method
+    def record_handler(record: RecordT, lambda_context: LambdaContext) -> StepResult:
+        data = payload(record)
+        return retries.run(
+            record,
+            lambda: step(payload=data, context=lambda_context),
+            stage=stage,
+            give_up=give_up(data) if give_up is not None else None,
+        )
+
+    @logger.inject_lambda_context
+    @metrics.log_metrics
+    @tracer.capture_lambda_handler
+    def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+        if idempotency is not None:
+            idempotency.register_lambda_context(context)
+        return process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+
+    return lambda_handler
