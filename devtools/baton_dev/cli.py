@@ -75,7 +75,8 @@ def dev(
     from baton_dev.runtime.local import LocalRuntime, RuntimeOptions
 
     logs.configure(log_level)
-    parameters: dict[str, str] = {}
+    # Local receivers listen on 127.0.0.1: the deployed default (false) would refuse them.
+    parameters: dict[str, str] = {"WebhookAllowPrivateNetworks": "true"}
     for item in parameter_overrides or []:
         for pair in item.split():
             key, sep, value = pair.partition("=")

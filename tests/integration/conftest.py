@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,12 @@ import pytest
 from baton_dev.runtime.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 120
+START_TIMEOUT_S = 240  # a busy 2-core machine has taken 110 s
 SWEEP_EVERY_S = 2
 MAX_ATTEMPTS = 3
 MAX_RECEIVE_COUNT = 4
+WEBHOOK_SCHEDULE = "1s,2s,3s"
+WEBHOOK_OVERRIDES = f"WebhookRetrySchedule={WEBHOOK_SCHEDULE}"
 
 
 @dataclass
@@ -87,9 +90,9 @@ class LocalStack:
         )
 
 
-@pytest.fixture(scope="session")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    state_dir = tmp_path_factory.mktemp("baton-dev")
+@contextmanager
+def running_stack(state_dir: Path, overrides: str = "") -> Iterator[LocalStack]:
+    """A real `baton dev` in `state_dir` with extra template parameter overrides, stopped after."""
     port = free_port()
     log_path = state_dir / "dev.log"
     env = {
@@ -111,7 +114,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
                 "--schedule-every",
                 str(SWEEP_EVERY_S),
                 "--parameter-overrides",
-                f"MaxAttempts={MAX_ATTEMPTS} MaxReceiveCount={MAX_RECEIVE_COUNT}",
+                f"MaxAttempts={MAX_ATTEMPTS} MaxReceiveCount={MAX_RECEIVE_COUNT} {overrides}".strip(),
             ],
             cwd=ROOT,
             stdout=log,
@@ -137,6 +140,13 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
         except subprocess.TimeoutExpired:
             process.kill()
             pytest.fail("baton dev did not stop on SIGTERM within 20 s")
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    # A short webhook schedule, so delivery retries and exhaustion show within seconds.
+    with running_stack(tmp_path_factory.mktemp("baton-dev"), WEBHOOK_OVERRIDES) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")

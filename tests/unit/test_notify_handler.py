@@ -14,8 +14,8 @@ from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingErro
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+import baton.egress
 import baton.llm
-import baton.webhooks
 from baton.llm import Completion
 from baton.records import Usage
 from baton.store import JobStore
@@ -28,27 +28,45 @@ HOOK = "https://hooks.example.com/baton"
 SAMPLE_EVENT = Path(__file__).resolve().parents[2] / "events" / "sqs-notify-terminal-event.json"
 
 
+PUBLIC_ADDRESS = "93.184.216.34"
+
+
 @dataclass
 class Receiver:
-    """Stands in for httpx.post: records each delivery and answers with `status` (or raises)."""
+    """The network under Baton's pinned transport: records each delivery and answers with
+    `status` (or raises). Every name resolves to a public address."""
 
     status: int = 204
     error: Exception | None = None
     deliveries: list[dict[str, Any]] = field(default_factory=list)
 
-    def __call__(
-        self, url: str, *, content: bytes, headers: dict[str, str], timeout: float
-    ) -> httpx.Response:
-        self.deliveries.append({"url": url, "body": content.decode(), "headers": headers, "timeout": timeout})
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        # The transport connects to the checked address; the name stays in Host (and SNI).
+        url = str(request.url.copy_with(host=request.headers["host"].split(":")[0]))
+        self.deliveries.append(
+            {
+                "url": url,
+                "address": request.url.host,
+                "body": request.content.decode(),
+                "headers": dict(request.headers),
+            }
+        )
         if self.error is not None:
             raise self.error
-        return httpx.Response(self.status, request=httpx.Request("POST", url))
+        return httpx.Response(self.status, request=request)
+
+
+def patch_network(monkeypatch: pytest.MonkeyPatch, handler: Any) -> None:
+    monkeypatch.setattr(baton.egress, "network_transport", lambda: httpx.MockTransport(handler))
+    monkeypatch.setattr(
+        baton.egress, "resolve", lambda host, port: [baton.egress.ipaddress.ip_address(PUBLIC_ADDRESS)]
+    )
 
 
 @pytest.fixture
 def receiver(monkeypatch: pytest.MonkeyPatch) -> Receiver:
     fake = Receiver()
-    monkeypatch.setattr(baton.webhooks.httpx, "post", fake)
+    patch_network(monkeypatch, fake)
     return fake
 
 
@@ -154,13 +172,13 @@ def test_failed_delivery_is_retried(
     receiver.error = failure.get("error")
     batch = {"Records": failing_event["Records"] + working_event["Records"]}
 
-    def answer(url: str, *, content: bytes, headers: dict[str, str], timeout: float) -> httpx.Response:
-        if url == HOOK:
-            return httpx.Response(200, request=httpx.Request("POST", url))
-        return Receiver.__call__(receiver, url, content=content, headers=headers, timeout=timeout)
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.headers["host"] == "hooks.example.com":
+            return httpx.Response(200, request=request)
+        return receiver(request)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(baton.webhooks.httpx, "post", answer)
+        patch_network(patch, answer)
         result = notify(batch)
     assert result == {"batchItemFailures": [{"itemIdentifier": failing_event["Records"][0]["messageId"]}]}
     assert JobStore(aws.jobs_table).get("acme", failing_job).timings.notify_ms is None
@@ -183,7 +201,7 @@ def test_webhook_auth_is_sent(
     )
     notify(event)
     headers = receiver.deliveries[0]["headers"]
-    assert headers["X-Receiver-Key"] == "k1"
+    assert headers["x-receiver-key"] == "k1"
     Webhook(secret).verify(receiver.deliveries[0]["body"], headers)
 
 

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from baton import llm
 from baton.blobs import BlobStore
 from baton.clock import now_ms
+from baton.egress import BlockedAddressError, check_literal
 from baton.errors import (
     DocumentError,
     InvalidRequestError,
@@ -97,6 +98,8 @@ class JobService:
             raise InvalidRequestError(
                 f"input is longer than {self.settings.max_prompt_chars} characters", field="input"
             )
+        if request.webhook is not None and not self.settings.webhook_allow_private_networks:
+            check_literal(str(request.webhook.url.host or ""), field="webhook.url")
         document_key = None
         if request.document is not None:
             document_key = self._document_key(tenant_id, request)
@@ -375,14 +378,21 @@ class JobService:
             return {"outcome": "no_webhook"}
         started = now_ms()
         auth = record.webhook.get("auth")
-        status = deliver(
-            record.webhook["url"],
-            secret=self.tenants.webhook_secret(record.tenant_id),
-            message_id=webhook_id(record.job_id, detail.status),
-            payload=build_payload(detail.status, detail.job),
-            extra_headers=_auth_headers(auth),
-            timeout=self.settings.webhook_timeout_seconds,
-        )
+        try:
+            status = deliver(
+                record.webhook["url"],
+                secret=self.tenants.webhook_secret(record.tenant_id),
+                message_id=webhook_id(record.job_id, detail.status),
+                payload=build_payload(detail.status, detail.job),
+                extra_headers=_auth_headers(auth),
+                timeout=self.settings.webhook_timeout_seconds,
+                allow_private=self.settings.webhook_allow_private_networks,
+            )
+        except BlockedAddressError as error:
+            # Trying again cannot help, and must not: one line, no retry.
+            logger.warning("webhook blocked", extra={"job_id": record.job_id, "reason": error.message})
+            metrics.add_metric(name="WebhooksBlocked", unit=MetricUnit.Count, value=1)
+            return {"outcome": "blocked_address"}
         self.store.record_notification(record, notify_ms=now_ms() - started)
         metrics.add_metric(name="WebhooksDelivered", unit=MetricUnit.Count, value=1)
         logger.info("webhook delivered", extra={"job_id": record.job_id, "status_code": status})

@@ -171,6 +171,14 @@ class WebhookSpec(BaseModel):
     url: AnyHttpUrl
     auth: WebhookAuth | None = None
 
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        # httpx would turn user:pass@ into Basic credentials, silently replacing webhook.auth.
+        if value.username or value.password:
+            raise ValueError("credentials inside the URL are not allowed; use webhook.auth")
+        return value
+
 
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]

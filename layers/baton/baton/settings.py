@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_WEBHOOK_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_schedule(text: str) -> list[float]:
+    """ "5s,5m,2h" -> [5, 300, 7200]; a bare number is seconds. Empty means no retries."""
+    delays = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        match = _DURATION.match(part)
+        if match is None:
+            raise ValueError(f"schedule entry {part.strip()!r} is not a duration like 5s, 5m, 2h or 1d")
+        delays.append(float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"])
+    if len(delays) > 50:
+        raise ValueError("a webhook schedule has at most 50 retries")
+    return delays
 
 
 class Settings(BaseSettings):
@@ -49,6 +69,20 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(10.0, alias="BATON_WEBHOOK_TIMEOUT_SECONDS", gt=0)
     result_url_expiry_seconds: int = Field(3600, alias="BATON_RESULT_URL_EXPIRY_SECONDS", ge=60)
     retry_after_seconds: int = Field(2, alias="BATON_RETRY_AFTER_SECONDS", ge=1)
+    # Webhooks (template parameters WebhookRetrySchedule, WebhookAllowPrivateNetworks).
+    webhook_retry_schedule: str = Field(DEFAULT_WEBHOOK_SCHEDULE, alias="WEBHOOK_RETRY_SCHEDULE")
+    webhook_allow_private_networks: bool = Field(False, alias="WEBHOOK_ALLOW_PRIVATE_NETWORKS")
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
+    @property
+    def webhook_retry_delays(self) -> list[float]:
+        """Seconds to wait before each retry of a failed delivery (after the first attempt)."""
+        return parse_schedule(self.webhook_retry_schedule)
 
     @property
     def dead_letter_queues(self) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from standardwebhooks import Webhook
 
+from baton.egress import pinned_client
 from baton.errors import BatonError
 from baton.models import JobStatus
 
@@ -56,11 +57,14 @@ def deliver(
     payload: str,
     extra_headers: dict[str, str] | None,
     timeout: float,
+    allow_private: bool,
 ) -> int:
-    """POST the event; only a 2xx counts as delivered. Returns the status code."""
+    """POST the event; only a 2xx counts as delivered. Returns the status code. A host that is or
+    resolves to a blocked address raises BlockedAddressError (not retryable)."""
     headers = {**(extra_headers or {}), **signed_headers(secret, message_id, payload)}
     try:
-        response = httpx.post(url, content=payload.encode(), headers=headers, timeout=timeout)
+        with pinned_client(allow_private=allow_private, timeout=timeout) as http:
+            response = http.post(url, content=payload.encode(), headers=headers)
     except httpx.HTTPError as error:
         raise WebhookDeliveryError(f"webhook {url} unreachable: {type(error).__name__}") from error
     if not 200 <= response.status_code < 300:
