@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,7 +51,14 @@ ApiKeyOption = Annotated[
         show_default=False,
     ),
 ]
-StateDirOption = Annotated[Path, typer.Option(help="State of a running `baton dev` (where its dev.json is).")]
+StateDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="State of a running `baton dev` (where its dev.json is; default: the stack `baton dev` "
+        "recorded for you in $BATON_STATE or ~/.local/state/baton/dev.json, from any directory).",
+        show_default=False,
+    ),
+]
 ApiUrlOption = Annotated[
     str | None,
     typer.Option(help="Base URL of the API (default: the local stack's).", show_default=False),
@@ -72,7 +81,10 @@ def dev(
     stack_name: Annotated[str, typer.Option(help="Local stack name (reused if it exists).")] = "baton-local",
 ) -> None:
     """Run the whole stack locally (API on http://127.0.0.1:PORT) until Ctrl-C or SIGTERM."""
+    if not _port_free(port):
+        _fail(f"port {port} is in use (another `baton dev`?): choose another with `baton dev --port N`")
     from baton_dev.runtime.local import LocalRuntime, RuntimeOptions
+    from baton_dev.state import remove_state, user_state_file, write_state
 
     logs.configure(log_level)
     # Local receivers listen on 127.0.0.1: the deployed default (false) would refuse them.
@@ -96,18 +108,22 @@ def dev(
             stack_name=stack_name,
         )
     )
+    record = user_state_file()
     try:
         runtime.start()
+        # Also where every other command looks by default, so they work from any directory.
+        write_state(record, runtime.state())
         stop.wait()
     finally:
         runtime.stop()
+        remove_state(record, os.getpid())
 
 
 @keys_app.command("create")
 def keys_create(
     tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")],
     stack: Annotated[str | None, typer.Option(help="Deployed stack to read the table from.")] = None,
-    state_dir: Annotated[Path, typer.Option(help="State of a running `baton dev`.")] = Path(".baton"),
+    state_dir: StateDirOption = None,
 ) -> None:
     """Issue an API key; prints {"tenant", "api_key", "webhook_secret"} as one JSON object."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -130,6 +146,27 @@ def keys_create(
     )
 
 
+@app.command()
+def url(
+    stack: Annotated[
+        str | None, typer.Option(help="A deployed stack (its ApiUrl output) instead.", show_default=False)
+    ] = None,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Print the API's base URL: the running `baton dev`'s, or a deployed stack's `--stack`."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from baton_dev.target import TargetError, resolve_target
+
+    try:
+        target = resolve_target(stack=stack, state_dir=state_dir)
+    except TargetError as error:
+        _fail(str(error))
+    except (BotoCoreError, ClientError) as error:
+        _fail(f"AWS error reading stack {stack}: {error}")
+    typer.echo(target.api_url.rstrip("/"))
+
+
 # -- jobs --------------------------------------------------------------------------------------------
 
 
@@ -148,7 +185,11 @@ def submit(
     ] = None,
     tenant: Annotated[
         str | None,
-        typer.Option(envvar="BATON_TENANT", help="Your tenant: documents go under documents/<tenant>/."),
+        typer.Option(
+            envvar="BATON_TENANT",
+            help="Your tenant, where --file goes (documents/<tenant>/); default: your API key's.",
+            show_default=False,
+        ),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model name (default: the API's).")] = None,
     webhook_url: Annotated[str | None, typer.Option(help="Also push the result to this URL.")] = None,
@@ -162,7 +203,7 @@ def submit(
         str | None, typer.Option(help="Bucket for --file (default: the local stack's).", show_default=False)
     ] = None,
     api_key: ApiKeyOption = None,
-    state_dir: StateDirOption = Path(".baton"),
+    state_dir: StateDirOption = None,
     api_url: ApiUrlOption = None,
 ) -> None:
     """Submit a job; prints the 202 answer, or with --wait follows it and prints the result."""
@@ -180,8 +221,7 @@ def submit(
     client, target = _client(api_key, state_dir, api_url)
     with client:
         if file is not None:
-            if not tenant:
-                _fail("--file needs --tenant (the tenant your API key belongs to) or BATON_TENANT")
+            tenant = tenant or _tenant_of_key(target, api_key)
             bucket = bucket or (target.bucket if target else None)
             if not bucket:
                 _fail("--file needs a bucket: run against a local stack (--state-dir) or pass --bucket")
@@ -209,7 +249,7 @@ def status(
         float | None, typer.Option(help="Long-poll up to N seconds for a change first.", show_default=False)
     ] = None,
     api_key: ApiKeyOption = None,
-    state_dir: StateDirOption = Path(".baton"),
+    state_dir: StateDirOption = None,
     api_url: ApiUrlOption = None,
 ) -> None:
     """Print a job as JSON."""
@@ -223,7 +263,7 @@ def status(
 def cancel(
     job_id: Annotated[str, typer.Argument(help="The job id (job_...).")],
     api_key: ApiKeyOption = None,
-    state_dir: StateDirOption = Path(".baton"),
+    state_dir: StateDirOption = None,
     api_url: ApiUrlOption = None,
 ) -> None:
     """Cancel a job that has not finished; prints it. A finished job cannot be cancelled (exit 1)."""
@@ -282,7 +322,7 @@ class RedriveMethod(StrEnum):
 
 @dlq_app.command("list")
 def dlq_list(
-    stack: DlqStackOption = None, state_dir: StateDirOption = Path(".baton"), json_output: JsonOption = False
+    stack: DlqStackOption = None, state_dir: StateDirOption = None, json_output: JsonOption = False
 ) -> None:
     """Every dead-letter queue with its source queue, depth and (deployed) oldest message age."""
     import boto3
@@ -324,7 +364,7 @@ def dlq_show(
     max_messages: Annotated[int, typer.Option("--max", min=1, help="Show at most N messages.")] = 10,
     full: Annotated[bool, typer.Option("--full", help="Whole bodies (pretty JSON), not truncated.")] = False,
     stack: DlqStackOption = None,
-    state_dir: StateDirOption = Path(".baton"),
+    state_dir: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Peek at a DLQ's messages without removing them.
@@ -397,7 +437,7 @@ def dlq_redrive(
     ] = RedriveMethod.auto,
     wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for a move task to finish.")] = 300.0,
     stack: DlqStackOption = None,
-    state_dir: StateDirOption = Path(".baton"),
+    state_dir: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Move a DLQ's messages back to its source queue (or --to); exit 1 if any could not be moved."""
@@ -439,7 +479,7 @@ def dlq_redrive(
     raise typer.Exit(1 if result.failed or result.task_status == "FAILED" else 0)
 
 
-def _dlq_target(stack: str | None, state_dir: Path) -> tuple[Target, SQSClient]:
+def _dlq_target(stack: str | None, state_dir: Path | None) -> tuple[Target, SQSClient]:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -452,11 +492,9 @@ def _dlq_target(stack: str | None, state_dir: Path) -> tuple[Target, SQSClient]:
     except (BotoCoreError, ClientError) as error:
         _fail(f"AWS error reading stack {stack}: {error}")
     except (OSError, ValueError, KeyError) as error:
-        _fail(f"unreadable state in {state_dir}: {error}")
+        _fail(f"unreadable state of the local stack: {error}")
     if not any(name.endswith("DeadLetterQueue") for name in target.queues):
-        _fail(
-            "no dead-letter queues found" + (f" in the outputs of {stack}" if stack else f" in {state_dir}")
-        )
+        _fail(f"no dead-letter queues found in {f'the outputs of {stack}' if stack else 'the local stack'}")
     target.apply_aws_environment()
     return target, boto3.client("sqs", region_name=target.region, endpoint_url=target.endpoint_url)
 
@@ -507,6 +545,17 @@ def _age(seconds: float | None) -> str:
 # -- helpers -----------------------------------------------------------------------------------------
 
 
+def _port_free(port: int) -> bool:
+    """Whether the local API could listen on `port` (as its server does: SO_REUSEADDR, loopback)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _fail(message: str) -> NoReturn:
     err.print(f"[red]{escape(message)}[/red]")
     raise typer.Exit(1)
@@ -531,7 +580,9 @@ def _call[T](action: Callable[[], T]) -> T:
         _api_failure(error)
 
 
-def _client(api_key: str | None, state_dir: Path, api_url: str | None) -> tuple[BatonClient, Target | None]:
+def _client(
+    api_key: str | None, state_dir: Path | None, api_url: str | None
+) -> tuple[BatonClient, Target | None]:
     from baton_dev.client import BatonClient
     from baton_dev.target import TargetError, resolve_target
 
@@ -540,18 +591,30 @@ def _client(api_key: str | None, state_dir: Path, api_url: str | None) -> tuple[
     target: Target | None
     try:
         target = resolve_target(state_dir=state_dir)
-    except TargetError:
+    except TargetError as error:
         if api_url is None:
-            _fail(
-                f"no running local stack ({state_dir / 'dev.json'} missing): "
-                "start `baton dev` (or pass --state-dir), or pass --api-url"
-            )
+            _fail(f"{str(error).removesuffix(', or pass --stack NAME')}, or pass --api-url")
         target = None
     except (OSError, ValueError, KeyError) as error:
-        _fail(f"unreadable state in {state_dir}: {error}")
+        _fail(f"unreadable state of the local stack: {error}")
     url = api_url or (target.api_url if target else None)
     assert url is not None
     return BatonClient(url, api_key), target
+
+
+def _tenant_of_key(target: Target | None, api_key: str | None) -> str:
+    """The tenant an API key belongs to, read from the stack's tenants table as the authorizer does."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if target is None or not api_key:
+        _fail("--file with --api-url needs --tenant (the tenant your API key belongs to) or BATON_TENANT")
+    try:
+        tenant = target.tenants().tenant_for_key(api_key)
+    except (BotoCoreError, ClientError) as error:
+        _fail(f"cannot look up your API key's tenant: {error} (is `baton dev` still running?)")
+    if tenant is None:
+        _fail("unauthorized: the API key is unknown to this stack (create one with `baton keys create`)")
+    return tenant
 
 
 def _parse_metadata(pairs: list[str]) -> dict[str, str]:

@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -39,6 +40,7 @@ from baton_dev.client import (
     upload_document,
 )
 from baton_dev.samples import SAMPLE_MARKDOWN, sample_report_pdf
+from baton_dev.state import STATE_ENV
 from baton_dev.target import Target, resolve_target
 from baton_dev.webhook_receiver import WebhookEvent, WebhookReceiver
 
@@ -161,6 +163,8 @@ class DevStack:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command,
+                # The demo's stack is its own: it must not replace the user's record of `baton dev`.
+                env={**os.environ, STATE_ENV: str(self.state_file)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

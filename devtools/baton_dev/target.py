@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import boto3
 
 from baton.tenants import TenantStore
+from baton_dev.state import pid_alive, read_state, user_state_file
 
 
 class TargetError(Exception):
@@ -39,7 +39,9 @@ class Target:
         return TenantStore(self.jobs_table)
 
 
-def resolve_target(*, stack: str | None = None, state_dir: Path = Path(".baton")) -> Target:
+def resolve_target(*, stack: str | None = None, state_dir: Path | None = None) -> Target:
+    """A deployed stack by name; else the local stack in `state_dir`; else the one `baton dev`
+    recorded for this user (`baton_dev.state.user_state_file`), found from any directory."""
     if stack:
         outputs = {
             output["OutputKey"]: output["OutputValue"]
@@ -57,12 +59,17 @@ def resolve_target(*, stack: str | None = None, state_dir: Path = Path(".baton")
                 key.removesuffix("Url"): value for key, value in outputs.items() if key.endswith("QueueUrl")
             },
         )
-    state_file = state_dir / "dev.json"
-    if not state_file.exists():
+    state_file = state_dir / "dev.json" if state_dir is not None else user_state_file()
+    state = read_state(state_file)
+    if state is None:
         raise TargetError(
             f"no running local stack ({state_file} missing): start `baton dev`, or pass --stack NAME"
         )
-    state = json.loads(state_file.read_text())
+    if not pid_alive(state.get("pid")):
+        raise TargetError(
+            f"no running local stack (the one recorded in {state_file}, pid {state.get('pid')}, "
+            "has stopped): start `baton dev`, or pass --stack NAME"
+        )
     return Target(
         api_url=state["api_url"],
         jobs_table=state["jobs_table"],

@@ -29,6 +29,7 @@ from baton_dev.runtime.schedules import ScheduleSource
 from baton_dev.runtime.sqs_source import SqsEventSource
 from baton_dev.runtime.template import AppTemplate
 from baton_dev.simulator import ModelSimulator, SimulatorConfig
+from baton_dev.state import write_state
 
 logger = logging.getLogger("baton.runtime")
 
@@ -257,5 +258,4 @@ class LocalRuntime:
         }
 
     def _write_state(self) -> None:
-        path = self.options.state_dir / "dev.json"
-        path.write_text(json.dumps(self.state(), indent=2))
+        write_state(self.options.state_dir / "dev.json", self.state())
