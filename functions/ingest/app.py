@@ -18,7 +18,8 @@ def accept(detail: S3EventNotificationEventBridgeDetailModel) -> dict[str, Any]:
 
 
 # Idempotent by construction: the job id is derived from bucket + key + ETag. No job exists yet to
-# fail: an upload that cannot become one ends in the ingest DLQ.
+# fail: a permanent failure (e.g. an unknown tenant) is logged, counted and dropped by the retry
+# policy; only crashes reach the ingest DLQ.
 lambda_handler = sqs_stage_handler(
     "ingest",
     record_model=UploadEventRecord,

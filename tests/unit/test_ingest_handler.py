@@ -106,12 +106,33 @@ def test_new_content_under_the_same_key_is_a_new_job(
     }
 
 
-def test_upload_for_an_unknown_tenant_is_not_a_job(aws: AwsStack, ingest: LoadedFunction) -> None:
-    upload(aws)
-    with pytest.raises(BatchProcessingError):  # retried, then kept in the DLQ for an operator
-        ingest(sample_event(aws))
+def test_upload_for_an_unknown_tenant_is_logged_counted_and_dropped_at_once(
+    aws: AwsStack,
+    ingest: LoadedFunction,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A permanent error with no job to fail: no retries (7 deliveries into the DLQ fired its alarm)."""
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Baton")
+    upload(aws, key="uploads/nobody/report.pdf")
+    event = aws.take_event("IngestQueue")
+    capsys.readouterr()
+    caplog.clear()
+
+    # No batch item failure: the poller deletes the message; it is neither redelivered nor dead-lettered.
+    assert ingest(event) == {"batchItemFailures": []}
+
     assert jobs(aws) == []
     assert aws.queued("ExtractQueue") == 0
+    dropped = [record for record in caplog.records if "no job to end: dropped" in record.getMessage()]
+    assert len(dropped) == 1, caplog.text
+    assert dropped[0].levelname == "ERROR"
+    reason = str(getattr(dropped[0], "reason", ""))
+    assert "uploads/nobody/report.pdf" in reason and "tenant 'nobody' does not exist" in reason, reason
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert [line.get("PermanentFailuresDropped") for line in emf] == [[1.0]], emf
 
 
 @pytest.mark.parametrize("key", ["uploads/acme/", "uploads/report.pdf"])

@@ -8,6 +8,9 @@ Every failure a stage meets is one of:
   the provider's Retry-After); after `max_attempts` the job fails with `error.retryable: true`;
 - unknown (a crash): the record fails with the same backoff and is left to the queue's redrive
   policy, so a poison message ends in the stage's DLQ, where the sweeper fails its job.
+A permanent failure in a stage with no job to end (e.g. an upload for a tenant that does not
+exist) is logged once, counted (metric `PermanentFailuresDropped`) and dropped: retrying it would
+only fill the DLQ and fire its alarm.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
@@ -30,6 +34,7 @@ from baton.errors import BatonError, StaleWriteError
 from baton.settings import Settings
 
 logger = Logger(child=True)
+metrics = Metrics()
 
 MAX_VISIBILITY_SECONDS = 43_200  # SQS's ceiling
 _AWS_RETRYABLE_CODES = frozenset(
@@ -145,6 +150,10 @@ class RetryPolicy:
                 logger.warning("permanent failure", extra=context)
                 give_up(failure, attempt)
                 return {"outcome": "failed", "error": failure.type}
+            if failure.retryable is False:
+                logger.error("permanent failure with no job to end: dropped", extra=context)
+                metrics.add_metric(name="PermanentFailuresDropped", unit=MetricUnit.Count, value=1)
+                return {"outcome": "dropped", "error": failure.type}
             exhausted = attempt >= self.max_attempts and failure.type != "in_progress"
             if failure.retryable and exhausted and give_up is not None:
                 logger.warning("retries exhausted", extra=context)
