@@ -144,31 +144,33 @@ def sample_report_pdf() -> bytes:
     return make_pdf(SAMPLE_REPORT_PAGES, title="Quarterly Incident Review: Ledgerline Payments API")
 
 
+# Release notes in Markdown for the demo's document job. They describe only what Baton does
+# (tests/unit/test_samples.py runs every `baton` command in them and checks every event type).
 SAMPLE_MARKDOWN: Final = """\
-# Baton 1.4 release notes
+# Baton release notes
 
 Released on **12 March**. This release focuses on reliability of long-running jobs.
 
 ## New
 
-- Jobs can now be cancelled while they wait in the queue; see the [API guide](https://example.com/docs/api).
-- Webhooks carry a `job.progress` event every 30 seconds for jobs longer than a minute.
-- PDF documents up to 20 MB are accepted, up from 5 MB.
+- A job can be cancelled while it waits in a queue; see the [API guide](https://example.com/docs/api).
+- Signed webhooks (Standard Webhooks): `job.completed`, `job.failed`, `job.cancelled`, `job.needs_review`.
+- Documents up to 25 MiB are accepted, among them PDF, text, Markdown and HTML.
 
 ## Fixed
 
-- A retried job no longer sends its completion webhook twice.
+- A redelivered command no longer calls the model twice.
 - Summaries of HTML pages no longer include the text of inline scripts.
 
 ## Upgrading
 
-Clients that poll for status should switch to webhooks:
+Clients that poll for status can have the result pushed to a webhook instead:
 
 ```bash
-baton webhooks create --url https://hooks.example.com/baton --events job.completed
+baton submit --prompt "Summarize the incident review." --webhook-url https://hooks.example.com/baton
 ```
 
-> Note: the `v0` endpoints will be removed in Baton 2.0.
+> Note: `baton dlq list` shows the messages parked in each dead-letter queue.
 """
 
 SAMPLE_HTML: Final = """\
