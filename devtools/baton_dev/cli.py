@@ -59,6 +59,12 @@ StateDirOption = Annotated[
         show_default=False,
     ),
 ]
+TemplateOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="SAM template to run (default: ./template.yaml, else this checkout's).", show_default=False
+    ),
+]
 ApiUrlOption = Annotated[
     str | None,
     typer.Option(help="Base URL of the API (default: the local stack's).", show_default=False),
@@ -68,7 +74,7 @@ ApiUrlOption = Annotated[
 @app.command()
 def dev(
     port: Annotated[int, typer.Option(help="Port of the local API.")] = 3000,
-    template: Annotated[Path, typer.Option(help="SAM template to run.")] = Path("template.yaml"),
+    template: TemplateOption = None,
     state_dir: Annotated[Path, typer.Option(help="Where runtime state and logs go.")] = Path(".baton"),
     log_level: Annotated[str, typer.Option(help="Log level of the runtime.")] = "INFO",
     parameter_overrides: Annotated[
@@ -100,7 +106,7 @@ def dev(
         signal.signal(sig, lambda *_: stop.set())
     runtime = LocalRuntime(
         RuntimeOptions(
-            template=template,
+            template=_template(template),
             port=port,
             state_dir=state_dir,
             parameters=parameters,
@@ -288,7 +294,7 @@ def demo(
         ".baton/demo"
     ),
     port: Annotated[int, typer.Option(help="Port of the demo's API (0: a free one).")] = 0,
-    template: Annotated[Path, typer.Option(help="SAM template to run.")] = Path("template.yaml"),
+    template: TemplateOption = None,
     timeout: Annotated[float, typer.Option(help="Seconds the jobs get to finish.")] = 120.0,
     log_level: Annotated[str, typer.Option(help="Log level of the demo's own logs.")] = "WARNING",
 ) -> None:
@@ -296,7 +302,8 @@ def demo(
     from baton_dev.demo import DemoOptions, run_demo
 
     logs.configure(log_level)
-    code = run_demo(DemoOptions(state_dir=state_dir, port=port, template=template, timeout=timeout))
+    options = DemoOptions(state_dir=state_dir, port=port, template=_template(template), timeout=timeout)
+    code = run_demo(options)
     raise typer.Exit(code)
 
 
@@ -543,6 +550,19 @@ def _age(seconds: float | None) -> str:
 
 
 # -- helpers -----------------------------------------------------------------------------------------
+
+
+def _template(template: Path | None) -> Path:
+    """The template to run: the one given, else ./template.yaml, else the one of this checkout (so
+    that `path/to/baton dev` works from any directory)."""
+    if template is not None:
+        if not template.is_file():
+            _fail(f"{template} not found: pass --template PATH of a SAM template")
+        return template
+    for candidate in (Path("template.yaml"), Path(__file__).resolve().parents[2] / "template.yaml"):
+        if candidate.is_file():
+            return candidate
+    _fail("no template.yaml here: run at the repository's root or pass --template PATH")
 
 
 def _port_free(port: int) -> bool:

@@ -592,6 +592,10 @@ class Demo:
             f"[green bold]Demo passed in {total:.1f}s[/green bold]: {len(self.jobs)} jobs completed and the "
             "webhook for job (c) arrived with a verified signature."
         )
+        self.console.print(
+            "Next: run [bold]./baton dev[/bold] in one terminal and the README's examples (API reference, "
+            "CLI) in another, at the repository's root."
+        )
         return 0
 
 

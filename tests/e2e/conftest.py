@@ -57,8 +57,9 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(WRAPPER), "dev", "--port", str(port), "--state-dir", str(workdir / "dev")],
-            cwd=ROOT,
+            # From another directory, as `path/to/baton dev`: it runs this checkout's template.
+            [str(WRAPPER), "dev", "--port", str(port)],
+            cwd=workdir,
             env=user_shell_env(BATON_STATE=str(state_file)),
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -42,6 +42,15 @@ def test_a_busy_port_is_one_line_before_anything_is_built(tmp_path: Path) -> Non
     assert not (tmp_path / "state.json").exists()
 
 
+def test_a_missing_template_is_one_line(tmp_path: Path) -> None:
+    env = user_shell_env(BATON_STATE=str(tmp_path / "state.json"))
+    answer = run("dev", "--template", "nope.yaml", env=env, cwd=tmp_path)
+    assert answer.returncode == 1, answer
+    assert [line for line in answer.stderr.splitlines() if line.strip()] == [
+        "nope.yaml not found: pass --template PATH of a SAM template"
+    ]
+
+
 def test_the_cli_finds_the_running_stack_from_any_directory(dev_stack: DevStack, tmp_path: Path) -> None:
     elsewhere = tmp_path / "somewhere" / "else"
     elsewhere.mkdir(parents=True)

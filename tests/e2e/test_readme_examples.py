@@ -27,7 +27,9 @@ README = ROOT / "README.md"
 BLOCK = re.compile(r"^```bash\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
 MARKER = re.compile(r"<!--\s*(?P<kind>example|no-example)(?P<options>[^>]*?)-->\s*$")
 HTTP_STATUS = re.compile(r"^HTTP/[\d.]+ (\d{3})", re.MULTILINE)
-ERROR_BODY = re.compile(r'"error"\s*:\s*\{[^{}]*?"type"\s*:\s*"(\w+)"')
+# The API's error answer, {"error": {"type": ...}}: "error" is its first key. (A failed or cancelled
+# job also has an "error" field, after its "id": that is a job, not a refusal.)
+ERROR_BODY = re.compile(r'\{\s*"error"\s*:\s*\{[^{}]*?"type"\s*:\s*"(\w+)"')
 BLOCK_TIMEOUT_S = 300
 
 
@@ -95,6 +97,13 @@ def test_the_parser_sees_markers_options_and_unmarked_blocks() -> None:
         [["a", "b"]],
     )
     assert (second.kind, third.kind, third.line) == ("no-example", None, 11)
+
+
+def test_an_error_answer_is_told_from_a_job_that_failed() -> None:
+    refused = '{"error": {"type": "conflict", "message": "job already completed"}}'
+    cancelled_job = '{"id": "job_1", "status": "cancelled", "error": {"type": "cancelled", "message": "x"}}'
+    assert ERROR_BODY.findall(cancelled_job + refused) == ["conflict"]
+    assert ERROR_BODY.findall('{\n  "error": {\n    "type": "not_found"\n  }\n}') == ["not_found"]
 
 
 def test_readme_examples_run_as_written(dev_stack: DevStack, tmp_path: Path) -> None:
