@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 WRAPPER = ROOT / "baton"
-START_TIMEOUT_S = 120
+START_TIMEOUT_S = 240
 
 
 def free_port() -> int:

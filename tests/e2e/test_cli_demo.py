@@ -121,9 +121,11 @@ def assert_clean_failure(answer: subprocess.CompletedProcess[str], *expected: st
 # -- baton demo -------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(660)
 def test_demo_runs_every_kind_of_job_and_verifies_the_webhook(tmp_path: Path) -> None:
-    started = time.monotonic()
-    answer = baton("demo", "--state-dir", str(tmp_path / "demo"), timeout=240)
+    # A deadline for a hung demo, not a speed goal (timings belong in bench/): the demo itself
+    # allows 240 s for the stack to start on a loaded machine.
+    answer = baton("demo", "--state-dir", str(tmp_path / "demo"), timeout=600)
     output = answer.stdout + answer.stderr
     assert answer.returncode == 0, output
     assert "Demo passed" in output
@@ -133,7 +135,6 @@ def test_demo_runs_every_kind_of_job_and_verifies_the_webhook(tmp_path: Path) ->
         assert f"{label} " in output
     assert "Traceback" not in output
     assert not (tmp_path / "demo" / "dev.json").exists(), "the demo's stack should have stopped"
-    assert time.monotonic() - started < 180
 
 
 # -- submit / status / cancel -----------------------------------------------------------------------
