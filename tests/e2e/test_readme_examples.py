@@ -1,12 +1,10 @@
 """Every README example runs as written.
 
-Each ```bash block right after a `<!-- example -->` marker is run, in README order, by bash in a fresh
-user shell (no venv on PATH, `set -euo pipefail`, so an unset variable such as a `$JOB` no earlier
-block set fails) at the repository's root against one `./baton dev`. Variables a block sets are
-there for the blocks after it, as in one terminal. Each block must exit 0, show no HTTP status of
-400 or more and no error body, and show what its marker expects:
-`<!-- example expect='TEXT' expect-any='A|B' -->`. Any other ```bash block that runs `baton` or
-`curl` must say why it is not run: `<!-- no-example: reason -->`.
+Each ```bash block right after a `<!-- example -->` marker (tests/readme.py) is run, in README
+order, by bash in a fresh user shell (no venv on PATH, `set -euo pipefail`, so an unset variable
+such as a `$JOB` no earlier block set fails) at the repository's root against one `./baton dev`.
+Variables a block sets are there for the blocks after it, as in one terminal. Each block must exit
+0, show no HTTP status of 400 or more and no error answer, and show what its marker expects.
 """
 
 from __future__ import annotations
@@ -14,55 +12,21 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.readme import README, Block, readme_blocks
 
 from .conftest import ROOT, DevStack
 
 pytestmark = pytest.mark.e2e
 
-README = ROOT / "README.md"
-BLOCK = re.compile(r"^```bash\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
-MARKER = re.compile(r"<!--\s*(?P<kind>example|no-example)(?P<options>[^>]*?)-->\s*$")
 HTTP_STATUS = re.compile(r"^HTTP/[\d.]+ (\d{3})", re.MULTILINE)
 # The API's error answer, {"error": {"type": ...}}: "error" is its first key. (A failed or cancelled
 # job also has an "error" field, after its "id": that is a job, not a refusal.)
 ERROR_BODY = re.compile(r'\{\s*"error"\s*:\s*\{[^{}]*?"type"\s*:\s*"(\w+)"')
 BLOCK_TIMEOUT_S = 300
-
-
-@dataclass
-class Block:
-    line: int
-    code: str
-    kind: str | None  # "example", "no-example" or None (unmarked)
-    expect: list[str] = field(default_factory=list)
-    expect_any: list[list[str]] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return f"README.md:{self.line}"
-
-
-def readme_blocks(text: str) -> list[Block]:
-    blocks = []
-    for match in BLOCK.finditer(text):
-        line = text.count("\n", 0, match.start()) + 1
-        before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
-        marker = MARKER.search(before)
-        block = Block(line=line, code=match.group("code"), kind=marker.group("kind") if marker else None)
-        if marker and block.kind == "example":
-            for option in shlex.split(marker.group("options")):
-                name, _, value = option.partition("=")
-                if name == "expect":
-                    block.expect.append(value)
-                elif name == "expect-any":
-                    block.expect_any.append(value.split("|"))
-                else:
-                    raise AssertionError(f"{block}: unknown example option {name!r}")
-        blocks.append(block)
-    return blocks
 
 
 def examples() -> list[Block]:
@@ -73,30 +37,6 @@ def test_the_readme_has_examples_of_the_api_and_the_cli() -> None:
     code = "\n".join(block.code for block in examples())
     for needed in ("curl", "./baton keys create", "./baton submit", "$JOB", "document", "webhook"):
         assert needed in code, needed
-
-
-def test_every_readme_block_that_runs_baton_or_curl_is_run_or_says_why() -> None:
-    unmarked = [
-        str(block)
-        for block in readme_blocks(README.read_text())
-        if block.kind is None and re.search(r"(^|[\s/(])(baton|curl)\s", block.code)
-    ]
-    assert unmarked == [], "mark them <!-- example --> or <!-- no-example: reason -->"
-
-
-def test_the_parser_sees_markers_options_and_unmarked_blocks() -> None:
-    text = (
-        "<!-- example expect=' 202 ' expect-any='a|b' -->\n```bash\necho 202\n```\n\n"
-        "<!-- no-example: long-running -->\n```bash\n./baton dev\n```\n\n```bash\ncurl x\n```\n"
-    )
-    first, second, third = readme_blocks(text)
-    assert (first.kind, first.code, first.expect, first.expect_any) == (
-        "example",
-        "echo 202\n",
-        [" 202 "],
-        [["a", "b"]],
-    )
-    assert (second.kind, third.kind, third.line) == ("no-example", None, 11)
 
 
 def test_an_error_answer_is_told_from_a_job_that_failed() -> None:
@@ -131,7 +71,7 @@ def test_readme_examples_run_as_written(dev_stack: DevStack, tmp_path: Path) -> 
         assert "Traceback" not in output, shown
         statuses = [int(status) for status in HTTP_STATUS.findall(answer.stdout)]
         assert all(status < 400 for status in statuses), shown
-        # An error body passes only when the marker expects its type (e.g. a 409 "conflict").
+        # An error answer passes only when the marker expects its type (e.g. a 409 "conflict").
         errors = set(ERROR_BODY.findall(answer.stdout))
         allowed = {text.strip('"') for options in block.expect_any for text in options}
         assert errors <= allowed, shown
