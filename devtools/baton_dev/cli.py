@@ -186,15 +186,7 @@ def submit(
             exists=True,
             dir_okay=False,
             readable=True,
-            help="A document (PDF, text, Markdown, HTML) to upload and attach to the job.",
-        ),
-    ] = None,
-    tenant: Annotated[
-        str | None,
-        typer.Option(
-            envvar="BATON_TENANT",
-            help="Your tenant, where --file goes (documents/<tenant>/); default: your API key's.",
-            show_default=False,
+            help="A document (txt, md, csv, json, html, pdf, docx; 25 MiB at most) to upload and attach.",
         ),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model name (default: the API's).")] = None,
@@ -205,16 +197,11 @@ def submit(
     idempotency_key: Annotated[str | None, typer.Option(help="Idempotency-Key header.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job live until it finishes.")] = False,
     wait_timeout: Annotated[float, typer.Option(help="Give up following after this many seconds.")] = 600.0,
-    bucket: Annotated[
-        str | None, typer.Option(help="Bucket for --file (default: the local stack's).", show_default=False)
-    ] = None,
     api_key: ApiKeyOption = None,
     state_dir: StateDirOption = None,
     api_url: ApiUrlOption = None,
 ) -> None:
     """Submit a job; prints the 202 answer, or with --wait follows it and prints the result."""
-    from baton_dev.client import upload_document
-
     if prompt is None and file is None:
         _fail("give --prompt TEXT, --file PATH, or both")
     body: dict[str, Any] = {"input": {"prompt": "Summarize this document." if prompt is None else prompt}}
@@ -224,19 +211,11 @@ def submit(
         body["webhook"] = {"url": webhook_url}
     if metadata:
         body["metadata"] = _parse_metadata(metadata)
-    client, target = _client(api_key, state_dir, api_url)
+    client, _ = _client(api_key, state_dir, api_url)
     with client:
         if file is not None:
-            tenant = tenant or _tenant_of_key(target, api_key)
-            bucket = bucket or (target.bucket if target else None)
-            if not bucket:
-                _fail("--file needs a bucket: run against a local stack (--state-dir) or pass --bucket")
-            try:
-                document_id = upload_document(
-                    target, bucket=bucket, tenant=tenant, filename=file.name, data=file.read_bytes()
-                )
-            except Exception as error:  # boto3 raises many kinds; the user needs the message only
-                _fail(f"upload of {file} to s3://{bucket} failed: {error}")
+            # Through the documents API: a presigned PUT, so no AWS credentials are needed.
+            document_id = _call(lambda: client.upload(file.name, file.read_bytes()))
             err.print(f"uploaded {escape(file.name)} as document [bold]{escape(document_id)}[/bold]")
             body["document"] = {"id": document_id}
         status, answer = _call(lambda: client.submit(body, idempotency_key=idempotency_key))
@@ -620,21 +599,6 @@ def _client(
     url = api_url or (target.api_url if target else None)
     assert url is not None
     return BatonClient(url, api_key), target
-
-
-def _tenant_of_key(target: Target | None, api_key: str | None) -> str:
-    """The tenant an API key belongs to, read from the stack's tenants table as the authorizer does."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    if target is None or not api_key:
-        _fail("--file with --api-url needs --tenant (the tenant your API key belongs to) or BATON_TENANT")
-    try:
-        tenant = target.tenants().tenant_for_key(api_key)
-    except (BotoCoreError, ClientError) as error:
-        _fail(f"cannot look up your API key's tenant: {error} (is `baton dev` still running?)")
-    if tenant is None:
-        _fail("unauthorized: the API key is unknown to this stack (create one with `baton keys create`)")
-    return tenant
 
 
 def _parse_metadata(pairs: list[str]) -> dict[str, str]:

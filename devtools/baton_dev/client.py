@@ -124,6 +124,33 @@ class BatonClient:
         """DELETE /v1/jobs/{id}: 200 with the cancelled job; a terminal job raises a 409 error."""
         return _json_object(self._request("DELETE", f"/v1/jobs/{job_id}"))
 
+    # -- documents ------------------------------------------------------------------------------------
+    def upload(self, filename: str, data: bytes, content_type: str | None = None) -> str:
+        """POST /v1/documents, then PUT the bytes to the presigned URL it answers (no AWS
+        credentials needed). Returns the document id for `document.id` / `input_document_id`."""
+        body: dict[str, Any] = {"filename": filename}
+        if content_type:
+            body["content_type"] = content_type
+        created = _json_object(self._request("POST", "/v1/documents", json=body))
+        upload = created["upload"]
+        try:
+            # Not through self._http: the presigned URL must not carry our API key to S3.
+            response = httpx.request(
+                upload["method"], upload["url"], content=data, headers=upload["headers"], timeout=self.timeout
+            )
+        except httpx.HTTPError as error:
+            raise BatonConnectionError(
+                upload["url"].split("?")[0], str(error) or type(error).__name__
+            ) from error
+        if not response.is_success:
+            raise BatonApiError(response.status_code, "upload_failed", response.text.strip()[:300])
+        logger.info("uploaded %s (%d bytes) as document %s", filename, len(data), created["id"])
+        return str(created["id"])
+
+    def document(self, document_id: str) -> dict[str, Any]:
+        """GET /v1/documents/{id}."""
+        return _json_object(self._request("GET", f"/v1/documents/{document_id}"))
+
     # -- plumbing -----------------------------------------------------------------------------------
     def _request(
         self,

@@ -3,16 +3,17 @@
 from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from baton.api import JobsHttp
+from baton.api import JobsHttp, tenant_of
+from baton.documents import DocumentService
 from baton.http_errors import register_error_handlers
 from baton.idempotency import persistence_layer, submission_config
 from baton.jobs import JobService
-from baton.models import CreateJobRequest
+from baton.models import CreateDocumentRequest, CreateJobRequest
 from baton.settings import get_settings
 
 logger = Logger()
@@ -21,6 +22,7 @@ metrics = Metrics()
 settings = get_settings()
 idempotency = submission_config(settings)
 jobs = JobsHttp(JobService(settings), persistence_layer(settings), idempotency)
+documents = DocumentService(settings)
 
 app = APIGatewayRestResolver(enable_validation=True)
 register_error_handlers(app)
@@ -42,6 +44,20 @@ def get_job(job_id: str, wait: Annotated[float | None, Query(ge=0, le=600)] = No
 @tracer.capture_method
 def cancel_job(job_id: str) -> Response[str]:
     return jobs.cancel(app.current_event, job_id)
+
+
+@app.post("/v1/documents")
+@tracer.capture_method
+def create_document(body: CreateDocumentRequest) -> Response[str]:
+    upload = documents.create(tenant_of(app.current_event), body)
+    return Response(201, content_types.APPLICATION_JSON, upload.model_dump_json())
+
+
+@app.get("/v1/documents/<document_id>")
+@tracer.capture_method
+def get_document(document_id: str) -> Response[str]:
+    view = documents.get(tenant_of(app.current_event), document_id)
+    return Response(200, content_types.APPLICATION_JSON, view.model_dump_json())
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)

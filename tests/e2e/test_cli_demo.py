@@ -151,11 +151,9 @@ def test_submit_wait_prints_the_result_and_exits_0(stack: Stack) -> None:
 def test_submit_file_uploads_it_as_a_document(stack: Stack, tmp_path: Path) -> None:
     notes = tmp_path / "release notes.md"
     notes.write_text("# Release 2.1\n\nCancelling a queued job is now instant. Webhooks retry for a day.\n")
-    answer = stack.run(
-        "submit", "--file", str(notes), "--tenant", "cli-test", "--prompt", "What changed?", "--wait"
-    )
+    answer = stack.run("submit", "--file", str(notes), "--prompt", "What changed?", "--wait")
     assert answer.returncode == 0, answer.stderr
-    assert "release-notes.md" in answer.stderr  # the uploaded document's id
+    assert "uploaded release notes.md as document doc_" in answer.stderr  # POST /v1/documents' id
     assert "Cancelling a queued job" in answer.stdout
 
 

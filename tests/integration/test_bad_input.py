@@ -155,6 +155,7 @@ def blank_pdf() -> bytes:
 LATIN_1 = "Café crème brûlée à la française, où l'été dure. ".encode("latin-1") * 20
 OFFICE_ZIP = b"PK\x03\x04" + bytes(200)
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+PPTX = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
 
 
 def case(name: str, send: Send, expected: Refused | Accepted | Ends, *marks: pytest.MarkDecorator) -> Any:
@@ -415,7 +416,16 @@ CASES = [
         document("archive.zip", OFFICE_ZIP, "application/zip"),
         Ends("failed", "unsupported_document"),
     ),
-    case(".docx document", document("letter.docx", OFFICE_ZIP, DOCX), Ends("failed", "unsupported_document")),
+    case(
+        "corrupt .docx document",
+        document("letter.docx", OFFICE_ZIP, DOCX),
+        Ends("failed", "unreadable_document"),
+    ),
+    case(
+        ".pptx document",
+        document("slides.pptx", OFFICE_ZIP, PPTX),
+        Ends("failed", "unsupported_document"),
+    ),
     case(
         "latin-1 .txt document",
         document("latin.txt", LATIN_1, "text/plain"),
@@ -429,7 +439,7 @@ CASES = [
     case(
         "document over BATON_MAX_DOCUMENT_BYTES",
         document("huge.txt", b"a" * (MAX_DOCUMENT_BYTES + 1), "text/plain"),
-        Ends("failed", "unreadable_document"),
+        Ends("failed", "document_too_large"),
     ),
     case("empty upload", upload("empty.txt", b"", "text/plain"), Ends("failed", "unreadable_document")),
     case(

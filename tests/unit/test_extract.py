@@ -259,12 +259,12 @@ def test_empty_document_is_unreadable(data: bytes, filename: str) -> None:
 
 def test_unsupported_type_names_it_and_the_supported_kinds() -> None:
     with pytest.raises(UnsupportedDocumentError) as caught:
-        extract_text(b"PK\x03\x04 zip bytes", filename="report.docx", content_type="application/zip")
+        extract_text(b"PK\x03\x04 zip bytes", filename="slides.pptx", content_type="application/zip")
 
     message = caught.value.message
     assert "'application/zip'" in message
-    assert "'.docx'" in message
-    for kind in ("text", "markdown", "html", "pdf"):
+    assert "'.pptx'" in message
+    for kind in ("text", "json", "markdown", "html", "pdf", "docx"):
         assert kind in message
     assert caught.value.type == "unsupported_document"
     assert isinstance(caught.value, DocumentError)
@@ -327,3 +327,39 @@ def test_detect_unknown_raises_naming_the_file() -> None:
         detect_kind("picture", "image/png", b"\x89PNG\r\n")
     with pytest.raises(UnsupportedDocumentError, match=r"'\.md5'"):
         detect_kind("checksums.md5", None, b"x")
+
+
+def test_docx_paragraphs_become_lines() -> None:
+    from tests.unit.test_documents import make_docx
+
+    result = extract_text(make_docx(["First  point.", "Second point."]), filename="memo.docx")
+    assert result.kind == "docx"
+    assert result.text == "First point.\nSecond point."
+
+
+def test_docx_is_recognised_by_its_zip_parts_without_a_name() -> None:
+    from tests.unit.test_documents import make_docx
+
+    assert extract_text(make_docx(["Body."]), filename="upload").kind == "docx"
+
+
+def test_a_zip_that_is_not_a_word_document_is_unreadable() -> None:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("hello.txt", "hi")
+    with pytest.raises(UnreadableDocumentError, match=r"word/document\.xml"):
+        extract_text(buffer.getvalue(), filename="fake.docx")
+
+
+def test_json_is_read_as_text() -> None:
+    result = extract_text(b'{"title": "Plan", "steps": ["a", "b"]}', filename="plan.json")
+    assert result.kind == "json"
+    assert '"steps"' in result.text
+
+
+def test_no_cut_unless_asked() -> None:
+    result = extract_text(b"word " * 100_000, filename="long.txt")
+    assert result.chars > 400_000 and not result.truncated

@@ -86,6 +86,8 @@ def test_api_routes_and_authorizer(app_template: AppTemplate) -> None:
         ("POST", "/v1/jobs"),
         ("GET", "/v1/jobs/{job_id}"),
         ("DELETE", "/v1/jobs/{job_id}"),
+        ("POST", "/v1/documents"),
+        ("GET", "/v1/documents/{document_id}"),
     }
     assert {route.function for route in routes.values()} == {"ApiFunction"}
     assert {route.authorizer for route in routes.values()} == {"ApiKeyAuthorizer"}

@@ -1,7 +1,8 @@
 """S3 layout of Baton's one bucket.
 
 uploads/<tenant>/...      client uploads; each object created here becomes a job
-documents/<tenant>/<id>   documents referenced by `document.id`
+documents/<tenant>/<id>   documents referenced by `document.id` (POST /v1/documents hands out a
+                          presigned PUT for doc_<hex> ids)
 extracted/<tenant>/<job>.txt   text pulled out of a job's document
 conversations/<tenant>/<job>.json   the messages of an agent loop, hop after hop
 results/<tenant>/<job>.json    results too large for the job item
@@ -15,7 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from baton.aws import client
-from baton.errors import InvalidRequestError, UnreadableDocumentError
+from baton.errors import DocumentTooLargeError, InvalidRequestError, UnreadableDocumentError
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class BlobStore:
                 raise UnreadableDocumentError(f"document {key} does not exist") from None
             raise
         if head["ContentLength"] > max_bytes:
-            raise UnreadableDocumentError(
+            raise DocumentTooLargeError(
                 f"document is {head['ContentLength']} bytes; the limit is {max_bytes}"
             )
         body = s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
@@ -107,6 +108,19 @@ class BlobStore:
 
     def read_text(self, key: str) -> str:
         return bytes(self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()).decode()
+
+    def presigned_put_url(
+        self, key: str, *, content_type: str, metadata: dict[str, str], expires_in: int
+    ) -> str:
+        """A URL the client PUTs the bytes to, sending exactly these as headers (they are signed):
+        Content-Type and one x-amz-meta-<name> per metadata entry."""
+        return str(
+            self._s3.generate_presigned_url(
+                "put_object",
+                Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type, "Metadata": metadata},
+                ExpiresIn=expires_in,
+            )
+        )
 
     def presigned_url(self, key: str, *, expires_in: int) -> str:
         return str(

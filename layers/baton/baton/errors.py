@@ -65,6 +65,16 @@ class UnreadableDocumentError(DocumentError):
     type = "unreadable_document"
 
 
+class DocumentTooLargeError(DocumentError):
+    type = "document_too_large"
+
+
+class DocumentTooLongError(DocumentError):
+    """Longer than the model's context, and the job said `long_document: fail`."""
+
+    type = "document_too_long"
+
+
 class ModelError(BatonError):
     """The model endpoint refused or failed; `retryable` says whether trying again can help."""
 

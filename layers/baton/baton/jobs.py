@@ -200,7 +200,11 @@ class JobService:
         try:
             stored = self.blobs.read(record.document_key, max_bytes=self.settings.max_document_bytes)
             extracted = extract_text(
-                stored.data, filename=record.document_key, content_type=stored.content_type
+                stored.data,
+                # Documents from POST /v1/documents are named doc_<hex>: their filename (and so
+                # their extension) travels as object metadata.
+                filename=stored.metadata.get("filename") or record.document_key,
+                content_type=stored.content_type,
             )
         except DocumentError as error:
             self._fail(record, error.type, error.message, retryable=False)

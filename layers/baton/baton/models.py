@@ -124,6 +124,8 @@ class JobParameters(BaseModel):
     max_depth: int | None = Field(None, ge=1, le=15, strict=True)
     max_total_tokens: int | None = Field(None, ge=1, strict=True)
     timeout_seconds: int | None = Field(None, ge=1, le=86_400, strict=True)
+    # A document longer than the model's context: split and combine (default), cut, or refuse.
+    long_document: Literal["map_reduce", "truncate", "fail"] | None = None
 
     @field_validator("tools")
     @classmethod
@@ -260,3 +262,47 @@ class UploadMetadata(BaseModel):
     prompt: str = Field("Summarize this document.", min_length=1, max_length=8192)
     model: str | None = None
     webhook_url: AnyHttpUrl | None = Field(None, alias="webhook-url")
+
+
+# -- documents -----------------------------------------------------------------------------------
+
+
+class CreateDocumentRequest(BaseModel):
+    """Body of POST /v1/documents."""
+
+    model_config = _STRICT
+
+    filename: str = Field(min_length=1, max_length=255)
+    content_type: (
+        Annotated[
+            str,
+            StringConstraints(
+                pattern=r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(;[ -~]*)?$", max_length=255
+            ),
+        ]
+        | None
+    ) = None
+
+
+class UploadSlot(BaseModel):
+    method: Literal["PUT"]
+    url: str
+    headers: dict[str, str]
+
+
+class DocumentUpload(BaseModel):
+    """201 answer of POST /v1/documents: PUT the bytes to upload.url with exactly upload.headers."""
+
+    id: str
+    upload: UploadSlot
+    expires_at: str
+
+
+class DocumentView(BaseModel):
+    """GET /v1/documents/{id}."""
+
+    id: str
+    filename: str
+    content_type: str
+    size: int | None
+    status: Literal["awaiting_upload", "uploaded"]

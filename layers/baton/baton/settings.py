@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     inline_result_max_bytes: int = Field(32_768, alias="BATON_INLINE_RESULT_MAX_BYTES", ge=1024)
     max_prompt_chars: int = Field(200_000, alias="BATON_MAX_PROMPT_CHARS", ge=1)
     max_document_bytes: int = Field(25 * 1024 * 1024, alias="BATON_MAX_DOCUMENT_BYTES", ge=1)
+    # How long a presigned upload URL (POST /v1/documents) stays valid.
+    upload_url_expiry_seconds: int = Field(900, alias="BATON_UPLOAD_URL_EXPIRY_SECONDS", ge=60, le=604_800)
+    # The model's context window in tokens (ModelContextTokens): longer documents are split (map-reduce),
+    # cut (truncate) or refused (fail), as the job's parameters.long_document says.
+    model_context_tokens: int = Field(32_768, alias="MODEL_CONTEXT_TOKENS", ge=1024)
     webhook_timeout_seconds: float = Field(10.0, alias="BATON_WEBHOOK_TIMEOUT_SECONDS", gt=0)
     result_url_expiry_seconds: int = Field(3600, alias="BATON_RESULT_URL_EXPIRY_SECONDS", ge=60)
     retry_after_seconds: int = Field(2, alias="BATON_RETRY_AFTER_SECONDS", ge=1)
