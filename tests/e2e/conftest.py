@@ -76,10 +76,13 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    if process.returncode == 0:
+        # Stopped by SIGTERM, `baton dev` removes its record: the CLI then says no stack runs.
+        assert not state_file.exists(), f"{state_file} left behind by a stopped `baton dev`"
 
 
 def _pid_in(state_file: Path) -> object:
