@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast, overload
 
 import typer
 from rich.console import Console
@@ -22,6 +22,7 @@ from rich.markup import escape
 from baton_dev import logs
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
 
     from baton_dev.client import BatonClient
@@ -32,7 +33,8 @@ app = typer.Typer(help="Baton: asynchronous LLM jobs on AWS serverless.", no_arg
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 dlq_app = typer.Typer(
-    help="Inspect the stage queues' dead-letter queues and move messages back.", no_args_is_help=True
+    help="Archived dead letters of the job steps, and the dead-letter queues that keep theirs.",
+    no_args_is_help=True,
 )
 app.add_typer(dlq_app, name="dlq")
 logger = logging.getLogger("baton.cli")
@@ -308,6 +310,46 @@ class RedriveMethod(StrEnum):
 
 @dlq_app.command("list")
 def dlq_list(
+    stage: Annotated[
+        str | None, typer.Argument(help="Only this stage: extract, infer, tool.", show_default=False)
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Show at most N, newest first.")] = 20,
+    stack: DlqStackOption = None,
+    state_dir: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """The job steps' archived dead letters, newest first: each one failed its job as dead_lettered."""
+    from rich import box
+    from rich.table import Table
+
+    from baton_dev.dlq import list_archive
+
+    target, s3 = _dlq_archive(stack, state_dir)
+    assert target.bucket is not None
+    with _dlq_aws_errors(stack):
+        letters = list_archive(s3, target.bucket, stage=stage, limit=limit)
+    if json_output:
+        typer.echo(json.dumps([letter.model_dump(mode="json") for letter in letters], indent=2))
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for column in ("id", "archived", "job", "tenant", "attempts", "outcome"):
+        table.add_column(column, no_wrap=True)
+    for letter in letters:
+        table.add_row(
+            letter.id,
+            letter.archived_at,
+            letter.job_id or "-",
+            letter.tenant_id or "-",
+            str(letter.attempts),
+            letter.outcome.value,
+        )
+    out.print(table)
+    if not letters:
+        err.print("no archived dead letters" + (f" for stage {escape(stage)}" if stage else ""))
+
+
+@dlq_app.command("queues")
+def dlq_queues(
     stack: DlqStackOption = None, state_dir: StateDirOption = None, json_output: JsonOption = False
 ) -> None:
     """Every dead-letter queue with its source queue, depth and (deployed) oldest message age."""
@@ -353,7 +395,8 @@ def dlq_show(
     state_dir: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Peek at a DLQ's messages without removing them.
+    """An archived dead letter (its id from `baton dlq list` or the job's error), or a DLQ's
+    messages, peeked without removing them (ingest, notify: the DLQs that keep their messages).
 
     SQS has no read-only look: messages are received and made visible again at once, never
     deleted, so each `show` adds 1 to the receive count of every message it prints (harmless on
@@ -364,7 +407,10 @@ def dlq_show(
     from baton_dev.dlq import peek
 
     target, sqs = _dlq_target(stack, state_dir)
-    dlq = _dlq_resolve(target, queue)
+    dlq = _dlq_resolve(target, queue, or_archive=True)
+    if dlq is None:
+        _dlq_show_letter(stack, state_dir, queue, full=full, json_output=json_output)
+        return
     with _dlq_aws_errors(stack):
         messages = peek(sqs, dlq.url, max_messages=max_messages)
     if json_output:
@@ -426,11 +472,18 @@ def dlq_redrive(
     state_dir: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Move a DLQ's messages back to its source queue (or --to); exit 1 if any could not be moved."""
+    """Move a DLQ's messages back to its source queue (or --to); exit 1 if any could not be moved.
+
+    Given an archived dead letter's id instead: put its command back on its stage's queue, if its
+    job still waits for it. A job the dead letter failed is finished and never changes: that is
+    refused (exit 1), naming `POST /v1/jobs/{id}/rerun`, which runs it again as a new job."""
     from baton_dev.dlq import DlqError, Method, redrive
 
     target, sqs = _dlq_target(stack, state_dir)
-    dlq = _dlq_resolve(target, queue)
+    dlq = _dlq_resolve(target, queue, or_archive=True)
+    if dlq is None:
+        _dlq_redrive_letter(stack, state_dir, queue, json_output=json_output)
+        return
     destination = target.queues.get(to, to) if to else dlq.source_url
     if not destination:
         _fail(f"{dlq.logical_id} has no source queue ({dlq.source_logical_id or '?'} unknown): pass --to URL")
@@ -485,13 +538,83 @@ def _dlq_target(stack: str | None, state_dir: Path | None) -> tuple[Target, SQSC
     return target, boto3.client("sqs", region_name=target.region, endpoint_url=target.endpoint_url)
 
 
-def _dlq_resolve(target: Target, name: str) -> DeadLetterQueue:
+@overload
+def _dlq_resolve(target: Target, name: str) -> DeadLetterQueue: ...
+@overload
+def _dlq_resolve(target: Target, name: str, *, or_archive: bool) -> DeadLetterQueue | None: ...
+def _dlq_resolve(target: Target, name: str, *, or_archive: bool = False) -> DeadLetterQueue | None:
+    """The DLQ `name` names; with `or_archive`, None when it looks like an archived letter's id."""
     from baton_dev.dlq import DlqError, resolve_dead_letter_queue
 
     try:
         return resolve_dead_letter_queue(target.queues, name)
     except DlqError as error:
+        if or_archive and ("/" in name or len(name) >= 32) and "://" not in name:
+            return None
         _fail(str(error))
+
+
+def _dlq_archive(stack: str | None, state_dir: Path | None) -> tuple[Target, S3Client]:
+    import boto3
+
+    target, _ = _dlq_target(stack, state_dir)
+    if not target.bucket:
+        _fail("the stack names no bucket: its dead-letter archive cannot be found")
+    return target, boto3.client("s3", region_name=target.region, endpoint_url=target.endpoint_url)
+
+
+def _dlq_show_letter(
+    stack: str | None, state_dir: Path | None, ident: str, *, full: bool, json_output: bool
+) -> None:
+    from rich.text import Text
+
+    from baton_dev.dlq import DlqError, find_letter
+
+    target, s3 = _dlq_archive(stack, state_dir)
+    assert target.bucket is not None
+    with _dlq_aws_errors(stack):
+        try:
+            letter = find_letter(s3, target.bucket, ident)
+        except DlqError as error:
+            _fail(str(error))
+    if json_output:
+        typer.echo(letter.model_dump_json(indent=2))
+        return
+    out.print(Text.assemble((letter.id, "bold"), f"  {letter.outcome.value}  archived {letter.archived_at}"))
+    out.print(
+        Text(
+            f"  job {letter.job_id or '-'}  tenant {letter.tenant_id or '-'}  stage {letter.stage}"
+            f"  version {letter.version}  depth {letter.depth}  attempts {letter.attempts}"
+            f"  receives {letter.receive_count}  sent {letter.sent_at or '?'}"
+        )
+    )
+    out.print(Text(_dlq_body(letter.body, full), style="dim"), highlight=False)
+
+
+def _dlq_redrive_letter(stack: str | None, state_dir: Path | None, ident: str, *, json_output: bool) -> None:
+    from baton.store import JobStore
+    from baton_dev.dlq import DlqError, find_letter, redrive_letter
+
+    target, s3 = _dlq_archive(stack, state_dir)
+    assert target.bucket is not None
+    target.apply_aws_environment()
+    import boto3
+
+    sqs = boto3.client("sqs", region_name=target.region, endpoint_url=target.endpoint_url)
+    with _dlq_aws_errors(stack):
+        try:
+            letter = find_letter(s3, target.bucket, ident)
+            destination = redrive_letter(
+                letter, jobs=JobStore(target.jobs_table), sqs=sqs, queues=target.queues
+            )
+        except DlqError as error:
+            _fail(str(error))
+    if json_output:
+        typer.echo(
+            json.dumps({"id": letter.id, "job_id": letter.job_id, "destination": destination}, indent=2)
+        )
+    else:
+        out.print(f"redrove {escape(letter.id)} (job {escape(str(letter.job_id))}) to {escape(destination)}")
 
 
 @contextmanager

@@ -1,7 +1,17 @@
-"""Dead-letter queues: find them, look inside without consuming, move messages back (`baton dlq`).
+"""Dead letters (`baton dlq`): the archive of the job steps' dead letters, and the DLQs themselves.
 
-Plain functions over a boto3 SQS client and queue URLs, so that they run the same against the
-local stack (moto), LocalStack or AWS, and are testable with moto's `mock_aws`.
+The job steps' DLQs (extract, infer, tool) are consumed by the dead-letter function as messages
+arrive: each one fails its job as `dead_lettered` and is archived in S3 under
+`dead-letters/<stage>/<date>/<message id>.json` (baton.deadletters). `list`, `show` and
+`redrive` of an archive id read that archive. A redrive puts the command back on its stage's
+queue only while its job still waits for it; a job the dead letter failed is finished and never
+changes: the redrive is refused and names `POST /v1/jobs/{id}/rerun`, which runs it again as a
+new job.
+
+The other DLQs (ingest, notify: no job to fail) keep their messages; `queues`, and `show` /
+`redrive` of a queue name, work on them directly. Plain functions over boto3 clients, so that
+they run the same against the local stack (moto), LocalStack or AWS, and are testable with moto's
+`mock_aws`.
 
 Every template queue `XQueue` has its dead-letter queue `XDeadLetterQueue` (template.yaml): the
 pairing is by logical id, as the local state file (`queues`) and the stack outputs
@@ -31,9 +41,12 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from baton.deadletters import SQS_BATCH, make_visible, peek_messages, receive_hidden
+from baton.deadletters import ARCHIVE_PREFIX, ArchivedDeadLetter, archive_key
+from baton.errors import JobNotFoundError
+from baton.store import JobStore
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import MessageTypeDef, SendMessageBatchRequestEntryTypeDef
 
@@ -63,6 +76,57 @@ Method = Literal["auto", "move-task", "receive-send"]
 
 class DlqError(Exception):
     """A user-facing problem: unknown queue name, a queue redriven onto itself, ..."""
+
+
+# -- receiving without consuming ------------------------------------------------------------
+
+SQS_BATCH = 10
+
+
+def receive_hidden(sqs: Any, queue_url: str, count: int, visibility_s: int) -> list[dict[str, Any]]:
+    # A 1 s long poll: on AWS a short poll samples a subset of servers and may miss messages.
+    messages: list[dict[str, Any]] = sqs.receive_message(
+        QueueUrl=queue_url,
+        MaxNumberOfMessages=count,
+        VisibilityTimeout=visibility_s,
+        WaitTimeSeconds=1,
+        MessageSystemAttributeNames=["All"],
+        MessageAttributeNames=["All"],
+    ).get("Messages", [])
+    return messages
+
+
+def make_visible(sqs: Any, queue_url: str, handles: Sequence[str]) -> None:
+    for chunk in _chunks(list(handles), SQS_BATCH):
+        answer = sqs.change_message_visibility_batch(
+            QueueUrl=queue_url,
+            Entries=[
+                {"Id": str(index), "ReceiptHandle": handle, "VisibilityTimeout": 0}
+                for index, handle in enumerate(chunk)
+            ],
+        )
+        for failure in answer.get("Failed", []):
+            # Typically a handle superseded by a later receive of the same message: harmless.
+            logger.debug("visibility not restored: %s", failure)
+
+
+def peek_messages(
+    sqs: Any, queue_url: str, *, max_messages: int, hide_seconds: int = 30
+) -> list[dict[str, Any]]:
+    """Up to `max_messages` distinct messages, left on the queue."""
+    seen: dict[str, dict[str, Any]] = {}
+    handles: list[str] = []
+    try:
+        while len(seen) < max_messages:
+            batch = receive_hidden(sqs, queue_url, min(SQS_BATCH, max_messages - len(seen)), hide_seconds)
+            handles.extend(message["ReceiptHandle"] for message in batch)
+            fresh = [message for message in batch if message["MessageId"] not in seen]
+            if not fresh:
+                break
+            seen.update({message["MessageId"]: message for message in fresh})
+    finally:
+        make_visible(sqs, queue_url, handles)
+    return list(seen.values())
 
 
 # -- discovery -----------------------------------------------------------------------------------
@@ -496,3 +560,107 @@ def _delete(sqs: SQSClient, queue_url: str, messages: Sequence[MessageTypeDef]) 
 def _chunks[T](items: list[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+# -- the archive of the job steps' dead letters (written by the dead-letter function) -------------
+
+
+def _children(s3: S3Client, bucket: str, prefix: str) -> list[str]:
+    """The next path segments under `prefix` ("infer", "2026-12-01", ...), paginated."""
+    names: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        names.extend(
+            str(common["Prefix"]).removeprefix(prefix).rstrip("/")
+            for common in page.get("CommonPrefixes", [])
+        )
+    return names
+
+
+def list_archive(
+    s3: S3Client, bucket: str, *, stage: str | None = None, limit: int = 20
+) -> list[ArchivedDeadLetter]:
+    """The newest archived dead letters first (of one stage, or all), at most `limit`.
+
+    Days are listed as prefixes (one request per stage), then only the days needed, newest first;
+    within a day the listing's LastModified orders them, and only the `limit` shown are read."""
+    stages = [stage] if stage else _children(s3, bucket, f"{ARCHIVE_PREFIX}/")
+    days = sorted(
+        ((day, name) for name in stages for day in _children(s3, bucket, f"{ARCHIVE_PREFIX}/{name}/")),
+        reverse=True,
+    )
+    letters: list[ArchivedDeadLetter] = []
+    for day in sorted({day for day, _ in days}, reverse=True):
+        entries: list[tuple[datetime, str]] = []
+        for name in (name for d, name in days if d == day):
+            pages = s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=f"{ARCHIVE_PREFIX}/{name}/{day}/"
+            )
+            entries.extend(
+                (item["LastModified"], item["Key"]) for page in pages for item in page.get("Contents", [])
+            )
+        for _, key in sorted(entries, reverse=True)[: limit - len(letters)]:
+            letters.append(read_letter(s3, bucket, key))
+        if len(letters) >= limit:
+            break
+    return letters
+
+
+def read_letter(s3: S3Client, bucket: str, key: str) -> ArchivedDeadLetter:
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return ArchivedDeadLetter.model_validate_json(body)
+
+
+def find_letter(s3: S3Client, bucket: str, ident: str) -> ArchivedDeadLetter:
+    """A dead letter by its archive id (`infer/2026-12-01/<message id>`, as the job's error and
+    `baton dlq list` name it) or by its bare message id (one HEAD per stage and day)."""
+    ident = ident.strip().removeprefix(f"{ARCHIVE_PREFIX}/").removesuffix(".json")
+    candidates = [ident] if ident.count("/") == 2 else []
+    if not candidates and "/" not in ident:
+        candidates = [
+            f"{stage}/{day}/{ident}"
+            for stage in _children(s3, bucket, f"{ARCHIVE_PREFIX}/")
+            for day in sorted(_children(s3, bucket, f"{ARCHIVE_PREFIX}/{stage}/"), reverse=True)
+        ]
+    for candidate in candidates:
+        try:
+            return read_letter(s3, bucket, archive_key(candidate))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in {"NoSuchKey", "404", "NotFound"}:
+                raise
+    raise DlqError(f"no archived dead letter {ident!r} (ids look like infer/2026-12-01/<message id>)")
+
+
+def redrive_letter(
+    letter: ArchivedDeadLetter, *, jobs: JobStore, sqs: SQSClient, queues: Mapping[str, str]
+) -> str:
+    """Put an archived stage command back on its stage's queue; the queue URL it went to.
+
+    Only while its job still waits at that command's version and depth (e.g. the dead letter
+    arrived while the table was unreachable). A job the dead letter failed is terminal, and a
+    terminal job never changes (contract): redrive refuses and names the re-run, which runs the
+    same request again as a new job (`rerun_of`)."""
+    if letter.job_id is None or letter.tenant_id is None:
+        raise DlqError(f"dead letter {letter.id} is not a stage command: there is nothing to redrive")
+    try:
+        record = jobs.get(letter.tenant_id, letter.job_id)
+    except JobNotFoundError:
+        raise DlqError(
+            f"job {letter.job_id} no longer exists (expired): there is nothing to redrive"
+        ) from None
+    if record.is_terminal:
+        reason = f" ({record.error.type})" if record.error else ""
+        raise DlqError(
+            f"job {letter.job_id} is {record.status.value}{reason}, and a finished job never changes: "
+            f"to run it again as a new job, POST /v1/jobs/{letter.job_id}/rerun (the new job's rerun_of "
+            "names this one)"
+        )
+    if (record.version, record.depth) != (letter.version, letter.depth):
+        raise DlqError(
+            f"job {letter.job_id} has moved on (version {record.version}, depth {record.depth}; this "
+            f"command was for version {letter.version}, depth {letter.depth}): it would be discarded"
+        )
+    queue = f"{letter.stage.title()}{SOURCE_SUFFIX}"
+    if queue not in queues:
+        raise DlqError(f"no queue {queue} for stage {letter.stage!r}")
+    sqs.send_message(QueueUrl=queues[queue], MessageBody=letter.body)
+    return queues[queue]

@@ -1,4 +1,4 @@
-"""sweeper (every minute): fail jobs whose messages reached a DLQ, and jobs past their deadline."""
+"""sweeper (every minute): fail jobs past their deadline, a bounded number per run."""
 
 from typing import Any
 
@@ -22,4 +22,4 @@ sweeper = Sweeper(JobService(get_settings()))
 @tracer.capture_lambda_handler
 @event_parser(model=EventBridgeModel)
 def lambda_handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
-    return sweeper.sweep()
+    return sweeper.sweep(context.get_remaining_time_in_millis)

@@ -51,6 +51,7 @@ from baton_dev.webhook_receiver import WebhookEvent, WebhookReceiver
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
 
 logger = logging.getLogger("baton.chaos")
@@ -117,6 +118,9 @@ class ChaosConfig:
     kill_window_s: float = 5.0  # a 200 this long before the kill may be lost with its worker
     deadline_s: float | None = None  # default: 120 s + 0.6 s per job
     webhook_grace_s: float = 60.0  # after the last terminal state, for the last deliveries
+    stall_s: float = 240.0  # no job changed state for this long: fail fast, naming them
+    sample_every_s: float | None = None  # soak samples (memory, queue depths); default by size
+    poison_latency_s: float = 60.0  # a poison job fails as dead_lettered this soon after its last attempt
     # Template parameters that make recovery fast (visibility timeouts of seconds, not minutes).
     max_attempts: int = 8
     max_receive_count: int = 12
@@ -133,6 +137,10 @@ class ChaosConfig:
     sim_rate_503: float = 0.05
     sim_rate_slow: float = 0.05
     sim_slow_ms: int = 3000
+
+    @property
+    def sample_interval_s(self) -> float:
+        return self.sample_every_s or (5.0 if self.jobs <= 200 else 30.0)
 
     @property
     def run_deadline_s(self) -> float:
@@ -385,6 +393,15 @@ class ChaosStack:
             aws_secret_access_key="local",
         )
 
+    def s3(self) -> S3Client:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=REGION,
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
+
     def sqs(self) -> SQSClient:
         return boto3.client(
             "sqs",
@@ -549,6 +566,44 @@ class Submission:
 
 
 @dataclass
+class SoakSample:
+    """One look at the run: progress, memory of each process (tree), depth of each queue."""
+
+    at: float  # seconds since the run started
+    accepted: int
+    terminal: int
+    in_flight: int
+    rss_mb: dict[str, float]
+    queues: dict[str, int]  # logical id -> visible + in flight
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (Linux /proc; 0 elsewhere or if gone)."""
+    total_kb = 0
+    pending = [pid]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total_kb += next(
+                int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")
+            )
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = (task / "children").read_text().split()
+                pending.extend(int(child) for child in children)
+        except (OSError, StopIteration, ValueError):
+            continue
+    return round(total_kb / 1024, 1)
+
+
+@dataclass
 class Observations:
     specs: list[JobSpec]
     submissions: dict[str, Submission] = field(default_factory=dict)
@@ -567,7 +622,10 @@ class Observations:
     jobs_via_get: dict[str, dict[str, Any]] = field(default_factory=dict)
     table_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # job id -> decoded item
     table_job_items: int = 0
-    dlq_jobs: Counter[str] = field(default_factory=Counter)
+    dlq_jobs: Counter[str] = field(default_factory=Counter)  # archived dead letters per job
+    dead_lettered_at: dict[str, float] = field(default_factory=dict)  # first archive time per job
+    samples: list[SoakSample] = field(default_factory=list)
+    stalled: bool = False
     webhook_events: list[WebhookEvent] = field(default_factory=list)
     webhook_refused: list[str] = field(default_factory=list)
     clean_stops: dict[str, bool] = field(default_factory=dict)
@@ -609,6 +667,9 @@ class ChaosRun:
         self._poison = {spec.job_id for spec in specs if spec.kind is JobKind.POISON}
         self._stop = threading.Event()
         self._deadline = 0.0
+        self._states: dict[str, str] = {}  # job id -> "status/step" as last read by the tracker
+        self._last_change = time.monotonic()
+        self._restarted = False
         self.receivers: list[WebhookReceiver] = []
         self._sim_log = _SimLogCollector(stack)
 
@@ -663,11 +724,34 @@ class ChaosRun:
             if still_open == 0 and not any(t.is_alive() for t in threads):
                 obs.all_terminal_at = time.time()
                 return
+            if self._stalled():
+                return
             time.sleep(0.2)
         obs.harness_errors.append(
             f"deadline of {self.config.run_deadline_s:.0f}s passed with "
             f"{len(self.specs) - len(obs.terminal_seen)} job(s) not terminal"
         )
+
+    def _stalled(self) -> bool:
+        """No job changed state for `stall_s` while some are open: stop now, naming them, instead
+        of waiting out the deadline (issue 8: a stall at 4,900 of 10,000 jobs went unreported)."""
+        with self._lock:
+            quiet_s = time.monotonic() - self._last_change
+            states = {job_id: self._states.get(job_id, "unseen") for job_id in sorted(self._open)}
+        if (
+            not states
+            or quiet_s < self.config.stall_s
+            or (self.obs.kill_at is not None and not self._restarted)
+        ):
+            return False
+        listed = _limit((f"{job_id} {state}" for job_id, state in states.items()), 40)
+        counts = Counter(states.values())
+        self.obs.stalled = True
+        self.obs.harness_errors.append(
+            f"stalled: no job changed state for {quiet_s:.0f}s with {len(states)} in flight "
+            f"({dict(counts)}): {listed}"
+        )
+        return True
 
     def _kill_and_restart(self) -> None:
         obs = self.obs
@@ -681,6 +765,9 @@ class ChaosRun:
         obs.restart_spawned_at = time.time()
         self.stack.start_runtime()
         obs.restart_ready_at = time.time()
+        with self._lock:
+            self._restarted = True
+            self._last_change = time.monotonic()  # the outage is not a stall
         logger.warning("baton dev restarted in %.1fs", obs.restart_ready_at - obs.restart_spawned_at)
 
     # -- clients --------------------------------------------------------------------------------
@@ -761,9 +848,14 @@ class ChaosRun:
         """Read in-flight jobs' states straight from the table (one BatchGetItem a second: cheap for
         moto, unlike one long-poll per job) and free their slots once terminal."""
         ddb = self.stack.dynamodb()
+        sqs = self.stack.sqs()
         table = self.stack.jobs_table
         next_log = time.monotonic() + 15
+        next_sample = time.monotonic()
         while not self._stop.wait(1.0):
+            if time.monotonic() >= next_sample:
+                next_sample = time.monotonic() + self.config.sample_interval_s
+                self._sample(sqs)
             with self._lock:
                 watching = sorted(self._open)
             inferring = 0
@@ -789,6 +881,11 @@ class ChaosRun:
                 for item in answer.get("Responses", {}).get(table, []):
                     status = str(item["status"]["S"])
                     job_id = str(item["sk"]["S"]).removeprefix("JOB#")
+                    state = f"{status}/{item.get('current_step', {}).get('S', '-')}"
+                    with self._lock:
+                        if self._states.get(job_id) != state:
+                            self._states[job_id] = state
+                            self._last_change = time.monotonic()
                     if status in TERMINAL:
                         with self._lock:
                             self.obs.terminal_seen.setdefault(job_id, status)
@@ -812,6 +909,46 @@ class ChaosRun:
                         len(self.obs.terminal_seen),
                         len(self._open),
                     )
+
+    def _sample(self, sqs: SQSClient) -> None:
+        """Soak figures: memory of moto, the runtime (with any child processes) and the simulator,
+        and the depth of every queue, as the run goes."""
+        depths: dict[str, int] = {}
+        for logical_id, url in sorted((self.stack.state.get("queues") or {}).items()):
+            try:
+                attributes = sqs.get_queue_attributes(
+                    QueueUrl=url,
+                    AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+                )["Attributes"]
+            except Exception as error:  # moto busy: a gap in the curve, not a failure
+                logger.warning("queue depth of %s unreadable: %s", logical_id, error)
+                continue
+            depths[logical_id] = sum(int(value) for value in attributes.values())
+        processes = {
+            "moto": self.stack.moto,
+            "baton dev": self.stack.runtime,
+            "simulator": self.stack.simulator,
+        }
+        memory = {name: rss_mb(process.pid) for name, process in processes.items() if process.running}
+        with self._lock:
+            sample = SoakSample(
+                at=round(time.time() - self.obs.started_at, 1),
+                accepted=self._accepted,
+                terminal=len(self.obs.terminal_seen),
+                in_flight=len(self._open),
+                rss_mb=memory,
+                queues=depths,
+            )
+            self.obs.samples.append(sample)
+        busiest = sorted(depths.items(), key=lambda item: -item[1])[:3]
+        logger.info(
+            "soak t=%.0fs: %d in flight, %d terminal; RSS %s; deepest queues %s",
+            sample.at,
+            sample.in_flight,
+            sample.terminal,
+            ", ".join(f"{name} {mb:.0f} MB" for name, mb in memory.items()),
+            ", ".join(f"{name} {depth}" for name, depth in busiest),
+        )
 
     def _collect_sim_log(self) -> None:
         try:
@@ -847,7 +984,7 @@ class ChaosRun:
         self._collect_sim_log()
         self.obs.sim_log = self._sim_log.entries
         self._scan_table()
-        self._peek_dlq("InferDeadLetterQueue")
+        self._read_dead_letter_archive("infer")
 
     def _get_all(self) -> None:
         ids = [spec.job_id for spec in self.specs]
@@ -898,26 +1035,21 @@ class ChaosRun:
                 }
         self.obs.table_job_items = items
 
-    def _peek_dlq(self, logical_id: str) -> None:
-        """Everything in the DLQ (the runtime is stopped: hiding messages while counting is harmless)."""
-        sqs = self.stack.sqs()
-        url = self.stack.queue_url(logical_id)
-        seen: set[str] = set()
-        while True:
-            answer = sqs.receive_message(
-                QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60, WaitTimeSeconds=0
-            )
-            messages = answer.get("Messages", [])
-            if not messages:
-                break
-            for message in messages:
-                if message["MessageId"] in seen:
-                    continue
-                seen.add(message["MessageId"])
-                try:
-                    self.obs.dlq_jobs[str(json.loads(message["Body"])["job_id"])] += 1
-                except (ValueError, KeyError):
-                    continue
+    def _read_dead_letter_archive(self, stage: str) -> None:
+        """Every dead letter the dead-letter function archived for this stage (S3, dead-letters/)."""
+        s3 = self.stack.s3()
+        bucket = str(self.stack.state["bucket"])
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=f"dead-letters/{stage}/"
+        ):
+            for item in page.get("Contents", []):
+                letter = json.loads(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+                job_id = str(letter.get("job_id"))
+                self.obs.dlq_jobs[job_id] += 1
+                archived_at = _parse_iso(str(letter["archived_at"]))
+                self.obs.dead_lettered_at[job_id] = min(
+                    archived_at, self.obs.dead_lettered_at.get(job_id, archived_at)
+                )
 
     def _guard(self, target: Callable[..., None]) -> Callable[..., None]:
         """A thread's crash becomes a harness error the test reports, not a silent hang."""
@@ -938,9 +1070,32 @@ class ChaosRun:
 # -------------------------------------------------------------------------------------------------
 
 
+def soak_figures(samples: Sequence[SoakSample]) -> list[tuple[str, str]]:
+    """Memory (first / peak / last sample) per process and the deepest each queue got."""
+    if not samples:
+        return [("soak samples", "none")]
+    figures = [("soak samples", f"{len(samples)} over {samples[-1].at:.0f}s")]
+    for name in sorted({name for sample in samples for name in sample.rss_mb}):
+        values = [sample.rss_mb[name] for sample in samples if name in sample.rss_mb]
+        figures.append(
+            (f"RSS {name} first / peak / last", f"{values[0]:.0f} / {max(values):.0f} / {values[-1]:.0f} MB")
+        )
+    deepest = {
+        name: max(sample.queues.get(name, 0) for sample in samples)
+        for name in sorted({name for sample in samples for name in sample.queues})
+    }
+    figures.append(("queue depth peaks", ", ".join(f"{name} {depth}" for name, depth in deepest.items())))
+    last = samples[-1].queues
+    figures.append(
+        ("queue depths at the end", ", ".join(f"{name} {depth}" for name, depth in last.items()) or "-")
+    )
+    return figures
+
+
 @dataclass
 class ChaosReport:
     figures: list[tuple[str, str]]
+    samples: list[SoakSample]
     problems: list[str]
     notes: list[str]
     honest_failures: list[str]
@@ -956,11 +1111,37 @@ class ChaosReport:
         buffer = io.StringIO()
         console = Console(file=buffer, width=width, force_terminal=False, color_system=None)
         console.print(table)
+        if self.samples:
+            console.print(self.curve())
         for note in self.notes:
             console.print(f"note: {note}", highlight=False)
         for problem in self.problems:
             console.print(f"PROBLEM: {problem}", highlight=False)
         return buffer.getvalue()
+
+    def curve(self, rows: int = 16) -> Table:
+        """Jobs in flight, memory and queue depths over time (at most `rows` evenly spaced samples)."""
+        step = max(1, math.ceil(len(self.samples) / rows))
+        picked = self.samples[::step]
+        if picked[-1] is not self.samples[-1]:
+            picked.append(self.samples[-1])
+        names = sorted({name for sample in self.samples for name in sample.rss_mb})
+        table = Table(title="over time", box=box.SIMPLE_HEAD)
+        for column in ("t (s)", "accepted", "terminal", "in flight", *[f"{n} MB" for n in names], "queued"):
+            table.add_column(column, justify="right")
+        table.add_column("deepest queue")
+        for sample in picked:
+            deepest = max(sample.queues.items(), key=lambda item: item[1], default=("-", 0))
+            table.add_row(
+                f"{sample.at:.0f}",
+                str(sample.accepted),
+                str(sample.terminal),
+                str(sample.in_flight),
+                *[f"{sample.rss_mb.get(name, 0):.0f}" for name in names],
+                str(sum(sample.queues.values())),
+                f"{deepest[0]} {deepest[1]}",
+            )
+        return table
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -1070,6 +1251,7 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
     outcomes: Counter[str] = Counter()
     honest: list[str] = []
     poison_ok = 0
+    poison_latency: list[tuple[float, str]] = []
     for spec in specs:
         job = obs.jobs_via_get.get(spec.job_id)
         if job is None:
@@ -1085,9 +1267,14 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
                     f"poison job {spec.job_id} ended {status} {error.get('type')}, not dead_lettered"
                 )
             elif obs.dlq_jobs[spec.job_id] < 1:
-                problems.append(f"poison job {spec.job_id} failed but its message is not in the infer DLQ")
+                problems.append(f"poison job {spec.job_id} failed but its dead letter is not archived")
             else:
                 poison_ok += 1
+                attempts = [float(c["ts"]) for c in calls_by_job.get(spec.job_id, []) if c.get("ts")]
+                if attempts:
+                    # From its last (crashing) model call to its end as dead_lettered.
+                    failed_at = _parse_iso(str(job.get("updated_at")))
+                    poison_latency.append((failed_at - max(attempts), spec.job_id))
             continue
         if status == "completed":
             if spec.kind is JobKind.AGENT:
@@ -1125,6 +1312,17 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
         problems.append(f"{len(honest)} jobs gave up after their retry budget: more than 1% is not rare")
     for line in honest:
         notes.append(f"gave up honestly (faults beyond MaxAttempts={config.max_attempts}): {line}")
+
+    late = [
+        f"{job_id} ({seconds:.0f}s)"
+        for seconds, job_id in poison_latency
+        if seconds > config.poison_latency_s
+    ]
+    if late:
+        problems.append(
+            f"{len(late)} poison job(s) failed more than {config.poison_latency_s:.0f}s after their last "
+            f"attempt: {_limit(late)}"
+        )
 
     # -- paid model calls: one per step, except answers lost with the killed worker ----------------
     window_start, window_end = kill_window(config, obs)
@@ -1224,7 +1422,12 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
             if obs.kill_at
             else "-",
         ),
-        ("poison accounted for (failed, in DLQ)", f"{poison_ok}/{kinds.get('poison', 0)}"),
+        ("poison accounted for (dead_lettered, archived)", f"{poison_ok}/{kinds.get('poison', 0)}"),
+        (
+            "poison: last attempt -> dead_lettered p50 / max",
+            f"{_percentile([v for v, _ in poison_latency], 0.5):.1f}s / "
+            f"{max((v for v, _ in poison_latency), default=float('nan')):.1f}s",
+        ),
         ("webhook jobs", str(len(webhook_jobs))),
         (
             "webhook deliveries",
@@ -1236,6 +1439,7 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
             f"{_percentile(durations, 0.5):.1f}s / {_percentile(durations, 0.99):.1f}s",
         ),
         ("max jobs in flight", str(obs.max_open_seen)),
+        *soak_figures(obs.samples),
         ("workload wall time", f"{work_s:.0f}s ({len(specs) / work_s:.2f} jobs/s)" if work_s > 0 else "-"),
         ("total wall time (with checks)", f"{obs.finished_at - obs.started_at:.0f}s"),
     ]
@@ -1244,6 +1448,7 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
         notes.append(f"did not stop on SIGTERM (killed): {', '.join(stops)}")
     return ChaosReport(
         figures=figures,
+        samples=obs.samples,
         problems=problems,
         notes=notes,
         honest_failures=honest,
@@ -1299,6 +1504,8 @@ def save_evidence(workdir: Path, config: ChaosConfig, obs: Observations, report:
         "webhooks_delivered": [event._asdict() for event in obs.webhook_events],
         "webhooks_refused": obs.webhook_refused,
         "figures": dict(report.figures),
+        "samples": [sample.to_dict() for sample in obs.samples],
+        "dead_lettered_at": obs.dead_lettered_at,
         "problems": report.problems,
         "notes": report.notes,
     }

@@ -1,4 +1,4 @@
-"""`baton dlq list/show/redrive` as a user runs them, against the real local stack (`baton dev`).
+"""`baton dlq queues/show/redrive` of a queue as a user runs them, against the real local stack.
 
 Messages are put straight into the notify DLQ: terminal lifecycle events for jobs that do not
 exist, which the notify consumer takes as "gone" and deletes once they are redriven, so nothing
@@ -116,7 +116,7 @@ def dead_letters(local_stack: LocalStack) -> Iterator[list[str]]:
 def test_list_shows_every_dlq_with_its_source_queue_and_depth(
     local_stack: LocalStack, dead_letters: list[str]
 ) -> None:
-    listed = {row["dlq"]: row for row in dlq_json(local_stack, "list")}
+    listed = {row["dlq"]: row for row in dlq_json(local_stack, "queues")}
 
     expected = {name for name in local_stack.state["queues"] if name.endswith("DeadLetterQueue")}
     assert set(listed) == expected
@@ -129,7 +129,7 @@ def test_list_shows_every_dlq_with_its_source_queue_and_depth(
     assert (listed[DLQ]["visible"], listed[DLQ]["in_flight"]) == depth(local_stack, DLQ)
     assert listed[DLQ]["visible"] >= len(dead_letters)
 
-    table = baton_dlq(local_stack, "list").stdout
+    table = baton_dlq(local_stack, "queues").stdout
     line = next(line for line in table.splitlines() if DLQ in line)
     assert line.split()[:3] == [DLQ, SOURCE, str(listed[DLQ]["visible"])], table
 
@@ -153,8 +153,7 @@ def test_show_prints_the_dead_letters_without_consuming_them(
         assert message["sent_at"] and message["receive_count"] >= 1
     assert depth(local_stack, DLQ) == before  # nothing deleted, nothing left hidden
 
-    # The same by logical id, as text: each show costs every message one receive (documented; the
-    # local sweeper's own peeks, every 2 s, add more, so "at least one more").
+    # The same by logical id, as text: each show costs every message one receive (documented).
     text = baton_dlq(local_stack, "show", DLQ, "--max", "50").stdout
     for job_id in dead_letters:
         assert f"job {job_id}  tenant dlq-test" in text

@@ -1,19 +1,16 @@
-"""The sweeper (DLQ and deadline) and the retry policy, on the template's data plane in moto."""
+"""The sweeper (deadlines) and the retry policy, on the template's data plane in moto."""
 
 from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
 
 import baton.llm
 from baton.errors import ModelError, UnreadableDocumentError
-from baton.models import StageCommand, Step
 from baton.retries import Failure, backoff_seconds, classify
 from baton.store import JobStore
-from baton.sweeper import dead_letter_of
 
 if TYPE_CHECKING:
     from conftest import AwsStack, LoadedFunction
@@ -35,26 +32,6 @@ def status_of(aws: AwsStack, job_id: str) -> dict[str, Any]:
     return {"status": record.status.value, "error": record.error.model_dump() if record.error else None}
 
 
-def test_a_dead_lettered_command_fails_its_job_and_stays_in_the_dlq(
-    aws: AwsStack, api: LoadedFunction
-) -> None:
-    job_id = accept(aws, api)
-    command = StageCommand(job_id=job_id, tenant_id="acme", step=Step.INFER, version=1, depth=0)
-    dlq = aws.queue_url("InferDeadLetterQueue")
-    boto3.client("sqs").send_message(QueueUrl=dlq, MessageBody=command.model_dump_json())
-
-    outcome = aws.load("SweeperFunction")(_scheduled_event())
-
-    assert outcome == {"dead_lettered_failed": 1, "overdue_failed": 0}
-    state = status_of(aws, job_id)
-    assert state["status"] == "failed"
-    assert state["error"]["type"] == "dead_lettered"
-    assert "infer step failed" in state["error"]["message"]
-    assert aws.queued("InferDeadLetterQueue") == 1  # peeked, not consumed
-    # A second sweep finds the job already terminal: nothing more happens.
-    assert aws.load("SweeperFunction")(_scheduled_event())["dead_lettered_failed"] == 0
-
-
 def test_an_overdue_job_fails_as_timeout(
     aws: AwsStack, api: LoadedFunction, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -68,18 +45,7 @@ def test_an_overdue_job_fails_as_timeout(
     assert sweeper(_scheduled_event())["overdue_failed"] == 1
     assert status_of(aws, job_id)["error"]["type"] == "timeout"
     # Terminal jobs leave the sparse open-jobs index: the next sweep has nothing to do.
-    assert JobStore(aws.jobs_table).overdue(later) == []
-
-
-def test_dead_letters_are_recognised_by_shape() -> None:
-    command = StageCommand(job_id="job_1", tenant_id="acme", step=Step.EXTRACT, version=1, depth=0)
-    message = {"Body": command.model_dump_json(), "Attributes": {"ApproximateReceiveCount": "7"}}
-    letter = dead_letter_of(message)
-    assert letter is not None and (letter.job_id, letter.stage, letter.attempts) == ("job_1", "extract", 7)
-    event = {"source": "baton.jobs", "detail": {"job_id": "job_2", "tenant_id": "acme"}}
-    notify = dead_letter_of({"Body": json.dumps(event)})
-    assert notify is not None and notify.stage == "notify"
-    assert dead_letter_of({"Body": "not json"}) is None
+    assert list(JobStore(aws.jobs_table).overdue(later, limit=100)) == []
 
 
 def test_retryable_failures_back_off_then_give_up_as_retryable(

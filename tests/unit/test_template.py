@@ -26,7 +26,10 @@ FUNCTIONS = {
     "NotifyFunction": "notify",
     "ToolFunction": "tool",
     "SweeperFunction": "sweeper",
+    "DeadLetterFunction": "deadletter",
 }
+# The DLQs whose messages are job commands: consumed by the dead-letter function as they arrive.
+JOB_STEP_DLQS = {"ExtractDeadLetterQueue", "InferDeadLetterQueue", "ToolDeadLetterQueue"}
 LAMBDA_RECURSION_LIMIT = 16  # Lambda stops chains of more than 16 invocations through SQS/SNS
 
 
@@ -101,7 +104,11 @@ def test_api_routes_and_authorizer(app_template: AppTemplate) -> None:
 
 
 def test_every_stage_function_is_fed_by_one_sqs_queue(app_template: AppTemplate) -> None:
-    fed = {source.function: source.queue for source in app_template.sqs_sources}
+    fed = {
+        source.function: source.queue
+        for source in app_template.sqs_sources
+        if source.function != "DeadLetterFunction"
+    }
     assert fed == {
         "IngestFunction": "IngestQueue",
         "ExtractFunction": "ExtractQueue",
@@ -112,39 +119,62 @@ def test_every_stage_function_is_fed_by_one_sqs_queue(app_template: AppTemplate)
 
 
 def test_every_consumed_queue_redrives_to_a_dead_letter_queue(app_template: AppTemplate) -> None:
-    consumed = {source.queue for source in app_template.sqs_sources}
+    consumers = {source.queue: source.function for source in app_template.sqs_sources}
+    stage_queues = {queue for queue, function in consumers.items() if function != "DeadLetterFunction"}
     queues = resources(app_template, "AWS::SQS::Queue")
     dead_letter_queues = set()
-    for queue in consumed:
+    for queue in stage_queues:
         redrive = queues[queue]["Properties"].get("RedrivePolicy")
         assert redrive, f"{queue} has no RedrivePolicy"
         target = redrive["deadLetterTargetArn"]["Fn::GetAtt"]
         assert target[1] == "Arn" and target[0] in queues, f"{queue}: DLQ is not a template queue"
-        assert target[0] not in consumed, f"{queue}: its DLQ is consumed by a function"
+        assert target[0] not in stage_queues, f"{queue}: its DLQ is consumed by a stage"
         assert redrive["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
         dead_letter_queues.add(target[0])
-    assert len(dead_letter_queues) == len(consumed)  # one DLQ per stage
-    # DLQs keep messages as long as SQS allows (14 days), and each one is alarmed on.
-    alarmed = {
-        alarm["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
-        for alarm in resources(app_template, "AWS::CloudWatch::Alarm").values()
-        if alarm["Properties"]["Namespace"] == "AWS/SQS"
-    }
+    assert len(dead_letter_queues) == len(stage_queues)  # one DLQ per stage
+    # The job steps' DLQs are consumed by the dead-letter function (never peeked: issue 8); the
+    # others keep their messages for `baton dlq redrive`.
+    assert {q for q, f in consumers.items() if f == "DeadLetterFunction"} == JOB_STEP_DLQS
     for dlq in dead_letter_queues:
         assert queues[dlq]["Properties"]["MessageRetentionPeriod"] == 1_209_600
-        assert dlq in alarmed, f"no alarm on {dlq}"
+        assert "RedrivePolicy" not in queues[dlq]["Properties"]
+
+
+def test_dead_letters_are_alarmed_on_arrival_not_on_depth(app_template: AppTemplate) -> None:
+    alarms = resources(app_template, "AWS::CloudWatch::Alarm")
+    arrivals = [
+        a["Properties"] for a in alarms.values() if a["Properties"].get("MetricName") == "DeadLetters"
+    ]
+    assert len(arrivals) == 1
+    assert (arrivals[0]["Namespace"], arrivals[0]["Statistic"]) == ("Baton", "Sum")
+    assert arrivals[0]["Dimensions"] == [{"Name": "service", "Value": "baton-deadletter"}]
+    service = app_template.functions["DeadLetterFunction"].environment["POWERTOOLS_SERVICE_NAME"]
+    assert service == "baton-deadletter"
+    # The DLQs that keep their messages: alarmed when they grow (DIFF), never on their depth.
+    grown = {}
+    for alarm in alarms.values():
+        metrics = alarm["Properties"].get("Metrics") or []
+        stats = [m["MetricStat"]["Metric"] for m in metrics if "MetricStat" in m]
+        expressions = [m["Expression"] for m in metrics if m.get("ReturnData")]
+        if stats:
+            grown[stats[0]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]] = expressions
+    assert grown == {"IngestDeadLetterQueue": ["DIFF(depth)"], "NotifyDeadLetterQueue": ["DIFF(depth)"]}
+    assert not [a for a in alarms.values() if a["Properties"].get("Namespace") == "AWS/SQS"]
 
 
 def test_every_event_source_reports_batch_item_failures(app_template: AppTemplate) -> None:
     mappings = resources(app_template, "AWS::Lambda::EventSourceMapping")
-    assert len(mappings) == len(app_template.sqs_sources) == 5
+    assert len(mappings) == len(app_template.sqs_sources) == 8  # 5 stages + 3 job-step DLQs
     for logical_id, mapping in mappings.items():
         assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"], logical_id
         concurrency = mapping["Properties"]["ScalingConfig"]["MaximumConcurrency"]
         assert 2 <= concurrency <= 1000, logical_id
 
 
-@pytest.mark.parametrize("source", ["IngestQueue", "ExtractQueue", "InferQueue", "ToolQueue", "NotifyQueue"])
+@pytest.mark.parametrize(
+    "source",
+    ["IngestQueue", "ExtractQueue", "InferQueue", "ToolQueue", "NotifyQueue", *sorted(JOB_STEP_DLQS)],
+)
 def test_visibility_timeout_is_at_least_six_times_the_consumer_timeout(
     app_template: AppTemplate, source: str
 ) -> None:

@@ -1,68 +1,177 @@
-"""Reading a dead-letter queue without consuming it (the sweeper and `baton dlq` share this).
+"""Dead letters of the job steps (extract, infer, tool): each one handled once, however many arrive.
 
-A receive with VisibilityTimeout=0 would be the obvious peek, but moto answers it with the same
-first ten messages every time; so messages are hidden while being collected (each receive then
-returns different ones) and all made visible again at the end, even on error. Each peek adds one
-to every message's receive count: harmless on a DLQ, which has no redrive policy of its own.
+A command that crashed or timed out its worker `MaxReceiveCount` times is moved to its step's DLQ
+by SQS itself; no code of ours ran to record why. The dead-letter function consumes those DLQs
+(an SQS event source on each): every message fails its job as `dead_lettered` (naming the step and
+the attempts, emitting `Job Failed` so the webhook still fires), is archived in S3 for operators
+(`baton dlq list | show | redrive`) and is then deleted from the DLQ. Nothing is peeked or left
+behind, so a DLQ never fills up and a new dead letter is never hidden behind old ones.
+
+Archive layout (one JSON object per message, in Baton's bucket, kept for `RetentionDays`):
+
+    dead-letters/<stage>/<YYYY-MM-DD of the command's first send>/<message id>.json
+
+The key derives from the message alone, so a redelivered message (at-least-once) finds its own
+archive entry: the write is conditional (`If-None-Match: *`), and only the first one counts.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ValidationError
 
-SQS_BATCH = 10
+from baton.aws import client
+from baton.clock import iso_from_ms, now_ms
+from baton.jobs import JobService
+from baton.models import StageCommand
 
+logger = Logger(child=True)
 
-def chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
-
-
-def receive_hidden(sqs: Any, queue_url: str, count: int, visibility_s: int) -> list[dict[str, Any]]:
-    # A 1 s long poll: on AWS a short poll samples a subset of servers and may miss messages.
-    messages: list[dict[str, Any]] = sqs.receive_message(
-        QueueUrl=queue_url,
-        MaxNumberOfMessages=count,
-        VisibilityTimeout=visibility_s,
-        WaitTimeSeconds=1,
-        MessageSystemAttributeNames=["All"],
-        MessageAttributeNames=["All"],
-    ).get("Messages", [])
-    return messages
+ARCHIVE_PREFIX = "dead-letters"
+UNRECOGNISED_STAGE = "unrecognised"
 
 
-def make_visible(sqs: Any, queue_url: str, handles: Sequence[str]) -> None:
-    for chunk in chunks(list(handles), SQS_BATCH):
-        answer = sqs.change_message_visibility_batch(
-            QueueUrl=queue_url,
-            Entries=[
-                {"Id": str(index), "ReceiptHandle": handle, "VisibilityTimeout": 0}
-                for index, handle in enumerate(chunk)
-            ],
-        )
-        for failure in answer.get("Failed", []):
-            # Typically a handle superseded by a later receive of the same message: harmless.
-            logger.debug("visibility not restored: %s", failure)
+class Outcome(StrEnum):
+    """What the dead letter did to its job."""
+
+    JOB_FAILED = "job_failed"  # the job failed as dead_lettered (by this letter or a copy of it)
+    JOB_ALREADY_ENDED = "job_already_ended"  # it had ended otherwise before (completed, cancelled...)
+    STALE_COMMAND = "stale_command"  # the job had moved on to another version or depth
+    JOB_NOT_FOUND = "job_not_found"  # unknown or expired job
+    UNRECOGNISED = "unrecognised"  # not a stage command: kept for a person to read
 
 
-def peek_messages(
-    sqs: Any, queue_url: str, *, max_messages: int, hide_seconds: int = 30
-) -> list[dict[str, Any]]:
-    """Up to `max_messages` distinct messages, left on the queue."""
-    seen: dict[str, dict[str, Any]] = {}
-    handles: list[str] = []
+class ArchivedDeadLetter(BaseModel):
+    """One archived dead letter, as `baton dlq` reads it back."""
+
+    id: str  # <stage>/<date>/<message id>: what `baton dlq show` and the job's error name
+    message_id: str
+    stage: str
+    queue_arn: str
+    sent_at: str | None
+    archived_at: str
+    receive_count: int
+    attempts: int
+    outcome: Outcome
+    job_id: str | None = None
+    tenant_id: str | None = None
+    version: int | None = None
+    depth: int | None = None
+    body: str
+    message_attributes: dict[str, str] = {}
+
+    @property
+    def key(self) -> str:
+        return archive_key(self.id)
+
+
+def archive_key(archive_id: str) -> str:
+    return f"{ARCHIVE_PREFIX}/{archive_id}.json"
+
+
+def archive_id_of(stage: str, sent_ms: int, message_id: str) -> str:
+    day = datetime.fromtimestamp(sent_ms / 1000, UTC).strftime("%Y-%m-%d")
+    return f"{stage}/{day}/{message_id}"
+
+
+def command_of(body: str) -> StageCommand | None:
     try:
-        while len(seen) < max_messages:
-            batch = receive_hidden(sqs, queue_url, min(SQS_BATCH, max_messages - len(seen)), hide_seconds)
-            handles.extend(message["ReceiptHandle"] for message in batch)
-            fresh = [message for message in batch if message["MessageId"] not in seen]
-            if not fresh:
-                break
-            seen.update({message["MessageId"]: message for message in fresh})
-    finally:
-        make_visible(sqs, queue_url, handles)
-    return list(seen.values())
+        return StageCommand.model_validate_json(body)
+    except ValidationError:
+        return None
+
+
+class DeadLetterHandler:
+    """Handles one DLQ record: fail its job, archive it, count it. Raises only when AWS fails (the
+    record then returns after the DLQ's visibility timeout); nothing in a message body can make it
+    raise, so a dead letter never becomes a crash loop of its own."""
+
+    def __init__(self, service: JobService, metrics: Metrics) -> None:
+        self.service = service
+        self.bucket = service.settings.bucket
+        # The handler's own instance: its namespace is read from the function's environment.
+        self.metrics = metrics
+
+    def handle(self, record: SqsRecordModel) -> dict[str, Any]:
+        body = str(record.body)  # the raw text: this record model parses nothing inside it
+        command = command_of(body)
+        stage = command.step.value if command else UNRECOGNISED_STAGE
+        sent_ms = _sent_ms(record)
+        archive_id = archive_id_of(stage, sent_ms, record.messageId)
+        # The redrive policy moved it after exactly MaxReceiveCount deliveries; the receive count it
+        # carries also counts deliveries from the DLQ (ours), so it is archived but not reported.
+        attempts = self.service.settings.max_receive_count
+        if command is None:
+            outcome = Outcome.UNRECOGNISED
+            logger.warning(
+                "unrecognised message in a DLQ: archived",
+                extra={"message_id": record.messageId, "queue": record.eventSourceARN},
+            )
+        else:
+            outcome = Outcome(
+                self.service.fail_dead_lettered(command, attempts=attempts, archive_id=archive_id)
+            )
+        letter = ArchivedDeadLetter(
+            id=archive_id,
+            message_id=record.messageId,
+            stage=stage,
+            queue_arn=record.eventSourceARN,
+            sent_at=iso_from_ms(sent_ms),
+            archived_at=iso_from_ms(now_ms()),
+            receive_count=int(record.attributes.ApproximateReceiveCount),
+            attempts=attempts,
+            outcome=outcome,
+            job_id=command.job_id if command else None,
+            tenant_id=command.tenant_id if command else None,
+            version=command.version if command else None,
+            depth=command.depth if command else None,
+            body=body,
+            message_attributes={
+                name: str(value.stringValue or value.binaryValue or "")
+                for name, value in record.messageAttributes.items()
+            },
+        )
+        first = self._archive(letter)
+        if first:
+            # Alarmed on (template.yaml DeadLetterAlarm): dead letters arriving, not queue depth.
+            self.metrics.add_metric(name="DeadLetters", unit=MetricUnit.Count, value=1)
+        logger.info(
+            "dead letter handled",
+            extra={
+                "archive_id": archive_id,
+                "job_id": letter.job_id,
+                "stage": stage,
+                "outcome": outcome.value,
+                "first_delivery": first,
+            },
+        )
+        return {"outcome": outcome.value, "archive_id": archive_id, "first_delivery": first}
+
+    def _archive(self, letter: ArchivedDeadLetter) -> bool:
+        """Write the archive entry once; False when a copy of this message already wrote it."""
+        try:
+            client("s3").put_object(
+                Bucket=self.bucket,
+                Key=letter.key,
+                Body=letter.model_dump_json(indent=1).encode(),
+                ContentType="application/json",
+                IfNoneMatch="*",
+            )
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code")
+            if code in {"PreconditionFailed", "ConditionalRequestConflict"}:
+                return False
+            raise
+        return True
+
+
+def _sent_ms(record: SqsRecordModel) -> int:
+    sent = record.attributes.SentTimestamp
+    return int(sent.timestamp() * 1000) if isinstance(sent, datetime) else now_ms()

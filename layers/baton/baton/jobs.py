@@ -337,31 +337,39 @@ class JobService:
             return
         self._fail(record, error_type, message, retryable=retryable)
 
-    def fail_dead_lettered(
-        self, tenant_id: str, job_id: str, *, stage: str, attempts: int, queue: str
-    ) -> bool:
-        """A message of this job reached `queue` (a DLQ): the job fails, and its webhook still fires."""
+    def fail_dead_lettered(self, command: StageCommand, *, attempts: int, archive_id: str) -> str:
+        """A command of this job reached its step's DLQ: the job fails (its webhook still fires)
+        unless it already ended or moved on. Returns what happened (baton.deadletters.Outcome)."""
         try:
-            record = self.store.get(tenant_id, job_id)
+            record = self.store.get(command.tenant_id, command.job_id)
         except JobNotFoundError:
-            return False
+            return "job_not_found"
         if record.is_terminal:
-            return False
+            ended_by_us = record.error is not None and record.error.type == "dead_lettered"
+            return "job_failed" if ended_by_us else "job_already_ended"
+        if record.version != command.version or record.depth != command.depth:
+            return "stale_command"
         self._fail(
             record,
             "dead_lettered",
-            f"the {stage} step failed {attempts} times (crash or timeout); its message is kept in {queue}",
+            f"the {command.step.value} step failed {attempts} times (crash or timeout); "
+            f"its message is archived as dead letter {archive_id}",
             retryable=False,
         )
-        return True
+        return "job_failed"
 
-    def fail_overdue(self, now: int) -> int:
-        """Jobs past their deadline end as failed with error.type timeout."""
+    def fail_overdue(self, now: int, *, limit: int, keep_going: Callable[[], bool] = lambda: True) -> int:
+        """Jobs past their deadline end as failed with error.type timeout: at most `limit` per run,
+        oldest deadline first. Each job visited leaves the open-jobs index (failed, or found ended or
+        expired), so the next run starts where this one stopped and nothing is skipped."""
         failed = 0
-        for tenant_id, job_id in self.store.overdue(now):
+        for tenant_id, job_id in self.store.overdue(now, limit=limit):
+            if not keep_going():
+                break
             try:
                 record = self.store.get(tenant_id, job_id)
             except JobNotFoundError:
+                self.store.leave_open_index(tenant_id, job_id)  # expired: TTL may lag for days
                 continue
             if record.is_terminal or record.deadline_ms >= now:
                 continue

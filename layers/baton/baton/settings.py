@@ -41,8 +41,6 @@ class Settings(BaseSettings):
     extract_queue_url: str = Field("", alias="EXTRACT_QUEUE_URL")
     infer_queue_url: str = Field("", alias="INFER_QUEUE_URL")
     tool_queue_url: str = Field("", alias="TOOL_QUEUE_URL")
-    # The DLQs whose messages are job commands (extract, infer, tool), comma-separated: the sweeper.
-    dead_letter_queue_urls: str = Field("", alias="DEAD_LETTER_QUEUE_URLS")
 
     # The model endpoint follows the openai client's own variables.
     model: str = Field("baton-local", alias="BATON_MODEL", min_length=1)
@@ -56,6 +54,8 @@ class Settings(BaseSettings):
     max_total_tokens: int = Field(200_000, alias="BATON_MAX_TOTAL_TOKENS", ge=1)
     # Retryable failures (429, 5xx, timeouts, throttling) back off with full jitter, SQS-natively.
     max_attempts: int = Field(5, alias="BATON_MAX_ATTEMPTS", ge=1, le=50)
+    # The queues' redrive policy (MaxReceiveCount): how many deliveries a dead letter had.
+    max_receive_count: int = Field(7, alias="BATON_MAX_RECEIVE_COUNT", ge=1)
     retry_base_seconds: float = Field(2.0, alias="BATON_RETRY_BASE_SECONDS", gt=0)
     retry_cap_seconds: float = Field(300.0, alias="BATON_RETRY_CAP_SECONDS", gt=0, le=43_200)
     retention_days: int = Field(7, alias="BATON_RETENTION_DAYS", ge=1)
@@ -88,10 +88,6 @@ class Settings(BaseSettings):
     def webhook_retry_delays(self) -> list[float]:
         """Seconds to wait before each retry of a failed delivery (after the first attempt)."""
         return parse_schedule(self.webhook_retry_schedule)
-
-    @property
-    def dead_letter_queues(self) -> list[str]:
-        return [url for url in self.dead_letter_queue_urls.split(",") if url]
 
 
 @lru_cache(maxsize=1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -21,6 +22,7 @@ from baton.records import JobError, JobRecord, JobResult, Usage, job_key
 _OPEN = (JobStatus.PENDING.value, JobStatus.PROCESSING.value)
 OPEN_JOBS_INDEX = "open-jobs"
 OPEN_SHARDS = 8
+OVERDUE_PAGE = 100  # index entries per query page (keys only: small)
 
 
 def open_shard(job_id: str) -> str:
@@ -117,21 +119,49 @@ class JobStore:
             changes["result"] = result.model_dump(exclude_none=True)
         return self._transition(record, changes)
 
-    def overdue(self, now: int, *, limit: int = 100) -> list[tuple[str, str]]:
-        """(tenant_id, job_id) of open jobs whose deadline has passed, from the sparse index."""
-        found: list[tuple[str, str]] = []
-        for shard in range(OPEN_SHARDS):
-            answer = self._ddb.query(
+    def overdue(self, now: int, *, limit: int, page_size: int | None = None) -> Iterator[tuple[str, str]]:
+        """(tenant_id, job_id) of open jobs whose deadline has passed, from the sparse index: at
+        most `limit`, oldest deadline first within each shard, one page per shard in turn (a backlog
+        in one shard never starves the others). Pages follow LastEvaluatedKey, so every overdue
+        job is reachable however many there are."""
+        page_size = page_size or OVERDUE_PAGE
+        start_keys: dict[int, dict[str, Any] | None] = dict.fromkeys(range(OPEN_SHARDS))
+        found = 0
+        while start_keys and found < limit:
+            for shard in list(start_keys):
+                query: dict[str, Any] = {
+                    "TableName": self.table_name,
+                    "IndexName": OPEN_JOBS_INDEX,
+                    "KeyConditionExpression": "open_shard = :shard AND deadline_ms < :now",
+                    "ExpressionAttributeValues": to_dynamo({":shard": f"open#{shard}", ":now": now}),
+                    "Limit": min(page_size, limit - found),
+                }
+                if start_keys[shard] is not None:
+                    query["ExclusiveStartKey"] = start_keys[shard]
+                answer = self._ddb.query(**query)
+                for item in answer.get("Items", []):
+                    keys = from_dynamo(item)
+                    found += 1
+                    yield str(keys["pk"]).removeprefix("TENANT#"), str(keys["sk"]).removeprefix("JOB#")
+                start_keys[shard] = answer.get("LastEvaluatedKey")
+                if start_keys[shard] is None:
+                    del start_keys[shard]  # this shard has nothing more overdue
+                if found >= limit:
+                    return
+
+    def leave_open_index(self, tenant_id: str, job_id: str) -> None:
+        """Take a job that can no longer be read (expired, TTL not yet applied) off the open-jobs
+        index, so that it never again takes a place in the sweeper's bounded run."""
+        try:
+            self._ddb.update_item(
                 TableName=self.table_name,
-                IndexName=OPEN_JOBS_INDEX,
-                KeyConditionExpression="open_shard = :shard AND deadline_ms < :now",
-                ExpressionAttributeValues=to_dynamo({":shard": f"open#{shard}", ":now": now}),
-                Limit=limit,
+                Key=to_dynamo(job_key(tenant_id, job_id)),
+                UpdateExpression="REMOVE open_shard",
+                ConditionExpression="attribute_exists(pk)",
             )
-            for item in answer.get("Items", []):
-                keys = from_dynamo(item)
-                found.append((str(keys["pk"]).removeprefix("TENANT#"), str(keys["sk"]).removeprefix("JOB#")))
-        return found[:limit]
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
 
     def mark_completed(self, record: JobRecord, *, result: JobResult, usage: Usage) -> JobRecord:
         now = now_ms()
