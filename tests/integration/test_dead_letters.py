@@ -72,7 +72,13 @@ def test_a_poison_job_behind_more_than_a_hundred_dead_letters_fails_as_dead_lett
 
     assert (job["status"], job["error"]["type"]) == ("failed", "dead_lettered")
     assert f"the infer step failed {MAX_RECEIVE_COUNT} times" in job["error"]["message"]
+    # Archived by the same invocation, right after it failed the job.
+    deadline = time.monotonic() + 30
     letters = archived(local_stack, "infer")
+    while not any(letter["job_id"] == job_id for letter in letters.values()):
+        assert time.monotonic() < deadline, "the poison job's dead letter was never archived"
+        time.sleep(0.5)
+        letters = archived(local_stack, "infer")
     [ours] = [letter for letter in letters.values() if letter["job_id"] == job_id]
     assert f"dead letter {ours['id']}" in job["error"]["message"]
     assert ours["outcome"] == "job_failed"

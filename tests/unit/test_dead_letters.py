@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 
 from baton.clock import now_ms
 from baton.deadletters import ARCHIVE_PREFIX, ArchivedDeadLetter, archive_key
@@ -119,14 +120,10 @@ def test_a_copy_of_the_same_dead_letter_changes_nothing(
     event = aws.sqs_event("InferDeadLetterQueue", [message])
     bus_events.drain()
 
-    first = dead_letters.module.dead_letters.handle(
-        dead_letters.module.processor.model(**event["Records"][0])
-    )
+    first = dead_letters.module.dead_letters.handle(SqsRecordModel(**event["Records"][0]))
     key = archive_key(first["archive_id"])
     written = boto3.client("s3").head_object(Bucket=aws.bucket, Key=key)["ETag"]
-    second = dead_letters.module.dead_letters.handle(
-        dead_letters.module.processor.model(**event["Records"][0])
-    )
+    second = dead_letters.module.dead_letters.handle(SqsRecordModel(**event["Records"][0]))
 
     assert first == {"outcome": "job_failed", "archive_id": first["archive_id"], "first_delivery": True}
     assert second == {**first, "first_delivery": False}
