@@ -43,6 +43,9 @@ def archived(stack: LocalStack, stage: str) -> dict[str, dict[str, object]]:
     return letters
 
 
+# 150 messages through moto's SQS and S3, a poison job's four crashes, three CLI runs: above the
+# suite's 300 s default on a busy 2-core machine.
+@pytest.mark.timeout(600)
 def test_a_poison_job_behind_more_than_a_hundred_dead_letters_fails_as_dead_lettered(
     local_stack: LocalStack, tenant: Tenant, api: httpx.Client
 ) -> None:
@@ -93,7 +96,7 @@ def test_a_poison_job_behind_more_than_a_hundred_dead_letters_fails_as_dead_lett
 
     # The operator's view: listed, shown by the id the job's error names, and not redriven (the job
     # is finished; the refusal names the re-run).
-    listed = dlq_json(local_stack, "list", "infer", "--limit", "500")
+    listed = dlq_json(local_stack, "list", "infer", "--limit", "5")  # newest first: ours is among them
     assert ours["id"] in {letter["id"] for letter in listed}
     shown = dlq_json(local_stack, "show", str(ours["id"]))
     assert (shown["job_id"], shown["outcome"], shown["attempts"]) == (job_id, "job_failed", MAX_RECEIVE_COUNT)
