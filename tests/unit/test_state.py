@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,3 +96,26 @@ def test_resolve_target_reads_the_user_record_without_a_state_dir(
         "eu-west-1",
     )
     assert target.queues == {"InferQueue": "http://q"}
+
+
+def test_every_cli_command_finds_the_stack_from_any_directory_by_default() -> None:
+    """A `--state-dir` defaulting to a relative path (`.baton`) would make that command work only in
+    the directory `baton dev` was started from: every command defaults to the per-user record."""
+    import typer
+
+    from baton_dev.cli import app
+
+    def commands(command: Any, prefix: str = "baton") -> Iterator[tuple[str, Any]]:
+        # Typer's own click: a group has `commands`.
+        yield prefix, command
+        for name, sub in (getattr(command, "commands", None) or {}).items():
+            yield from commands(sub, f"{prefix} {name}")
+
+    with_state_dir = {
+        name: param.default
+        for name, command in commands(typer.main.get_command(app))
+        for param in command.params
+        if param.name == "state_dir" and name != "baton dev" and name != "baton demo"
+    }
+    assert with_state_dir, "no command reads a local stack?"
+    assert {name: default for name, default in with_state_dir.items() if default is not None} == {}
