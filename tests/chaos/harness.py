@@ -940,6 +940,9 @@ class ChaosRun:
                 queues=depths,
             )
             self.obs.samples.append(sample)
+        # Also on disk as the run goes: a run stopped or killed midway still shows its curves.
+        with (self.stack.workdir / "soak.jsonl").open("a") as soak:
+            soak.write(json.dumps(sample.to_dict()) + "\n")
         busiest = sorted(depths.items(), key=lambda item: -item[1])[:3]
         logger.info(
             "soak t=%.0fs: %d in flight, %d terminal; RSS %s; deepest queues %s",
