@@ -75,3 +75,61 @@ def test_an_unreadable_document_fails_with_a_clear_error_type(api: httpx.Client)
     job = wait_for_terminal(api, answer.json()["id"])
     assert job["status"] == "failed"
     assert job["error"]["type"] == "unreadable_document", job["error"]
+
+
+def test_a_document_longer_than_the_models_context_completes_by_map_reduce(
+    local_stack: LocalStack, tenant: Tenant, api: httpx.Client
+) -> None:
+    # ~70,000 simulator tokens: over twice the simulator's 32,768-token context (the default
+    # ModelContextTokens), so one call with the whole text would be refused.
+    paragraphs = [
+        f"Section {i}. The harbour authority recorded {i * 7} container moves on day {i}. "
+        f"Crane {i % 9} was serviced after {i * 3} hours of work. Weather delays were minor."
+        for i in range(1, 2800)
+    ]
+    text = "\n\n".join(paragraphs)
+    assert len(text) > 300_000
+    with BatonClient(local_stack.api_url, tenant.api_key) as client:
+        document_id = client.upload("harbour-log.txt", text.encode())
+    answer = api.post(
+        "/v1/jobs",
+        json={"input": {"prompt": "Summarize the harbour log."}, "document": {"id": document_id}},
+    )
+    assert answer.status_code == 202, answer.text
+    job = wait_for_terminal(api, answer.json()["id"], timeout_s=240)
+    assert job["status"] == "completed", job
+    document = job["document"]
+    assert document["id"] == document_id and document["chars"] == len(text)
+    assert document["chunks"] >= 3 and document["truncated"] is False
+    assert "container moves" in job["result"]["text"]
+
+    calls = local_stack.model_calls(job["id"])
+    # One call per chunk, one combining call; every one accepted, none over the context.
+    assert len(calls) >= document["chunks"] + 1
+    assert all(call["status"] == 200 for call in calls), calls
+    assert max(call["prompt_tokens"] for call in calls) <= 32_768
+    assert job["usage"]["prompt_tokens"] == sum(call["prompt_tokens"] for call in calls)
+
+
+def test_long_document_fail_and_truncate(local_stack: LocalStack, tenant: Tenant, api: httpx.Client) -> None:
+    text = "The tide was high. " * 20_000  # 380,000 characters
+    with BatonClient(local_stack.api_url, tenant.api_key) as client:
+        document_id = client.upload("tides.txt", text.encode())
+    jobs = {
+        strategy: api.post(
+            "/v1/jobs",
+            json={
+                "input": {"prompt": "Summarize."},
+                "document": {"id": document_id},
+                "parameters": {"long_document": strategy},
+            },
+        ).json()["id"]
+        for strategy in ("fail", "truncate")
+    }
+    failed = wait_for_terminal(api, jobs["fail"])
+    assert failed["status"] == "failed" and failed["error"]["type"] == "document_too_long"
+    truncated = wait_for_terminal(api, jobs["truncate"])
+    assert truncated["status"] == "completed", truncated
+    assert truncated["document"]["truncated"] is True
+    assert truncated["document"]["chars"] == len(text.strip())  # the document's length, not the cut's
+    assert all(call["status"] == 200 for call in local_stack.model_calls(jobs["truncate"]))

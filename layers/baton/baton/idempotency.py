@@ -8,7 +8,8 @@ from baton.settings import Settings
 
 # A stage acts once per (job, step, version, depth), whatever SQS message carried the command:
 # a redelivered or duplicated message finds the stored outcome instead of calling the model again.
-STAGE_KEY = "[job_id, step, to_string(version), to_string(depth)]"
+# (A long document's chunk commands add their chunk and level: one model call per chunk.)
+STAGE_KEY = "[job_id, step, to_string(version), to_string(depth), to_string(chunk), to_string(level)]"
 # notify: one successful delivery per terminal event (the webhook-id); a failed delivery raises,
 # which removes the record, so SQS retries it.
 NOTIFICATION_KEY = "[job_id, status]"

@@ -21,12 +21,14 @@ from baton.clock import now_ms
 from baton.egress import BlockedAddressError, check_literal
 from baton.errors import (
     DocumentError,
+    DocumentTooLongError,
     InvalidRequestError,
     JobNotFoundError,
     ModelError,
     StaleWriteError,
 )
 from baton.extract import extract_text
+from baton.longdocs import LongDocuments, plan
 from baton.messaging import CommandQueue, EventPublisher
 from baton.models import (
     TERMINAL_EVENT_FOR_STATUS,
@@ -88,6 +90,7 @@ class JobService:
             Step.INFER: CommandQueue(settings.infer_queue_url),
             Step.TOOL: CommandQueue(settings.tool_queue_url),
         }
+        self.long_documents = LongDocuments(self)
 
     # -- API side ------------------------------------------------------------------------------
     def accept(
@@ -209,23 +212,39 @@ class JobService:
         except DocumentError as error:
             self._fail(record, error.type, error.message, retryable=False)
             return {"outcome": "failed", "error": error.type}
+        try:
+            planned = plan(
+                record,
+                extracted.text,
+                context_tokens=self.settings.model_context_tokens,
+                document_id=_document_id(record),
+            )
+        except DocumentTooLongError as error:
+            self._fail(record, error.type, error.message, retryable=False)
+            return {"outcome": "failed", "error": error.type}
         text_key = self.blobs.extracted_key(record.tenant_id, record.job_id)
-        self.blobs.write(text_key, extracted.text.encode(), content_type="text/plain; charset=utf-8")
-        record = self.store.complete_extract(record, text_key=text_key, progress=PROGRESS_AFTER_EXTRACT)
+        self.blobs.write(text_key, planned.text.encode(), content_type="text/plain; charset=utf-8")
+        record = self.store.complete_extract(
+            record,
+            text_key=text_key,
+            progress=PROGRESS_AFTER_EXTRACT,
+            document=planned.document,
+            chunk_levels=[len(planned.spans)] if planned.spans else None,
+        )
         self.events.publish(EventType.STEP_COMPLETED, record, step=Step.EXTRACT.value)
-        self._schedule(record, Step.INFER)
+        if planned.spans:
+            self.long_documents.fan_out_level0(record, planned.text, planned.spans)
+        else:
+            self._schedule(record, Step.INFER)
         logger.info(
             "text extracted",
-            extra={
-                "job_id": record.job_id,
-                "chars": extracted.chars,
-                "kind": extracted.kind,
-                "truncated": extracted.truncated,
-            },
+            extra={"job_id": record.job_id, "kind": extracted.kind, **planned.document.model_dump()},
         )
-        return {"outcome": "extracted", "chars": extracted.chars}
+        return {"outcome": "extracted", "chars": extracted.chars, "chunks": planned.document.chunks}
 
     def run_infer(self, command: StageCommand, *, remaining_ms: int) -> dict[str, Any]:
+        if command.chunk is not None:
+            return self.long_documents.run_chunk(command, remaining_ms=remaining_ms)
         record = self._runnable(command)
         if record is None:
             return {"outcome": "skipped"}
@@ -254,11 +273,16 @@ class JobService:
             return {"outcome": "failed", "error": error.type}
         metrics.add_metric(name="ModelTokens", unit=MetricUnit.Count, value=completion.usage.total_tokens)
         usage = record.usage.plus(completion.usage)
+        # The token budget guards the agent loop; reading a long document costs what its size
+        # says (bounded by BATON_MAX_DOCUMENT_BYTES), and is reported in usage.
+        guarded = usage
+        if record.chunk_levels and record.depth == 0:
+            usage = usage.plus(self.long_documents.usage(record))
         result = self._store_result(record, completion)
         # A stale write below (cancelled or superseded while the model answered) raises
         # StaleWriteError: the retry policy drops the result, never writing it over the new state.
         budget = self._token_budget(record)
-        if usage.total_tokens > budget:
+        if guarded.total_tokens > budget:
             return self._needs_review(
                 record,
                 "token_budget",
@@ -516,6 +540,8 @@ class JobService:
                 self.blobs.conversation_key(record.tenant_id, record.job_id)
             )
             return conversation
+        if record.chunk_levels:
+            return self.long_documents.final_messages(record)
         job_input = record.request["input"]
         document_text = self.blobs.read_text(record.text_key) if record.text_key else None
         if "prompt" in job_input:
@@ -603,10 +629,16 @@ class JobService:
 def _ended_by(record: JobRecord, command: StageCommand) -> bool:
     """Whether the terminal job was last at this command's step (same version and depth)."""
     return (
-        record.version == command.version
+        command.chunk is None
+        and record.version == command.version
         and record.depth == command.depth
         and record.current_step == command.step
     )
+
+
+def _document_id(record: JobRecord) -> str | None:
+    document = record.request.get("document") or {}
+    return document.get("id") or document.get("s3_uri") or record.document_key
 
 
 def _check_stored_size(record: JobRecord) -> None:

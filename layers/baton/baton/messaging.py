@@ -29,6 +29,26 @@ class CommandQueue:
             },
         )
 
+    def send_many(self, commands: list[StageCommand]) -> None:
+        """SendMessageBatch, ten at a time; any entry SQS refuses raises (the stage retries, and
+        the receivers' idempotency absorbs the commands that did go out)."""
+        sqs = client("sqs")
+        for start in range(0, len(commands), 10):
+            entries = [
+                {
+                    "Id": str(index),
+                    "MessageBody": command.model_dump_json(),
+                    "MessageAttributes": {
+                        "job_id": {"DataType": "String", "StringValue": command.job_id},
+                        "step": {"DataType": "String", "StringValue": command.step.value},
+                    },
+                }
+                for index, command in enumerate(commands[start : start + 10])
+            ]
+            answer = sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            if answer.get("Failed"):
+                raise RuntimeError(f"SQS refused {len(answer['Failed'])} commands: {answer['Failed'][0]}")
+
 
 class EventPublisher:
     def __init__(self, bus_name: str) -> None:

@@ -237,6 +237,10 @@ class StageCommand(BaseModel):
     step: Step
     version: int = Field(ge=1)
     depth: int = Field(ge=0)
+    # A long document's map-reduce: `chunk` is the part this infer command answers, at `level`
+    # 0 (document text) or above (groups of the level below's answers). None: the job's own call.
+    chunk: int | None = Field(None, ge=0)
+    level: int = Field(0, ge=0)
 
 
 class LifecycleDetail(BaseModel):

@@ -54,6 +54,15 @@ class JobError(BaseModel):
     retryable: bool = False
 
 
+class DocumentInfo(BaseModel):
+    """What the job read: `chunks` > 1 when it was answered by map-reduce, `truncated` when cut."""
+
+    id: str | None = None
+    chars: int
+    chunks: int = 1
+    truncated: bool = False
+
+
 class JobRecord(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -75,6 +84,10 @@ class JobRecord(BaseModel):
     webhook: dict[str, Any] | None = None
     document_key: str | None = None
     text_key: str | None = None
+    document: DocumentInfo | None = None
+    # Map-reduce of a long document: how many chunks each level has (level 0: the text's chunks,
+    # level n: groups of level n-1's answers). Empty when the document fit one call.
+    chunk_levels: list[int] = Field(default_factory=list)
     source: str = "api"
     step_started_ms: dict[str, int] = Field(default_factory=dict)
     usage: Usage = Field(default_factory=Usage)
@@ -99,6 +112,8 @@ class JobRecord(BaseModel):
         "error",
         "step_started_ms",
         "metadata",
+        "document",
+        "chunk_levels",
     )
 
     def to_item(self) -> dict[str, Any]:
@@ -137,6 +152,8 @@ class JobRecord(BaseModel):
             "usage": self.usage.model_dump(),
             "timings": self.timings.model_dump(),
         }
+        if self.document is not None:
+            view["document"] = self.document.model_dump()
         if self.result is not None:
             result: dict[str, Any] = {"text": self.result.text, "finish_reason": self.result.finish_reason}
             if self.result.tool_calls:

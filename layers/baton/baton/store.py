@@ -17,7 +17,7 @@ from baton.aws import client, from_dynamo, to_dynamo
 from baton.clock import now_ms
 from baton.errors import JobConflictError, JobNotFoundError, StaleWriteError
 from baton.models import JobStatus, Step
-from baton.records import JobError, JobRecord, JobResult, Usage, job_key
+from baton.records import DocumentInfo, JobError, JobRecord, JobResult, Usage, job_key
 
 _OPEN = (JobStatus.PENDING.value, JobStatus.PROCESSING.value)
 OPEN_JOBS_INDEX = "open-jobs"
@@ -89,12 +89,96 @@ class JobStore:
             },
         )
 
-    def complete_extract(self, record: JobRecord, *, text_key: str, progress: int) -> JobRecord:
+    def complete_extract(
+        self,
+        record: JobRecord,
+        *,
+        text_key: str,
+        progress: int,
+        document: DocumentInfo,
+        chunk_levels: list[int] | None = None,
+    ) -> JobRecord:
+        """The text is stored; a chunked document also moves on to the infer step here (its
+        chunks are answered in parallel, so no single infer command starts the step)."""
+        now = now_ms()
         timings = record.timings.model_copy()
-        timings.extract_ms = now_ms() - record.step_started_ms.get(Step.EXTRACT.value, now_ms())
-        return self._transition(
-            record, {"text_key": text_key, "progress": progress, "timings": timings.model_dump()}
-        )
+        timings.extract_ms = now - record.step_started_ms.get(Step.EXTRACT.value, now)
+        changes: dict[str, Any] = {
+            "text_key": text_key,
+            "progress": progress,
+            "timings": timings.model_dump(),
+            "document": document.model_dump(),
+        }
+        if chunk_levels:
+            changes["chunk_levels"] = chunk_levels
+            changes["current_step"] = Step.INFER.value
+            changes["step_started_ms"] = {**record.step_started_ms, Step.INFER.value: now}
+        return self._transition(record, changes)
+
+    def add_chunk_level(self, record: JobRecord, chunk_levels: list[int]) -> JobRecord:
+        """The answers of the last level do not fit one call: one more level of combining."""
+        return self._transition(record, {"chunk_levels": chunk_levels})
+
+    def mark_chunk_answered(self, record: JobRecord, *, level: int, chunk: int, total: int) -> int:
+        """Add `chunk` to the level's set of answered chunks; returns how many are answered.
+
+        A set, not a counter: a redelivered chunk adds itself again without counting twice, so
+        exactly the chunk that completes the set (and any redelivery of it) sees `total`."""
+        name = f"chunks_answered_{level}"
+        try:
+            answer = self._ddb.update_item(
+                TableName=self.table_name,
+                Key=to_dynamo(job_key(record.tenant_id, record.job_id)),
+                UpdateExpression="ADD #answered :chunk",
+                ConditionExpression="#status IN (:pending, :processing) AND #version = :version",
+                ExpressionAttributeNames={
+                    "#answered": name,
+                    "#status": "status",
+                    "#version": "version",
+                },
+                ExpressionAttributeValues=to_dynamo(
+                    {
+                        ":chunk": {chunk},
+                        ":pending": _OPEN[0],
+                        ":processing": _OPEN[1],
+                        ":version": record.version,
+                    }
+                ),
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            raise StaleWriteError(f"job {record.job_id} moved on; chunk {level}/{chunk} dropped") from None
+        answered = len(from_dynamo(answer["Attributes"]).get(name, set()))
+        if level == 0 and total > 1:
+            self._raise_progress(record, 40 + 50 * answered // total)
+        return answered
+
+    def _raise_progress(self, record: JobRecord, progress: int) -> None:
+        try:
+            self._ddb.update_item(
+                TableName=self.table_name,
+                Key=to_dynamo(job_key(record.tenant_id, record.job_id)),
+                UpdateExpression="SET #progress = :progress, #updated = :now",
+                ConditionExpression="#status IN (:pending, :processing) AND #progress < :progress",
+                ExpressionAttributeNames={
+                    "#progress": "progress",
+                    "#status": "status",
+                    "#updated": "updated_ms",
+                },
+                ExpressionAttributeValues=to_dynamo(
+                    {
+                        ":progress": progress,
+                        ":now": now_ms(),
+                        ":pending": _OPEN[0],
+                        ":processing": _OPEN[1],
+                    }
+                ),
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
 
     def schedule_tools(self, record: JobRecord, *, usage: Usage) -> JobRecord:
         """The model asked for tools: the job moves to the tool step (same depth)."""
