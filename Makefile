@@ -22,7 +22,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	@echo "Creating $(VENV) with $(PYTHON313)"
 	PYENV_VERSION=3.13.0 "$(PYTHON313)" -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install -q --python $(PY) --require-hashes -r requirements.lock
+	@# compiled bytecode: every `baton dev`, test and function process imports it (PYTHONDONTWRITEBYTECODE may be set)
+	$(VENV)/bin/uv pip install -q --python $(PY) --require-hashes --compile-bytecode -r requirements.lock
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	@touch $@
 

@@ -656,8 +656,7 @@ class StackProcess:
             service,
             endpoint_url=self.info["endpoint_url"],
             region_name=self.info["region"],
-            aws_access_key_id="local",
-            aws_secret_access_key="local",  # noqa: S106 - moto's dummy credentials
+            **self.info["credentials"],  # the stack's own identity: its moto server enforces IAM
         )
 
     # -- control ---------------------------------------------------------------------------------

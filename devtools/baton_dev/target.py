@@ -25,12 +25,18 @@ class Target:
     region: str
     # Every SQS queue by template logical id (e.g. "InferQueue", "InferDeadLetterQueue") -> URL.
     queues: dict[str, str] = field(default_factory=dict, hash=False)
+    # A local stack's own identity on its endpoint (moto enforces IAM): {aws_access_key_id, ...}.
+    credentials: dict[str, str] | None = field(default=None, hash=False)
 
     def apply_aws_environment(self) -> None:
         """Point boto3 (and the shared domain package) at this target's endpoint."""
         os.environ.setdefault("AWS_DEFAULT_REGION", self.region)
         if self.endpoint_url:
             os.environ["AWS_ENDPOINT_URL"] = self.endpoint_url
+            if self.credentials:
+                os.environ["AWS_ACCESS_KEY_ID"] = self.credentials["aws_access_key_id"]
+                os.environ["AWS_SECRET_ACCESS_KEY"] = self.credentials["aws_secret_access_key"]
+                os.environ.pop("AWS_SESSION_TOKEN", None)
             os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
             os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
 
@@ -77,4 +83,5 @@ def resolve_target(*, stack: str | None = None, state_dir: Path | None = None) -
         endpoint_url=state["endpoint_url"],
         region=state["region"],
         queues=dict(state.get("queues") or {}),
+        credentials=state.get("credentials"),
     )

@@ -47,12 +47,12 @@ class LocalStack:
         return httpx.Client(base_url=self.api_url, headers=headers, timeout=40)
 
     def aws(self, service: str) -> Any:
+        """A client with the local stack's own identity (its moto server enforces IAM)."""
         return boto3.client(  # type: ignore[call-overload]
             service,
             endpoint_url=self.state["endpoint_url"],
             region_name=self.state["region"],
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
+            **self.state["credentials"],
         )
 
     @property

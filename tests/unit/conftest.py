@@ -317,7 +317,7 @@ def aws(app_template: AppTemplate, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         with warnings.catch_warnings():
             # moto's CloudFormation skips QueuePolicy and Alarm (no data-plane effect locally).
             warnings.simplefilter("ignore")
-            provisioned = provision(app_template, stack_name=STACK_NAME)
+            provisioned = provision(app_template, stack_name=STACK_NAME, execution_roles=False)
         environments = [
             app_template.function_environment(logical_id, provisioned.resolved)
             for logical_id in app_template.functions

@@ -1,10 +1,17 @@
 """The embedded local runtime behind `baton dev`: template.yaml on one laptop, no Docker, no account.
 
-1. An AWS-protocol endpoint: moto server on loopback, or whatever AWS_ENDPOINT_URL names.
-2. The template translated by the SAM translator; its data-plane resources created there.
-3. Every function loaded in-process with its template environment (Refs resolved by the endpoint).
-4. Every SQS event source polled as the template declares it; the API served on 127.0.0.1.
-5. The model: OPENAI_BASE_URL if set, else Baton's local model simulator.
+1. An AWS-protocol endpoint: moto server on loopback with IAM enforced (every request is
+   authenticated and authorized, as on AWS), or whatever AWS_ENDPOINT_URL names.
+2. The model: OPENAI_BASE_URL if set, else Baton's local model simulator.
+3. The template translated by the SAM translator, with parameter values only: explicit
+   `--parameter-overrides`, else what the developer's environment says (OPENAI_BASE_URL ->
+   LlmEndpoint, BATON_MODEL -> ModelName, ... as the template maps them), else the simulator.
+   Its data-plane resources and execution roles are created there.
+4. Every function run in execution-environment processes (functions.py) under the credentials of
+   its own role, assumed through STS; the environment is the template's, as CloudFormation
+   resolved it, never edited afterwards.
+5. Every SQS event source polled as the template declares it; the API served on 127.0.0.1. These
+   play the Lambda service and API Gateway, so they call AWS as the runtime's own admin identity.
 """
 
 from __future__ import annotations
@@ -17,14 +24,15 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boto3
+
 from baton_dev.runtime.api_gateway import LocalApiGateway
-from baton_dev.runtime.functions import LocalFunction
-from baton_dev.runtime.provision import ProvisionedStack, provision
+from baton_dev.runtime.functions import Credentials, LocalFunction
+from baton_dev.runtime.provision import ProvisionedStack, bootstrap_admin, provision
 from baton_dev.runtime.schedules import ScheduleSource
 from baton_dev.runtime.sqs_source import SqsEventSource
 from baton_dev.runtime.template import AppTemplate
@@ -33,13 +41,14 @@ from baton_dev.state import write_state
 
 logger = logging.getLogger("baton.runtime")
 
-LOCAL_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "local",
-    "AWS_SECRET_ACCESS_KEY": "local",
-    "AWS_SESSION_TOKEN": "local",
-}
-# Locally there is no X-Ray daemon or CloudWatch agent: Powertools tracing and metrics stay off.
-LOCAL_POWERTOOLS = {"POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_DISABLED": "true"}
+# Requests moto serves before it authenticates every request: exactly the three that create the
+# runtime's admin identity (provision.bootstrap_admin). Everything after is signed and authorized.
+UNAUTHENTICATED_BOOTSTRAP_REQUESTS = 3
+# What the local "Lambda service" adds to every function's environment (a template value wins):
+# there is no X-Ray daemon or CloudWatch agent locally, so Powertools tracing and metrics stay off.
+LOCAL_SERVICE_DEFAULTS = {"POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_DISABLED": "true"}
+# Where a provider key given to `baton dev` as OPENAI_API_KEY is stored, as a deploy would.
+LOCAL_API_KEY_SECRET = "baton-local/openai-api-key"  # noqa: S105 - a secret's name
 
 
 def free_port() -> int:
@@ -48,15 +57,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout_s: float) -> None:
+def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the process that should listen on {port} exited ({process.returncode})")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s:.0f}s")
+
+
+def _store_secret(name: str, value: str) -> str:
+    secrets = boto3.client("secretsmanager")
+    try:
+        return str(secrets.create_secret(Name=name, SecretString=value)["ARN"])
+    except secrets.exceptions.ResourceExistsException:
+        return str(secrets.put_secret_value(SecretId=name, SecretString=value)["ARN"])
 
 
 def _die_with_parent() -> None:
@@ -94,6 +113,11 @@ class LocalRuntime:
         self.endpoint_url = ""
         self.model_url = ""
         self.app: AppTemplate | None = None
+        self.admin: Credentials | None = None
+        # Parameter values the stack was created with, and where each came from.
+        self.parameters: dict[str, str] = {}
+        self.parameter_sources: dict[str, str] = {}
+        self.iam_enforced = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> LocalRuntime:
@@ -101,7 +125,7 @@ class LocalRuntime:
         self.options.state_dir.mkdir(parents=True, exist_ok=True)
         self._start_endpoint()
         self._start_model()
-        self.app = AppTemplate.load(self.options.template, self.options.parameters, region=self.region)
+        self.app = self._load_template()
         self.stack = provision(self.app, stack_name=self.options.stack_name)
         self._load_functions()
         self._start_sources()
@@ -168,17 +192,27 @@ class LocalRuntime:
         port = free_port()
         log = (self.options.state_dir / "moto.log").open("wb")
         self._moto = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "baton_dev.runtime.moto_server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
+            env={
+                **os.environ,
+                # IAM as on AWS: a permission missing from template.yaml fails the call locally.
+                "INITIAL_NO_AUTH_ACTION_COUNT": str(UNAUTHENTICATED_BOOTSTRAP_REQUESTS),
+                # SAM attaches AWS managed policies (AWSLambdaSQSQueueExecutionRole...) by ARN.
+                "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",
+            },
         )
-        wait_for_port(port, timeout_s=60)
+        wait_for_port(port, timeout_s=60, process=self._moto)
         self.endpoint_url = f"http://127.0.0.1:{port}"
-        for name, value in LOCAL_CREDENTIALS.items():
-            os.environ[name] = value
         os.environ["AWS_ENDPOINT_URL"] = self.endpoint_url
-        logger.info("moto server on %s", self.endpoint_url)
+        self.admin = bootstrap_admin(self.endpoint_url, self.region)
+        self.iam_enforced = True
+        os.environ["AWS_ACCESS_KEY_ID"] = self.admin.access_key_id
+        os.environ["AWS_SECRET_ACCESS_KEY"] = self.admin.secret_access_key
+        os.environ.pop("AWS_SESSION_TOKEN", None)
+        logger.info("moto server on %s (IAM enforced)", self.endpoint_url)
 
     def _start_model(self) -> None:
         configured = os.environ.get("OPENAI_BASE_URL")
@@ -189,31 +223,72 @@ class LocalRuntime:
         self.simulator = ModelSimulator(self.options.simulator or SimulatorConfig.from_env()).start()
         self.model_url = self.simulator.base_url
 
+    def _load_template(self) -> AppTemplate:
+        """The template with parameter values only, as `sam deploy --parameter-overrides` gives them:
+        explicit overrides win over what `baton dev`'s own environment says."""
+        explicit = dict(self.options.parameters)
+        app = AppTemplate.load(self.options.template, explicit, region=self.region)
+        derived = self._environment_parameters(app, explicit)
+        self.parameters = {**derived, **explicit}
+        self.parameter_sources.update({name: "--parameter-overrides" for name in explicit})
+        for name, value in sorted(derived.items()):
+            shown = value if "secret" not in name.lower() else value.rsplit(":", 1)[-1]
+            logger.info("parameter %s=%s (%s)", name, shown, self.parameter_sources[name])
+        if not derived:
+            return app
+        return AppTemplate.load(self.options.template, self.parameters, region=self.region)
+
+    def _environment_parameters(self, app: AppTemplate, explicit: dict[str, str]) -> dict[str, str]:
+        derived: dict[str, str] = {}
+        by_variable = app.environment_parameters()
+        for variable, parameter in by_variable.items():
+            value = os.environ.get(variable)
+            if value is not None and parameter not in explicit:
+                derived[parameter] = value
+                self.parameter_sources[parameter] = f"from ${variable}"
+        endpoint = by_variable.get("OPENAI_BASE_URL")
+        if endpoint and endpoint not in explicit and self.simulator is not None:
+            derived[endpoint] = self.model_url
+            self.parameter_sources[endpoint] = "the local model simulator"
+        secret = by_variable.get("OPENAI_API_KEY_SECRET_ARN")
+        key = os.environ.get("OPENAI_API_KEY")
+        # A real provider's key goes where a deploy keeps it: Secrets Manager, named by a parameter.
+        if secret and key and secret not in explicit and self.simulator is None:
+            derived[secret] = _store_secret(LOCAL_API_KEY_SECRET, key)
+            self.parameter_sources[secret] = "$OPENAI_API_KEY stored in Secrets Manager"
+        return derived
+
     def _load_functions(self) -> None:
         assert self.app is not None and self.stack is not None
-        environments = {
-            logical_id: self._function_environment(logical_id) for logical_id in self.app.functions
-        }
-        # Variables every function shares (the template's Globals) are set for the whole process;
-        # per-function ones (e.g. POWERTOOLS_SERVICE_NAME) apply while that function is imported.
-        shared = dict(set.intersection(*(set(env.items()) for env in environments.values())))
-        os.environ.update(shared)
-        os.environ.update(LOCAL_POWERTOOLS)
-        # Metrics are off locally; Powertools still warns on every invocation that has none.
-        warnings.filterwarnings("ignore", message="No application metrics to publish")
-        for logical_id, environment in environments.items():
-            function = LocalFunction(self.app.functions[logical_id], environment, self.region)
-            function.load()
-            self.functions[logical_id] = function
+        log_dir = self.options.state_dir / "logs"
+        service = {**LOCAL_SERVICE_DEFAULTS, "AWS_ENDPOINT_URL": self.endpoint_url}
+        for logical_id, spec in self.app.functions.items():
+            role = self.stack.roles.get(spec.role or "")
+            self.functions[logical_id] = LocalFunction(
+                spec,
+                self.app.function_environment(logical_id, self.stack.resolved),
+                self.region,
+                credentials=role.current if role is not None else self._runtime_credentials,
+                log_dir=log_dir,
+                service_environment=service,
+            )
+        # Every function's first environment starts at once (the cores share the imports), then
+        # the runtime waits for each one's init, so an import error stops `baton dev` here.
+        for function in self.functions.values():
+            function.prepare()
+        for function in self.functions.values():
+            function.finish_loading()
+        logger.info("function logs in %s/<Function>.log", log_dir)
 
-    def _function_environment(self, logical_id: str) -> dict[str, str]:
-        assert self.app is not None and self.stack is not None
-        environment = self.app.function_environment(logical_id, self.stack.resolved)
-        environment.update(LOCAL_POWERTOOLS)
-        environment["AWS_LAMBDA_FUNCTION_NAME"] = logical_id
-        if not environment.get("OPENAI_BASE_URL"):
-            environment["OPENAI_BASE_URL"] = self.model_url
-        return environment
+    def _runtime_credentials(self) -> Credentials:
+        """A function without a role of its own in the template calls AWS as the runtime does."""
+        if self.admin is not None:
+            return self.admin
+        return Credentials(
+            os.environ.get("AWS_ACCESS_KEY_ID", "local"),
+            os.environ.get("AWS_SECRET_ACCESS_KEY", "local"),
+            os.environ.get("AWS_SESSION_TOKEN"),
+        )
 
     def _start_sources(self) -> None:
         assert self.app is not None and self.stack is not None
@@ -254,7 +329,16 @@ class LocalRuntime:
             "functions": sorted(self.functions),
             "event_sources": [source.spec.logical_id for source in self.sources],
             "schedules": [schedule.spec.logical_id for schedule in self.schedules],
-            "parameters": self.options.parameters,
+            "parameters": self.parameters,
+            "iam_enforced": self.iam_enforced,
+            "logs": str(self.options.state_dir / "logs"),
+            # The runtime's own (admin) identity on the local endpoint: moto's keys, not AWS's.
+            "credentials": {
+                "aws_access_key_id": self.admin.access_key_id,
+                "aws_secret_access_key": self.admin.secret_access_key,
+            }
+            if self.admin is not None
+            else None,
         }
 
     def _write_state(self) -> None:

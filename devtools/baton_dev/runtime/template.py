@@ -19,8 +19,8 @@ from cfnlint.decode import decode
 from samtranslator.translator.transform import transform
 
 LOCAL_CODE_BUCKET = "baton-local-code"
-# Resource types the local runtime creates on the AWS-protocol endpoint. Compute, IAM and API
-# Gateway are emulated in-process instead (moto cannot run Lambda code without Docker).
+# Resource types the local runtime creates on the AWS-protocol endpoint. Compute and API Gateway
+# are run by the local runtime instead (moto cannot run Lambda code without Docker).
 DATA_PLANE_TYPES = frozenset(
     {
         "AWS::SQS::Queue",
@@ -30,8 +30,12 @@ DATA_PLANE_TYPES = frozenset(
         "AWS::Events::EventBus",
         "AWS::Events::Rule",
         "AWS::CloudWatch::Alarm",
+        # Execution roles: the local runtime assumes them, so moto enforces what they allow.
+        "AWS::IAM::Role",
     }
 )
+# The pseudo parameter CloudFormation removes wherever it appears (`!Ref AWS::NoValue`).
+_NO_VALUE = object()
 _FUNCTION_ARN = re.compile(r"\$\{(\w+)\.Arn\}")
 
 
@@ -54,6 +58,10 @@ class FunctionSpec:
     timeout: int
     memory_mb: int
     environment: dict[str, Any]
+    # Layer content folders (ContentUri), in the template's order.
+    layers: tuple[Path, ...] = ()
+    runtime: str = "python3.13"
+    role: str | None = None  # logical id of the execution role
 
     @property
     def module_file(self) -> Path:
@@ -131,6 +139,7 @@ class AppTemplate:
                 code_dirs[logical_id] = (path.parent / props["CodeUri"]).resolve()
                 props["CodeUri"] = f"s3://{LOCAL_CODE_BUCKET}/{logical_id}"
             elif resource["Type"] == "AWS::Serverless::LayerVersion":
+                code_dirs[logical_id] = (path.parent / props["ContentUri"]).resolve()
                 props["ContentUri"] = f"s3://{LOCAL_CODE_BUCKET}/{logical_id}"
         previous_region = os.environ.get("AWS_DEFAULT_REGION")
         os.environ["AWS_DEFAULT_REGION"] = region  # the translator needs a region, never the network
@@ -155,15 +164,28 @@ class AppTemplate:
         return [(lid, res) for lid, res in self.cloudformation["Resources"].items() if res["Type"] == type_]
 
     def _read_functions(self, code_dirs: dict[str, Path]) -> None:
+        layer_dirs = {
+            logical_id: code_dirs[resource["Properties"]["Content"]["S3Key"]]
+            for logical_id, resource in self._resources("AWS::Lambda::LayerVersion")
+        }
         for logical_id, resource in self._resources("AWS::Lambda::Function"):
-            props = resource["Properties"]
+            props = self.resolve_static(resource["Properties"])
+            layers = [
+                layer["Ref"]
+                for layer in props.get("Layers", [])
+                if isinstance(layer, dict) and "Ref" in layer
+            ]
+            role = props.get("Role")
             self.functions[logical_id] = FunctionSpec(
                 logical_id=logical_id,
                 code_dir=code_dirs[props["Code"]["S3Key"]],
                 handler=props["Handler"],
-                timeout=int(self.resolve_parameter(props.get("Timeout", 3))),
-                memory_mb=int(self.resolve_parameter(props.get("MemorySize", 128))),
+                timeout=int(props.get("Timeout", 3)),
+                memory_mb=int(props.get("MemorySize", 128)),
                 environment=dict(props.get("Environment", {}).get("Variables", {})),
+                layers=tuple(layer_dirs[layer] for layer in layers if layer in layer_dirs),
+                runtime=str(props.get("Runtime", "python3.13")),
+                role=str(role["Fn::GetAtt"][0]) if isinstance(role, dict) and "Fn::GetAtt" in role else None,
             )
 
     def _read_event_sources(self) -> None:
@@ -266,6 +288,73 @@ class AppTemplate:
         definition = self.cloudformation.get("Parameters", {}).get(name, {})
         return str(definition.get("Default", ""))
 
+    # -- what CloudFormation decides before creating anything ----------------------------------
+    def condition(self, name: str) -> bool:
+        """A template condition's value for these parameter values."""
+        definition = self.cloudformation.get("Conditions", {}).get(name)
+        if definition is None:
+            raise TemplateError(f"unknown condition {name!r}")
+        return bool(self._condition_value(definition))
+
+    def _condition_value(self, expression: Any) -> Any:
+        if not isinstance(expression, dict) or len(expression) != 1:
+            return expression
+        ((function, argument),) = expression.items()
+        if function == "Fn::Equals":
+            left, right = (self._condition_value(self.resolve_static(part)) for part in argument)
+            return str(left) == str(right)
+        if function == "Fn::Not":
+            return not self._condition_value(argument[0])
+        if function == "Fn::And":
+            return all(self._condition_value(part) for part in argument)
+        if function == "Fn::Or":
+            return any(self._condition_value(part) for part in argument)
+        if function == "Condition":
+            return self.condition(argument)
+        resolved = self.resolve_static(expression)
+        if resolved == expression:
+            raise TemplateError(f"cannot evaluate condition expression {expression}")
+        return resolved
+
+    def resolve_static(self, value: Any) -> Any:
+        """`value` with what CloudFormation settles from parameters alone: `Fn::If` branches
+        chosen, `AWS::NoValue` removed (the key or list item disappears), `Ref`s to parameters
+        replaced by their values. Intrinsics on resources are left for the endpoint to resolve."""
+        resolved = self._resolve_static(value)
+        return None if resolved is _NO_VALUE else resolved
+
+    def _resolve_static(self, value: Any) -> Any:
+        if isinstance(value, list):
+            resolved = [self._resolve_static(item) for item in value]
+            return [item for item in resolved if item is not _NO_VALUE]
+        if not isinstance(value, dict):
+            return value
+        if set(value) == {"Ref"}:
+            name = value["Ref"]
+            if name == "AWS::NoValue":
+                return _NO_VALUE
+            if name in self.cloudformation.get("Parameters", {}):
+                return self.parameter_value(name)
+            return value
+        if set(value) == {"Fn::If"}:
+            condition, when_true, when_false = value["Fn::If"]
+            return self._resolve_static(when_true if self.condition(condition) else when_false)
+        items = {key: self._resolve_static(item) for key, item in value.items()}
+        return {key: item for key, item in items.items() if item is not _NO_VALUE}
+
+    def environment_parameters(self) -> dict[str, str]:
+        """Environment variable -> the template parameter that sets it (`VAR: !Ref Param`, also
+        through `!If`), for turning a developer's environment into parameter overrides."""
+        found: dict[str, str] = {}
+        parameters = self.cloudformation.get("Parameters", {})
+        for _, resource in self._resources("AWS::Lambda::Function"):
+            variables = resource["Properties"].get("Environment", {}).get("Variables", {})
+            for name, value in variables.items():
+                for ref in _parameter_refs(value):
+                    if ref in parameters:
+                        found.setdefault(name, ref)
+        return found
+
     # -- provisioning --------------------------------------------------------------------------
     def provisioning_template(self) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
         """The data-plane part of the stack, plus outputs that make the endpoint resolve every
@@ -280,7 +369,14 @@ class AppTemplate:
 
     def _derive_provisioning_template(self) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
         cfn = copy.deepcopy(self.cloudformation)
-        kept = {lid: res for lid, res in cfn["Resources"].items() if res["Type"] in DATA_PLANE_TYPES}
+        kept = {
+            lid: self.resolve_static(res)
+            for lid, res in cfn["Resources"].items()
+            if res["Type"] in DATA_PLANE_TYPES
+            and ("Condition" not in res or self.condition(res["Condition"]))
+        }
+        for res in kept.values():
+            res.pop("Condition", None)
         for lid in [lid for lid, res in kept.items() if res["Type"] == "AWS::Events::Rule"]:
             # Rules that invoke functions (schedules) are run by the local runtime instead.
             targets = [
@@ -326,6 +422,15 @@ class AppTemplate:
             else:
                 environment[name] = str(value)
         return environment
+
+
+def _parameter_refs(value: Any) -> list[str]:
+    """Parameters a value is (`!Ref P`) or may be (`!If [c, !Ref P, ...]`)."""
+    if isinstance(value, dict) and set(value) == {"Ref"}:
+        return [str(value["Ref"])]
+    if isinstance(value, dict) and set(value) == {"Fn::If"}:
+        return [ref for branch in value["Fn::If"][1:] for ref in _parameter_refs(branch)]
+    return []
 
 
 def _references_any(value: Any, names: set[str]) -> bool:
