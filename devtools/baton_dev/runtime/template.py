@@ -133,10 +133,11 @@ class AppTemplate:
             raise TemplateError(f"cannot read {path}: {problems}")
         sam = json.loads(json.dumps(sam, default=str))
         code_dirs: dict[str, Path] = {}
+        global_code = (sam.get("Globals") or {}).get("Function", {}).pop("CodeUri", None)
         for logical_id, resource in sam.get("Resources", {}).items():
             props = resource.setdefault("Properties", {})
             if resource["Type"] == "AWS::Serverless::Function":
-                code_dirs[logical_id] = (path.parent / props["CodeUri"]).resolve()
+                code_dirs[logical_id] = (path.parent / props.get("CodeUri", global_code)).resolve()
                 props["CodeUri"] = f"s3://{LOCAL_CODE_BUCKET}/{logical_id}"
             elif resource["Type"] == "AWS::Serverless::LayerVersion":
                 code_dirs[logical_id] = (path.parent / props["ContentUri"]).resolve()
