@@ -76,6 +76,8 @@ test-integration: install
 
 test: lint typecheck lint-template build
 	$(PY) -m pytest tests/unit --disable-socket --allow-unix-socket -q
+	@# the Lambda runtime's packages and the layer's, for this machine: once, before any stack starts
+	$(PY) -m baton_dev.runtime.lambda_sites template.yaml
 	$(PY) -m pytest tests/build -q
 	$(PY) -m pytest tests/integration tests/e2e -q
 	$(PY) -m pytest tests/chaos -q --chaos-jobs 50

@@ -1,8 +1,10 @@
 """The local stack every benchmark drives, and what it measures about itself.
 
 `StackProcess` (parent side) starts `python -m bench.stack` in a process of its own: Baton's
-`LocalRuntime` (moto server, model simulator, local API Gateway, SQS pollers, every function
-in-process), instrumented where the handlers run:
+`LocalRuntime` (moto server, model simulator, local API Gateway, SQS pollers, and every function
+in execution-environment processes of its own), instrumented where the handlers run - inside the
+function processes, through Lambda's exec wrapper (bench/exec_wrapper.sh, bench/function_hook.py),
+which write their figures to files this process merges:
 
 - every boto3 call through botocore's event hooks (`before-parameter-build`, `before-call`,
   `after-call`), attributed to the function - or the event source poller - that made it, with its
@@ -140,8 +142,10 @@ class Recorder:
 
     poller_prefixes: dict[str, str] = {}  # noqa: RUF012 - one runtime per process
 
-    def __init__(self, *, resolve_update_sizes: bool) -> None:
+    def __init__(self, *, resolve_update_sizes: bool, function_records: Path | None = None) -> None:
         self.resolve_update_sizes = resolve_update_sizes
+        # Where the function processes write their own figures (bench/function_hook.py).
+        self.function_records = function_records
         self._lock = threading.Lock()
         self.calls: dict[tuple[str, str, str], CallStats] = {}
         self.invocations: dict[str, InvocationStats] = {}
@@ -166,41 +170,6 @@ class Recorder:
             session.register("after-call-error", recorder._after_call_error)
 
         botocore.session.Session.__init__ = init  # type: ignore[method-assign,assignment]
-
-    def wrap_handler(self, function: Any) -> None:
-        """Time each invocation of a LocalFunction on the worker thread that runs its handler.
-
-        The runtime runs every invocation through the function's executor (`_pool.submit(handler,
-        event, context)`), whatever execution environment serves it: wrapping that one call sees
-        every invocation, warm or cold."""
-        name = function.name
-        with self._lock:
-            self.invocations.setdefault(name, InvocationStats(memory_mb=function.spec.memory_mb))
-        pool = function._pool
-        submit = pool.submit
-
-        def timed(handler: Any, event: dict[str, Any], context: Any) -> Any:
-            _local.role, _local.in_handler, _local.aws_ms, _local.aws_calls = name, True, 0.0, 0
-            started = time.perf_counter()
-            ok = False
-            try:
-                result = handler(event, context)
-                ok = True
-                return result
-            finally:
-                elapsed = (time.perf_counter() - started) * 1000
-                with self._lock:
-                    stats = self.invocations[name]
-                    stats.ms.append(elapsed)
-                    stats.aws_ms.append(_local.aws_ms)
-                    stats.aws_calls.append(_local.aws_calls)
-                    stats.failed += 0 if ok else 1
-                _local.role, _local.in_handler = None, False
-
-        def submit_timed(handler: Any, *args: Any, **kwargs: Any) -> Any:
-            return submit(timed, handler, *args, **kwargs)
-
-        pool.submit = submit_timed
 
     # -- botocore hooks --------------------------------------------------------------------------
     def _before_parameter_build(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
@@ -361,15 +330,41 @@ class Recorder:
     def snapshot(self) -> dict[str, Any]:
         self.resolve_pending()
         with self._lock:
-            return {
-                "aws": [
-                    {"role": role, "service": service, "operation": operation, **asdict(stats)}
-                    for (role, service, operation), stats in sorted(self.calls.items())
-                ],
-                "invocations": {name: asdict(stats) for name, stats in self.invocations.items()},
-            }
+            calls = {key: CallStats(**asdict(stats)) for key, stats in self.calls.items()}
+            invocations = {name: asdict(stats) for name, stats in self.invocations.items()}
+        for record in self._function_records():
+            for role, service, operation, fields in record.get("calls", []):
+                merged = calls.setdefault((role, service, operation), CallStats())
+                for name, value in fields.items():
+                    setattr(merged, name, getattr(merged, name) + value)
+            for name, fields in record.get("invocations", {}).items():
+                into = invocations.setdefault(name, asdict(InvocationStats(memory_mb=fields["memory_mb"])))
+                for field_name in ("ms", "aws_ms", "aws_calls"):
+                    into[field_name] = into[field_name] + fields[field_name]
+                into["failed"] += fields["failed"]
+        return {
+            "aws": [
+                {"role": role, "service": service, "operation": operation, **asdict(stats)}
+                for (role, service, operation), stats in sorted(calls.items())
+            ],
+            "invocations": invocations,
+        }
+
+    def _function_records(self) -> list[dict[str, Any]]:
+        if self.function_records is None:
+            return []
+        records = []
+        for path in self.function_records.glob("[0-9]*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                records.append(json.loads(path.read_text()))
+        return records
 
     def reset(self) -> None:
+        if self.function_records is not None:
+            # Function processes reset themselves when they see a new epoch (next invocation).
+            (self.function_records / "epoch").write_text(str(time.time()))
+            for path in self.function_records.glob("[0-9]*.json"):
+                path.unlink(missing_ok=True)
         with self._lock:
             self._pending_updates.clear()
             self.calls.clear()
@@ -391,21 +386,19 @@ def _attributes_size(attributes: dict[str, Any] | None) -> int:
 def serve(options: dict[str, Any], ready_file: Path) -> int:
     """Run the instrumented local stack until SIGTERM; its description goes to `ready_file`."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-    recorder = Recorder(resolve_update_sizes=bool(options.get("resolve_update_sizes")))
+    records = ready_file.parent / "function-records"
+    records.mkdir(parents=True, exist_ok=True)
+    recorder = Recorder(
+        resolve_update_sizes=bool(options.get("resolve_update_sizes")), function_records=records
+    )
     recorder.install()
 
-    from baton.settings import get_settings
     from baton.store import JobStore
     from baton.tenants import TenantStore
     from baton_dev.runtime.local import LocalRuntime, RuntimeOptions, free_port
     from baton_dev.simulator import SimulatorConfig
 
     class InstrumentedRuntime(LocalRuntime):
-        def _load_functions(self) -> None:
-            super()._load_functions()
-            for function in self.functions.values():
-                recorder.wrap_handler(function)
-
         def _start_sources(self) -> None:
             assert self.app is not None
             Recorder.poller_prefixes = {spec.logical_id: spec.function for spec in self.app.sqs_sources}
@@ -421,6 +414,10 @@ def serve(options: dict[str, Any], ready_file: Path) -> int:
             parameters={str(k): str(v) for k, v in (options.get("parameters") or {}).items()},
             simulator=SimulatorConfig(**(options.get("simulator") or {})),
             schedule_every_s=options.get("schedule_every_s"),
+            service_environment={
+                "AWS_LAMBDA_EXEC_WRAPPER": str(REPO / "bench" / "exec_wrapper.sh"),
+                "BATON_BENCH_RECORD_DIR": str(records),
+            },
         )
     )
     stop = threading.Event()
@@ -428,8 +425,9 @@ def serve(options: dict[str, Any], ready_file: Path) -> int:
         signal.signal(sig, lambda *_: stop.set())
     runtime.start()
     try:
-        issued = TenantStore(get_settings().jobs_table).create_api_key(TENANT)
-        store = JobStore(get_settings().jobs_table)
+        jobs_table = str(runtime.state()["jobs_table"])
+        issued = TenantStore(jobs_table).create_api_key(TENANT)
+        store = JobStore(jobs_table)
         control = _ControlServer(recorder, runtime, store)
         assert runtime.api is not None and runtime.stack is not None
         state = runtime.state()
@@ -495,7 +493,10 @@ class _ControlServer:
                 payload: Any = {
                     **self.recorder.snapshot(),
                     "sources": self.runtime.api.stats()["event_sources"],
-                    "handler_log_bytes": os.fstat(1).st_size,
+                    # What CloudWatch Logs would ingest: every function process's output.
+                    "handler_log_bytes": sum(
+                        path.stat().st_size for path in Path(self.runtime.state()["logs"]).glob("*.log")
+                    ),
                     "environments": {
                         name: getattr(function, "environments", 1)
                         for name, function in self.runtime.functions.items()
@@ -749,8 +750,10 @@ def use_stack(
     return StackProcess(options)
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process (Linux /proc), 0 when unknown."""
+def cpu_seconds(pid: int | None, *, children_except: int | None = None) -> float:
+    """User + system CPU time of a process (Linux /proc), 0 when unknown. With `children_except`,
+    plus its child processes' (live ones, and the ones that ended) - all but that one's (moto's,
+    counted on its own)."""
     if not pid:
         return 0.0
     try:
@@ -758,7 +761,16 @@ def cpu_seconds(pid: int | None) -> float:
     except OSError:
         return 0.0
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    total = (int(fields[11]) + int(fields[12])) / ticks
+    if children_except is None:
+        return total
+    total += (int(fields[13]) + int(fields[14])) / ticks  # children that ended (reaped)
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError, ValueError):
+            for child in children.read_text().split():
+                if int(child) != children_except:
+                    total += cpu_seconds(int(child))
+    return total
 
 
 class WebhookSink:

@@ -3,8 +3,8 @@ and where the time goes.
 
 Clients keep a bounded number of jobs in flight (moto slows down with deep queues, facts.md), so
 this measures the local stack's steady state, not AWS. CPU seconds are read per process (the
-stack: API emulation, pollers, every function, the model simulator; moto; the benchmark's own
-clients); py-spy samples the stack and moto for the whole run (bench/profile.py).
+stack: API emulation, pollers, the model simulator and every function process; moto; the
+benchmark's own clients); py-spy samples the stack and moto for the whole run (bench/profile.py).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def run(*, quick: bool = False, stack: StackProcess | None = None) -> Result:
 
         workdir = Path(tempfile.mkdtemp(prefix="baton-bench-profile-"))
         cpu_before = {
-            "stack": cpu_seconds(live.pid),
+            "stack": cpu_seconds(live.pid, children_except=live.moto_pid),
             "moto": cpu_seconds(live.moto_pid),
             "bench": time.process_time(),
         }
@@ -87,7 +87,7 @@ def run(*, quick: bool = False, stack: StackProcess | None = None) -> Result:
         with lock:
             done_in_window = [job for job in finished.values() if job["seen"] <= window_end]
         cpu = {
-            "stack": cpu_seconds(live.pid) - cpu_before["stack"],
+            "stack": cpu_seconds(live.pid, children_except=live.moto_pid) - cpu_before["stack"],
             "moto": cpu_seconds(live.moto_pid) - cpu_before["moto"],
             "bench": time.process_time() - cpu_before["bench"],
         }

@@ -182,18 +182,22 @@ class ExecutionEnvironment:
         function = self.function
         spec = function.spec
         log = function.log_file()
+        environment = self._environment()
+        command = [
+            str(lambda_sites.interpreter()),
+            "-S",  # no site-packages: Lambda's import path only (PYTHONPATH below)
+            "-s",
+            "-m",
+            "awslambdaric",
+            spec.handler,
+        ]
+        # Lambda's exec wrapper: a script that receives the runtime's command line and runs it.
+        wrapper = environment.get("AWS_LAMBDA_EXEC_WRAPPER")
         try:
             self.process = subprocess.Popen(
-                [
-                    str(lambda_sites.interpreter()),
-                    "-S",  # no site-packages: Lambda's import path only (PYTHONPATH below)
-                    "-s",
-                    "-m",
-                    "awslambdaric",
-                    spec.handler,
-                ],
+                [wrapper, *command] if wrapper else command,
                 cwd=spec.code_dir,
-                env=self._environment(),
+                env=environment,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

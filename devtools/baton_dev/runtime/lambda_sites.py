@@ -164,3 +164,19 @@ def _elf_machine(path: Path) -> str | None:
     if len(header) < 20 or header[:4] != b"\x7fELF":
         return None
     return _ELF_MACHINES.get(int.from_bytes(header[18:20], "little"), "other")
+
+
+def prepare(template: Path) -> list[Path]:
+    """Build every import directory a template's functions need (`make test` does it first, so
+    that no `baton dev` start waits for it)."""
+    from baton_dev.runtime.template import AppTemplate
+
+    app = AppTemplate.load(template)
+    layers = {layer for spec in app.functions.values() for layer in spec.layers}
+    return [runtime_site(), *(path for layer in sorted(layers) for path in layer_paths(layer))]
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for built in prepare(Path(sys.argv[1] if len(sys.argv) > 1 else "template.yaml")):
+        logger.info("ready: %s", built)

@@ -97,6 +97,9 @@ class RuntimeOptions:
     simulator: SimulatorConfig | None = None
     # Run scheduled functions this often instead of their rate(...) (fault drills, tests).
     schedule_every_s: float | None = None
+    # Added to every function's environment like the local service's own variables (the bench
+    # sets AWS_LAMBDA_EXEC_WRAPPER to measure inside the function processes).
+    service_environment: dict[str, str] = field(default_factory=dict)
 
 
 class LocalRuntime:
@@ -261,7 +264,11 @@ class LocalRuntime:
     def _load_functions(self) -> None:
         assert self.app is not None and self.stack is not None
         log_dir = self.options.state_dir / "logs"
-        service = {**LOCAL_SERVICE_DEFAULTS, "AWS_ENDPOINT_URL": self.endpoint_url}
+        service = {
+            **LOCAL_SERVICE_DEFAULTS,
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            **self.options.service_environment,
+        }
         for logical_id, spec in self.app.functions.items():
             role = self.stack.roles.get(spec.role or "")
             self.functions[logical_id] = LocalFunction(
