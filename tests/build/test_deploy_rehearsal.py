@@ -24,6 +24,8 @@ import pytest
 from baton_dev.runtime.local import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+# A first start also installs this machine's builds of the layer's native extensions.
+pytestmark = pytest.mark.timeout(900)
 START_TIMEOUT_S = 240
 TERMINAL = {"completed", "failed", "cancelled", "needs_review"}
 
