@@ -6,12 +6,15 @@ about resource `*`, which no statement scoped to a table or bus ARN matches, so 
 correctly scoped role would be denied. Here a statement's Resource matches when moto does not know
 the resource: actions are enforced everywhere, resource ARNs where moto knows them (SQS queues, S3
 buckets and keys). tests/unit/test_template.py checks resources statically for the rest.
+Presigned URLs, which moto cannot authenticate at all, are authorized as their signer.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
+from moto.core import authorization
 from moto.iam import access_control
 from moto.server import main
 
@@ -25,6 +28,47 @@ def _resource_unknown_to_moto_matches(self: Any, element: str, value: str) -> bo
 
 
 access_control.IAMPolicyStatement._check_element_matches = _resource_unknown_to_moto_matches  # type: ignore[method-assign,assignment]
+
+_authenticate = authorization.ActionAuthenticatorMixin._authenticate_and_authorize_action
+
+
+def _presigned_urls_act_as_their_signer(self: Any, iam_request_cls: type, resource: str = "*") -> None:
+    """moto authenticates only requests with an Authorization header: a presigned URL (credentials
+    in its query) answers 500. Authorize it with the policies of whoever signed it (the URL can do
+    what the signer may do); its signature is not verified - moto cannot compute presigned ones."""
+    query = parse_qs(urlparse(self.uri).query)
+    if "Authorization" in self.headers or "X-Amz-Credential" not in query:
+        _authenticate(self, iam_request_cls, resource)
+        return
+    if (
+        authorization.ActionAuthenticatorMixin.request_count
+        < authorization.settings.INITIAL_NO_AUTH_ACTION_COUNT
+    ):
+        _authenticate(self, iam_request_cls, resource)
+        return
+    headers = {
+        **dict(self.headers),
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={query['X-Amz-Credential'][0]}, Signature=presigned",
+    }
+    if "X-Amz-Security-Token" in query:
+        headers["X-Amz-Security-Token"] = query["X-Amz-Security-Token"][0]
+    iam_request = iam_request_cls(
+        account_id=self.current_account,
+        method=self.method,
+        path=urlparse(self.uri).path,
+        data=self.data,
+        body=self.raw_body,
+        headers=headers,
+        action=self._get_action(),
+    )
+    iam_request.check_action_permitted(resource)
+
+
+setattr(  # noqa: B010 - replacing moto's method
+    authorization.ActionAuthenticatorMixin,
+    "_authenticate_and_authorize_action",
+    _presigned_urls_act_as_their_signer,
+)
 
 if __name__ == "__main__":
     main()
