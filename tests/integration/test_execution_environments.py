@@ -31,6 +31,8 @@ HANDLER = textwrap.dedent(
 
     app = APIGatewayRestResolver()
     STARTED = time.time()
+    # Probed at init (not part of an invocation's timeout): what this process can import.
+    PROBED = ["boto3", "botocore", "awslambdaric", "aws_lambda_powertools", "baton", "baton_dev", "moto", "pytest"]
 
 
     @app.get("/echo/<name>")
@@ -48,6 +50,9 @@ HANDLER = textwrap.dedent(
         return True
 
 
+    IMPORTABLE = {name: importable(name) for name in PROBED}
+
+
     def lambda_handler(event, context):
         action = event.get("action")
         if action == "describe":
@@ -56,7 +61,7 @@ HANDLER = textwrap.dedent(
                 "pid": os.getpid(),
                 "environ": dict(os.environ),
                 "path": sys.path,
-                "importable": {name: importable(name) for name in event["modules"]},
+                "importable": IMPORTABLE,
                 "remaining_ms": context.get_remaining_time_in_millis(),
                 "request_id": context.aws_request_id,
                 "function_arn": context.invoked_function_arn,

@@ -80,6 +80,7 @@ HANDLER = textwrap.dedent(
     import os
 
     import boto3
+    import openai  # at init: a cold import on a busy machine is no part of an invocation's timeout
 
 
     def handler(event, context):
@@ -90,8 +91,6 @@ HANDLER = textwrap.dedent(
             elif action == "send":
                 boto3.client("sqs").send_message(QueueUrl=os.environ["QUEUE_URL"], MessageBody="x")
             elif action == "model":
-                import openai
-
                 openai.OpenAI(api_key="unused", max_retries=0).models.list()
             elif action == "environment":
                 return {"OPENAI_BASE_URL": os.environ.get("OPENAI_BASE_URL", "<unset>")}
