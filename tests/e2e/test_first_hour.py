@@ -78,7 +78,7 @@ def test_the_cli_finds_the_running_stack_from_any_directory(dev_stack: DevStack,
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["status"] == "completed"
 
-    dlqs = run("dlq", "list", "--json", env=env, cwd=elsewhere)
+    dlqs = run("dlq", "queues", "--json", env=env, cwd=elsewhere)
     assert dlqs.returncode == 0, dlqs.stderr
     assert {entry["dlq"] for entry in json.loads(dlqs.stdout)} >= {"InferDeadLetterQueue"}
 
