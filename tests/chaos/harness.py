@@ -36,7 +36,7 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 import httpx
@@ -384,32 +384,23 @@ class ChaosStack:
         self.stop()
 
     # -- access ---------------------------------------------------------------------------------
-    def dynamodb(self) -> DynamoDBClient:
-        return boto3.client(
-            "dynamodb",
+    def _client(self, service: str) -> Any:
+        return boto3.client(  # type: ignore[call-overload]
+            service,
             endpoint_url=self.endpoint_url,
             region_name=REGION,
             aws_access_key_id="local",
             aws_secret_access_key="local",
         )
+
+    def dynamodb(self) -> DynamoDBClient:
+        return cast("DynamoDBClient", self._client("dynamodb"))
 
     def s3(self) -> S3Client:
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            region_name=REGION,
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-        )
+        return cast("S3Client", self._client("s3"))
 
     def sqs(self) -> SQSClient:
-        return boto3.client(
-            "sqs",
-            endpoint_url=self.endpoint_url,
-            region_name=REGION,
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-        )
+        return cast("SQSClient", self._client("sqs"))
 
     @property
     def jobs_table(self) -> str:
