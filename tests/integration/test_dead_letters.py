@@ -43,6 +43,27 @@ def archived(stack: LocalStack, stage: str) -> dict[str, dict[str, object]]:
     return letters
 
 
+def archived_count(stack: LocalStack, stage: str) -> int:
+    pages = (
+        stack.aws("s3")
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=stack.state["bucket"], Prefix=f"dead-letters/{stage}/")
+    )
+    return sum(len(page.get("Contents", [])) for page in pages)
+
+
+def archived_letter(stack: LocalStack, archive_id: str, timeout_s: float = 60) -> dict[str, object]:
+    s3 = stack.aws("s3")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            body = s3.get_object(Bucket=stack.state["bucket"], Key=f"dead-letters/{archive_id}.json")["Body"]
+            return dict(json.loads(body.read()))
+        except s3.exceptions.NoSuchKey:
+            assert time.monotonic() < deadline, f"dead letter {archive_id} never archived"
+            time.sleep(0.5)
+
+
 # 150 messages through moto's SQS and S3, a poison job's four crashes, three CLI runs: above the
 # suite's 300 s default on a busy 2-core machine.
 @pytest.mark.timeout(600)
@@ -75,17 +96,16 @@ def test_a_poison_job_behind_more_than_a_hundred_dead_letters_fails_as_dead_lett
 
     assert (job["status"], job["error"]["type"]) == ("failed", "dead_lettered")
     assert f"the infer step failed {MAX_RECEIVE_COUNT} times" in job["error"]["message"]
-    # Archived by the same invocation, right after it failed the job.
-    deadline = time.monotonic() + 30
-    letters = archived(local_stack, "infer")
-    while not any(letter["job_id"] == job_id for letter in letters.values()):
-        assert time.monotonic() < deadline, "the poison job's dead letter was never archived"
-        time.sleep(0.5)
-        letters = archived(local_stack, "infer")
-    [ours] = [letter for letter in letters.values() if letter["job_id"] == job_id]
-    assert f"dead letter {ours['id']}" in job["error"]["message"]
+    # Archived by the same invocation, right after it failed the job, under the id the error names.
+    archive_id = job["error"]["message"].rsplit("dead letter ", 1)[1]
+    ours = archived_letter(local_stack, archive_id)
+    assert (ours["job_id"], ours["id"]) == (job_id, archive_id)
     assert ours["outcome"] == "job_failed"
     # The old ones were consumed too, each archived once (they name no job that exists).
+    deadline = time.monotonic() + 60
+    while archived_count(local_stack, "infer") < OLD_DEAD_LETTERS + 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    letters = archived(local_stack, "infer")
     old = [letter for letter in letters.values() if letter["job_id"] in old_jobs]
     assert sorted(str(letter["job_id"]) for letter in old) == ordered
     assert {letter["outcome"] for letter in old} == {"job_not_found"}

@@ -83,9 +83,11 @@ class SqsEventSource:
         self._stop.set()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Wait for the pollers at most `timeout` in all (not per poller: infer has eight)."""
         self.signal_stop()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
