@@ -18,4 +18,6 @@ lambda_handler = sqs_stage_handler(
     ),
     idempotency=stage_config(settings),
     give_up=service.ender,
+    # A batch's model calls wait together, not one after another (template: InferBatchSize).
+    concurrent=True,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -176,8 +177,8 @@ def test_retryable_model_error_returns_the_command_to_the_queue_then_succeeds(
     model.answer = ModelError("the model endpoint failed (503)", retryable=True, type_="model_unavailable")
     job_id = accept(aws, api)
     event = aws.take_event("InferQueue")
-    # BatchSize is 1: when every record of a batch fails, Powertools fails the invocation and
-    # SQS makes the message visible again after the visibility timeout.
+    # When every record of a batch fails, Powertools fails the invocation and SQS makes the
+    # message visible again after the visibility timeout.
     with pytest.raises(BatchProcessingError):
         infer(event)
     assert not JobStore(aws.jobs_table).get("acme", job_id).is_terminal
@@ -188,6 +189,39 @@ def test_retryable_model_error_returns_the_command_to_the_queue_then_succeeds(
     assert infer(event) == {"batchItemFailures": []}
     assert len(model.calls) == 2
     assert JobStore(aws.jobs_table).get("acme", job_id).status.value == "completed"
+
+
+def test_a_batch_calls_the_model_concurrently(
+    aws: AwsStack, api: LoadedFunction, infer: LoadedFunction, model: FakeModel
+) -> None:
+    """The records of one batch wait on the model together: each call waits (30 s at most) until
+    all three are in flight, which a serial batch never reaches (its first call would fail)."""
+    jobs = [accept(aws, api) for _ in range(3)]
+    model.during_call = threading.Barrier(3, timeout=30).wait
+    event = aws.take_event("InferQueue")
+    assert len(event["Records"]) == 3
+    assert infer(event) == {"batchItemFailures": []}
+    store = JobStore(aws.jobs_table)
+    assert [store.get("acme", job_id).status.value for job_id in jobs] == ["completed"] * 3
+    assert len(model.calls) == 3
+    assert sorted(e["detail"]["job_id"] for e in terminal_events(aws)) == sorted(jobs)
+
+
+def test_a_concurrent_batch_fails_only_its_failing_record(
+    aws: AwsStack, api: LoadedFunction, infer: LoadedFunction, model: FakeModel
+) -> None:
+    """Each record of a concurrent batch has its own outcome: a permanent error fails its job, a
+    retryable one returns only its message, the others complete."""
+    broken, flaky, fine = accept(aws, api), accept(aws, api), accept(aws, api)
+    model.answers_for_job[broken] = ModelError("unknown model", retryable=False, type_="invalid_model")
+    model.answers_for_job[flaky] = ModelError("overloaded", retryable=True, type_="model_unavailable")
+    event = aws.take_event("InferQueue")
+    message_of = {json.loads(r["body"])["job_id"]: r["messageId"] for r in event["Records"]}
+    assert infer(event) == {"batchItemFailures": [{"itemIdentifier": message_of[flaky]}]}
+    store = JobStore(aws.jobs_table)
+    assert store.get("acme", broken).status.value == "failed"
+    assert not store.get("acme", flaky).is_terminal
+    assert store.get("acme", fine).status.value == "completed"
 
 
 def test_redelivered_command_calls_the_model_once(

@@ -167,7 +167,9 @@ def test_every_event_source_reports_batch_item_failures(app_template: AppTemplat
     assert len(mappings) == len(app_template.sqs_sources) == 8  # 5 stages + 3 job-step DLQs
     for logical_id, mapping in mappings.items():
         assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"], logical_id
-        concurrency = mapping["Properties"]["ScalingConfig"]["MaximumConcurrency"]
+        concurrency = int(
+            app_template.resolve_parameter(mapping["Properties"]["ScalingConfig"]["MaximumConcurrency"])
+        )
         assert 2 <= concurrency <= 1000, logical_id
 
 

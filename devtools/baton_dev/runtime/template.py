@@ -204,9 +204,11 @@ class AppTemplate:
                     logical_id=logical_id,
                     function=props["FunctionName"]["Ref"],
                     queue=queue,
-                    batch_size=int(props.get("BatchSize", 10)),
-                    batching_window_s=float(props.get("MaximumBatchingWindowInSeconds", 0)),
-                    max_concurrency=int(scaling["MaximumConcurrency"])
+                    batch_size=int(self.resolve_parameter(props.get("BatchSize", 10))),
+                    batching_window_s=float(
+                        self.resolve_parameter(props.get("MaximumBatchingWindowInSeconds", 0))
+                    ),
+                    max_concurrency=int(self.resolve_parameter(scaling["MaximumConcurrency"]))
                     if "MaximumConcurrency" in scaling
                     else None,
                     report_batch_item_failures="ReportBatchItemFailures"

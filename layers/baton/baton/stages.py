@@ -8,11 +8,20 @@ redelivers its batch.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch import (
+    AsyncBatchProcessor,
+    BatchProcessor,
+    EventType,
+    async_process_partial_response,
+    process_partial_response,
+)
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
@@ -24,6 +33,12 @@ from baton.retries import Failure, RetryPolicy
 from baton.settings import get_settings
 
 StepResult = dict[str, Any]
+# asyncio's default executor has min(32, cores + 4) threads: 6 on a 2-vCPU function, fewer than a
+# batch of 10. The records of a concurrent batch wait on I/O, not on CPU: a thread each (threads
+# start on demand), up to the template's largest InferBatchSize.
+MAX_CONCURRENT_RECORDS = 100
+_record_threads = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_RECORDS, thread_name_prefix="record")
+
 LambdaHandler = Callable[[dict[str, Any], LambdaContext], PartialItemFailureResponse]
 
 
@@ -35,6 +50,7 @@ def sqs_stage_handler[RecordT: SqsRecordModel, PayloadT: BaseModel](
     work: Callable[[PayloadT, LambdaContext], StepResult],
     idempotency: IdempotencyConfig | None,
     give_up: Callable[[PayloadT], Callable[[Failure, int], None]] | None = None,
+    concurrent: bool = False,
 ) -> LambdaHandler:
     """The Lambda handler of an SQS-fed stage.
 
@@ -43,14 +59,17 @@ def sqs_stage_handler[RecordT: SqsRecordModel, PayloadT: BaseModel](
       redelivered message finds the stored outcome;
     - `work(payload, context)`: the step, in the domain (JobService);
     - `idempotency`: the Powertools config keying the step (None: idempotent by construction);
-    - `give_up(payload)`: what ends the job when the step cannot succeed (None: nothing to end).
+    - `give_up(payload)`: what ends the job when the step cannot succeed (None: nothing to end);
+    - `concurrent`: the batch's records run at once (Powertools' async batch processing, each
+      record's blocking work in its own thread: boto3 and the openai client block), each with its
+      own idempotency record, retry policy and partial-failure result, each recording its outcome
+      as soon as it has one. For steps that wait on I/O (the model call); the others stay serial.
     """
     settings = get_settings()
     logger = Logger()
     tracer = Tracer()
     metrics = Metrics()
     retries = RetryPolicy.from_settings(settings)
-    processor = BatchProcessor(event_type=EventType.SQS, model=record_model)
 
     def run(payload: PayloadT, context: LambdaContext) -> StepResult:
         return work(payload, context)
@@ -74,14 +93,34 @@ def sqs_stage_handler[RecordT: SqsRecordModel, PayloadT: BaseModel](
             give_up=give_up(data) if give_up is not None else None,
         )
 
+    async def async_record_handler(record: RecordT, lambda_context: LambdaContext) -> StepResult:
+        # Each thread runs in a copy of this context (as asyncio.to_thread does): logger keys follow.
+        call = contextvars.copy_context().run
+        return await asyncio.get_running_loop().run_in_executor(
+            _record_threads, call, record_handler, record, lambda_context
+        )
+
+    def process(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+        if concurrent:
+            return async_process_partial_response(
+                event=event,
+                record_handler=async_record_handler,
+                processor=AsyncBatchProcessor(event_type=EventType.SQS, model=record_model),
+                context=context,
+            )
+        return process_partial_response(
+            event=event,
+            record_handler=record_handler,
+            processor=BatchProcessor(event_type=EventType.SQS, model=record_model),
+            context=context,
+        )
+
     @logger.inject_lambda_context
     @metrics.log_metrics
     @tracer.capture_lambda_handler
     def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
         if idempotency is not None:
             idempotency.register_lambda_context(context)
-        return process_partial_response(
-            event=event, record_handler=record_handler, processor=processor, context=context
-        )
+        return process(event, context)
 
     return lambda_handler
