@@ -207,6 +207,20 @@ def test_a_batch_calls_the_model_concurrently(
     assert sorted(e["detail"]["job_id"] for e in terminal_events(aws)) == sorted(jobs)
 
 
+def test_a_duplicate_in_the_same_batch_calls_the_model_once(
+    aws: AwsStack, api: LoadedFunction, infer: LoadedFunction, model: FakeModel
+) -> None:
+    """SQS may deliver one message twice in one batch: the copies take turns, and the second finds
+    the first's idempotency record instead of racing it to the model."""
+    job_id = accept(aws, api)
+    event = aws.take_event("InferQueue")
+    event["Records"].append(dict(event["Records"][0], messageId="duplicate-delivery"))
+    assert infer(event) == {"batchItemFailures": []}
+    assert len(model.calls) == 1
+    assert JobStore(aws.jobs_table).get("acme", job_id).status.value == "completed"
+    assert len(terminal_events(aws)) == 1
+
+
 def test_a_concurrent_batch_fails_only_its_failing_record(
     aws: AwsStack, api: LoadedFunction, infer: LoadedFunction, model: FakeModel
 ) -> None:

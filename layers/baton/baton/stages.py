@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -93,18 +93,30 @@ def sqs_stage_handler[RecordT: SqsRecordModel, PayloadT: BaseModel](
             give_up=give_up(data) if give_up is not None else None,
         )
 
-    async def async_record_handler(record: RecordT, lambda_context: LambdaContext) -> StepResult:
-        # Each thread runs in a copy of this context (as asyncio.to_thread does): logger keys follow.
-        call = contextvars.copy_context().run
-        return await asyncio.get_running_loop().run_in_executor(
-            _record_threads, call, record_handler, record, lambda_context
-        )
+    def same_step(record: RecordT) -> str:
+        """Copies of one message (SQS may deliver a message twice, even in one batch) run one after
+        another, as in a serial batch: the second finds the first's idempotency record rather
+        than racing it to the in-progress write."""
+        return payload(record).model_dump_json()
+
+    def concurrent_handler() -> Callable[[RecordT, LambdaContext], Awaitable[StepResult]]:
+        turns: dict[str, asyncio.Lock] = {}
+
+        async def async_record_handler(record: RecordT, lambda_context: LambdaContext) -> StepResult:
+            # Each thread runs in a copy of this context (as asyncio.to_thread does): logger keys follow.
+            call = contextvars.copy_context().run
+            async with turns.setdefault(same_step(record), asyncio.Lock()):
+                return await asyncio.get_running_loop().run_in_executor(
+                    _record_threads, call, record_handler, record, lambda_context
+                )
+
+        return async_record_handler
 
     def process(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
         if concurrent:
             return async_process_partial_response(
                 event=event,
-                record_handler=async_record_handler,
+                record_handler=concurrent_handler(),
                 processor=AsyncBatchProcessor(event_type=EventType.SQS, model=record_model),
                 context=context,
             )
