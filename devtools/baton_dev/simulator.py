@@ -98,10 +98,18 @@ FAULT_FIELDS = (
     "latency_ms",
     "ms_per_token",
     "rate_limit_rpm",
+    "rate_limit_tpm",
     "rate_limit_window_s",
 )
 _RATE_FIELDS = ("rate_429", "rate_500", "rate_503", "rate_slow")
-_NON_NEGATIVE_FIELDS = ("latency_ms", "ms_per_token", "retry_after_s", "slow_ms", "rate_limit_rpm")
+_NON_NEGATIVE_FIELDS = (
+    "latency_ms",
+    "ms_per_token",
+    "retry_after_s",
+    "slow_ms",
+    "rate_limit_rpm",
+    "rate_limit_tpm",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,6 +136,9 @@ class SimulatorConfig:
     # enforced over a sliding window of rate_limit_window_s seconds (providers enforce per-minute
     # limits over shorter periods too), requests answer 429 with the Retry-After until a slot frees.
     rate_limit_rpm: float = 0.0
+    # Tokens per minute (0: unlimited), over the same window. A request counts its prompt tokens
+    # plus its max_tokens when it is admitted (as OpenAI estimates), refused ones count nothing.
+    rate_limit_tpm: float = 0.0
     rate_limit_window_s: float = 60.0
 
     def __post_init__(self) -> None:
@@ -168,6 +179,7 @@ class SimulatorConfig:
             "rate_slow": "BATON_SIM_RATE_SLOW",
             "slow_ms": "BATON_SIM_SLOW_MS",
             "rate_limit_rpm": "BATON_SIM_RATE_LIMIT_RPM",
+            "rate_limit_tpm": "BATON_SIM_RATE_LIMIT_TPM",
             "rate_limit_window_s": "BATON_SIM_RATE_LIMIT_WINDOW_S",
         }
         ints = {"context_window": "BATON_SIM_CONTEXT_WINDOW", "seed": "BATON_SIM_SEED"}
@@ -204,27 +216,72 @@ class SimulatorConfig:
             return 0
         return max(1, math.floor(self.rate_limit_rpm * self.rate_limit_window_s / 60))
 
+    def tokens_per_window(self) -> int:
+        """Tokens admitted per sliding window (0: no limit)."""
+        if self.rate_limit_tpm <= 0:
+            return 0
+        return max(1, math.floor(self.rate_limit_tpm * self.rate_limit_window_s / 60))
+
 
 class SlidingWindowLimiter:
-    """At most `limit` admitted requests in any `window_s` seconds; refused ones are not counted."""
+    """At most `limit` admitted units (requests, or tokens) in any `window_s` seconds; refused
+    ones are not counted."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._admitted: deque[float] = deque()
+        self._admitted: deque[tuple[float, int]] = deque()
+        self._used = 0
         self._lock = threading.Lock()
 
-    def acquire(self, limit: int, window_s: float) -> float | None:
-        """None when admitted; otherwise the seconds until a slot frees (for Retry-After)."""
+    def acquire(self, limit: int, window_s: float, weight: int = 1) -> float | None:
+        """None when admitted; otherwise the seconds until enough frees (for Retry-After)."""
+        wait = self.wait_s(limit, window_s, weight)
+        if wait is None and limit > 0:
+            self.admit(weight)
+        return wait
+
+    def wait_s(self, limit: int, window_s: float, weight: int = 1) -> float | None:
+        """None if `weight` fits now, else the seconds until it would (without admitting it)."""
         if limit <= 0:
             return None
         now = self._clock()
         with self._lock:
-            while self._admitted and self._admitted[0] <= now - window_s:
-                self._admitted.popleft()
-            if len(self._admitted) >= limit:
-                return max(0.001, self._admitted[-limit] + window_s - now)
-            self._admitted.append(now)
-            return None
+            self._expire(now, window_s)
+            if self._used + weight <= limit:
+                return None
+            freed = 0
+            for admitted_at, admitted in self._admitted:
+                freed += admitted
+                if self._used - freed + weight <= limit:
+                    return max(0.001, admitted_at + window_s - now)
+            return max(0.001, window_s)  # larger than the whole window's budget
+
+    def admit(self, weight: int = 1) -> None:
+        with self._lock:
+            self._admitted.append((self._clock(), weight))
+            self._used += weight
+
+    def state(self, limit: int, window_s: float) -> tuple[int, float]:
+        """(remaining now, seconds until the oldest admitted unit leaves the window)."""
+        now = self._clock()
+        with self._lock:
+            self._expire(now, window_s)
+            reset = self._admitted[0][0] + window_s - now if self._admitted else 0.0
+            return max(0, limit - self._used), max(0.0, reset)
+
+    def _expire(self, now: float, window_s: float) -> None:
+        while self._admitted and self._admitted[0][0] <= now - window_s:
+            self._used -= self._admitted.popleft()[1]
+
+
+def openai_duration(seconds: float) -> str:
+    """OpenAI's x-ratelimit-reset-* format: `250ms`, `1.5s`, `6m0s`."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60)
+    if minutes:
+        return f"{int(minutes)}m{rest:.0f}s"
+    return f"{rest:.3g}s"
 
 
 # --------------------------------------------------------------------------------------------
@@ -908,20 +965,21 @@ def _fault_error(fault: str, config: SimulatorConfig, prompt_tokens: int) -> _Ap
     )
 
 
-def _rate_limit_error(seconds: float, config: SimulatorConfig) -> _ApiError:
+def _rate_limit_error(
+    seconds: float, config: SimulatorConfig, kind: str, headers: dict[str, str]
+) -> _ApiError:
+    limit = config.rate_limit_rpm if kind == "requests" else config.rate_limit_tpm
     return _ApiError(
         429,
-        f"Rate limit reached for requests: limit {config.rate_limit_rpm:g} per minute "
+        f"Rate limit reached for {kind}: limit {limit:g} per minute "
         f"(simulated by Baton's model simulator). Please try again in {seconds:.3f}s.",
-        type_="requests",
+        type_=kind,
         code="rate_limit_exceeded",
         fault="rate_limit",
         headers={
+            **headers,
             "Retry-After": str(math.ceil(seconds)),
             "retry-after-ms": str(math.ceil(seconds * 1000)),
-            "x-ratelimit-limit-requests": f"{config.rate_limit_rpm:g}",
-            "x-ratelimit-remaining-requests": "0",
-            "x-ratelimit-reset-requests": f"{seconds:.3f}s",
         },
     )
 
@@ -1191,10 +1249,8 @@ class _Handler(BaseHTTPRequestHandler):
             if isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
                 model = parsed["model"]
             body, model, messages = _validate_chat_body(parsed, config)
-            wait_s = sim._limiter.acquire(config.requests_per_window(), config.rate_limit_window_s)
-            if wait_s is not None:
-                raise _rate_limit_error(wait_s, config)
             prompt_tokens = count_prompt_tokens(messages)
+            limit_headers = sim._admit(config, prompt_tokens + int(body.get("max_tokens") or 0))
             digest = request_digest(body)
             fault, slow_ms = sim._decide_fault(config, _last_user_text(messages), prompt_tokens, digest)
             if fault is not None and fault not in {"slow", "malformed"}:
@@ -1215,7 +1271,12 @@ class _Handler(BaseHTTPRequestHandler):
             sim._sleep(slow_ms / 1000)
         response_id = f"chatcmpl-{digest[:24]}"
         created = int(time.time())
-        headers = {"x-request-id": f"req_{digest[:24]}", "openai-model": model, "openai-processing-ms": "0"}
+        headers = {
+            "x-request-id": f"req_{digest[:24]}",
+            "openai-model": model,
+            "openai-processing-ms": "0",
+            **limit_headers,
+        }
         if body.get("stream"):
             self._stream(path, model, body, reply, response_id, created, fault, config, headers)
             return
@@ -1353,6 +1414,8 @@ class ModelSimulator:
         self._log: deque[dict[str, Any]] = deque(maxlen=MAX_LOG_ENTRIES)
         self._attempts: Counter[str] = Counter()
         self._limiter = SlidingWindowLimiter()
+        self._token_limiter = SlidingWindowLimiter()
+        self._admission = threading.Lock()  # both limits pass, or neither counts
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -1477,6 +1540,37 @@ class ModelSimulator:
             if draw < rate:
                 return fault
         return None
+
+    def _admit(self, config: SimulatorConfig, tokens: int) -> dict[str, str]:
+        """Count the request against the rate limits, or raise a 429. Returns OpenAI's
+        x-ratelimit-* headers (limits per minute; remaining and reset in the enforced window)."""
+        window = config.rate_limit_window_s
+        limits = (
+            ("requests", self._limiter, config.requests_per_window(), config.rate_limit_rpm, 1),
+            ("tokens", self._token_limiter, config.tokens_per_window(), config.rate_limit_tpm, tokens),
+        )
+        with self._admission:
+            refusals = [
+                (wait, kind)
+                for kind, limiter, limit, _, weight in limits
+                if (wait := limiter.wait_s(limit, window, weight)) is not None
+            ]
+            if not refusals:
+                for _, limiter, limit, _, weight in limits:
+                    if limit > 0:
+                        limiter.admit(weight)
+            headers: dict[str, str] = {}
+            for kind, limiter, limit, per_minute, _ in limits:
+                if limit <= 0:
+                    continue
+                remaining, reset = limiter.state(limit, window)
+                headers[f"x-ratelimit-limit-{kind}"] = f"{per_minute:g}"
+                headers[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+                headers[f"x-ratelimit-reset-{kind}"] = openai_duration(reset)
+        if refusals:
+            wait, kind = max(refusals)
+            raise _rate_limit_error(wait, config, kind, headers)
+        return headers
 
     def _decide_fault(
         self, config: SimulatorConfig, user_text: str, prompt_tokens: int, digest: str

@@ -20,4 +20,6 @@ lambda_handler = sqs_stage_handler(
     give_up=service.ender,
     # A batch's model calls wait together, not one after another (template: InferBatchSize).
     concurrent=True,
+    # No capacity at the provider: the command comes back delayed, spending no attempt.
+    defer=service.defer,
 )

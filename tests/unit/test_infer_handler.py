@@ -15,6 +15,7 @@ from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingErro
 
 import baton.jobs
 import baton.llm
+from baton.clock import now_ms
 from baton.errors import ModelError
 from baton.llm import Completion
 from baton.records import Usage
@@ -158,7 +159,7 @@ def test_retryable_model_error_is_a_batch_item_failure(
     aws: AwsStack, api: LoadedFunction, infer: LoadedFunction, model: FakeModel
 ) -> None:
     failing, working = accept(aws, api), accept(aws, api)
-    model.answers_for_job[failing] = ModelError("rate limited", retryable=True, type_="rate_limited")
+    model.answers_for_job[failing] = ModelError("overloaded", retryable=True, type_="model_unavailable")
     event = aws.take_event("InferQueue")
     assert len(event["Records"]) == 2
     message_of = {json.loads(r["body"])["job_id"]: r["messageId"] for r in event["Records"]}
@@ -169,6 +170,62 @@ def test_retryable_model_error_is_a_batch_item_failure(
     assert not record.is_terminal and record.error is None
     assert store.get("acme", working).status.value == "completed"
     assert [e["detail"]["job_id"] for e in terminal_events(aws)] == [working]
+
+
+def test_a_429_defers_the_command_without_spending_an_attempt(
+    aws: AwsStack, api: LoadedFunction, infer: LoadedFunction, model: FakeModel
+) -> None:
+    """A 429 is the provider asking to wait: the record succeeds, a copy of its command goes back
+    to the queue delayed by the Retry-After, the job stays open, and no idempotency record is
+    kept (the copy calls the model again)."""
+    job_id = accept(aws, api)
+    model.answer = ModelError(
+        "rate limited", retryable=True, type_="rate_limited", retry_after=3.0, headers={"retry-after": "3"}
+    )
+    event = aws.take_event("InferQueue")
+    for attempt in range(1, 4):
+        event["Records"][0]["attributes"]["ApproximateReceiveCount"] = str(attempt * 10)  # past MaxAttempts
+        before_ms = now_ms()
+        assert infer(event) == {"batchItemFailures": []}
+        assert not JobStore(aws.jobs_table).get("acme", job_id).is_terminal
+        # Every caller waits for the provider: the limiter is blocked for the Retry-After...
+        assert provider_item(aws)["blocked_until"] >= before_ms + 3000
+        # ... and this job's last message is not retried, and not held: it waits as a delayed copy.
+        assert delayed_messages(aws, "InferQueue") == attempt
+        # Lift the block, so the next delivery calls (and meets another 429).
+        boto3.client("dynamodb").update_item(
+            TableName=aws.limiter_table,
+            Key={"pk": {"S": provider_item(aws)["pk"]}},
+            UpdateExpression="SET blocked_until = :zero",
+            ExpressionAttributeValues={":zero": {"N": "0"}},
+        )
+    assert len(model.calls) == 3
+    assert idempotency_records(aws) == []
+
+    # Blocked: the next command is deferred by the limiter, without a model call.
+    model.answer = ANSWER
+    boto3.client("dynamodb").update_item(
+        TableName=aws.limiter_table,
+        Key={"pk": {"S": provider_item(aws)["pk"]}},
+        UpdateExpression="SET blocked_until = :later",
+        ExpressionAttributeValues={":later": {"N": str(now_ms() + 60_000)}},
+    )
+    assert infer(event) == {"batchItemFailures": []}
+    assert len(model.calls) == 3 and delayed_messages(aws, "InferQueue") == 4
+    assert not JobStore(aws.jobs_table).get("acme", job_id).is_terminal
+
+
+def provider_item(aws: AwsStack) -> dict[str, Any]:
+    items = boto3.client("dynamodb").scan(TableName=aws.limiter_table)["Items"]
+    [item] = [i for i in items if i["pk"]["S"].startswith("provider#")]
+    return {name: (int(value["N"]) if "N" in value else value.get("S")) for name, value in item.items()}
+
+
+def delayed_messages(aws: AwsStack, queue: str) -> int:
+    attributes = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=aws.queue_url(queue), AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessagesDelayed"])
 
 
 def test_retryable_model_error_returns_the_command_to_the_queue_then_succeeds(
@@ -197,7 +254,12 @@ def test_a_batch_calls_the_model_concurrently(
     """The records of one batch wait on the model together: each call waits (30 s at most) until
     all three are in flight, which a serial batch never reaches (its first call would fail)."""
     jobs = [accept(aws, api) for _ in range(3)]
-    model.during_call = threading.Barrier(3, timeout=30).wait
+    all_in_flight = threading.Barrier(3, timeout=30)
+
+    def wait_for_the_others() -> None:
+        all_in_flight.wait()
+
+    model.during_call = wait_for_the_others
     event = aws.take_event("InferQueue")
     assert len(event["Records"]) == 3
     assert infer(event) == {"batchItemFailures": []}

@@ -68,3 +68,32 @@ def test_the_limit_can_be_changed_at_runtime() -> None:
     assert changed.requests_per_window() == 2
     with pytest.raises(ValueError):
         simulator.set_faults(rate_limit_window_s=-1)
+
+
+def test_weighted_admissions_count_tokens() -> None:
+    """Tokens per window: a 600-token request does not fit beside 500 of a 1000-token budget."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(clock)
+    assert limiter.acquire(1000, 10.0, weight=500) is None
+    clock.now = 1002.0
+    assert limiter.acquire(1000, 10.0, weight=400) is None
+    assert limiter.acquire(1000, 10.0, weight=600) == pytest.approx(8.0)  # when the 500 leave
+    assert limiter.state(1000, 10.0) == (100, pytest.approx(8.0))
+
+
+def test_tokens_per_window_scales_the_per_minute_limit() -> None:
+    assert SimulatorConfig().tokens_per_window() == 0
+    assert SimulatorConfig(rate_limit_tpm=6000, rate_limit_window_s=5).tokens_per_window() == 500
+    config = SimulatorConfig.from_env({"BATON_SIM_RATE_LIMIT_TPM": "9000"})
+    assert config.faults()["rate_limit_tpm"] == 9000.0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.25, "250ms"), (0.0, "0ms"), (1.5, "1.5s"), (360.0, "6m0s"), (61.0, "1m1s")]
+)
+def test_reset_durations_are_written_as_openai_does(seconds: float, text: str) -> None:
+    from baton.limiter import parse_duration
+    from baton_dev.simulator import openai_duration
+
+    assert openai_duration(seconds) == text
+    assert parse_duration(text) == pytest.approx(seconds)

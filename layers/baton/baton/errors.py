@@ -81,10 +81,18 @@ class ModelError(BatonError):
     type = "model_error"
 
     def __init__(
-        self, message: str, *, retryable: bool, type_: str | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        type_: str | None = None,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        # The answer's headers (a 429's x-ratelimit-* teach the provider limiter).
+        self.headers = headers or {}
         if type_:
             self.type = type_

@@ -29,6 +29,15 @@ from baton.errors import (
 )
 from baton.extract import extract_text
 from baton.longdocs import LongDocuments, plan
+from baton.limiter import (
+    Deferred,
+    Limits,
+    ProviderLimiter,
+    RateLimitHeaders,
+    Ticket,
+    estimate_tokens,
+    provider_key,
+)
 from baton.messaging import CommandQueue, EventPublisher
 from baton.models import (
     TERMINAL_EVENT_FOR_STATUS,
@@ -54,6 +63,8 @@ logger = Logger(child=True)
 metrics = Metrics()
 
 POLL_INTERVAL_SECONDS = 0.2
+# A tenant lease outlives the model call it covers by this much (then it returns on its own).
+LEASE_MARGIN_MS = 10_000
 PROGRESS = {Step.EXTRACT: 10, Step.INFER: 50}
 PROGRESS_AFTER_EXTRACT = 40
 # What the stored request may take of the job's 400 KB DynamoDB item; the rest is for the inline
@@ -85,6 +96,15 @@ class JobService:
         self.tenants = TenantStore(settings.jobs_table)
         self.blobs = BlobStore(settings.bucket)
         self.events = EventPublisher(settings.event_bus)
+        self.limiter = (
+            ProviderLimiter(
+                settings.limiter_table,
+                configured=Limits(settings.provider_requests_per_minute, settings.provider_tokens_per_minute),
+                tenant_max_in_flight=settings.tenant_max_in_flight,
+            )
+            if settings.limiter_table
+            else None
+        )
         self.queues = {
             Step.EXTRACT: CommandQueue(settings.extract_queue_url),
             Step.INFER: CommandQueue(settings.infer_queue_url),
@@ -248,11 +268,68 @@ class JobService:
         record = self._runnable(command)
         if record is None:
             return {"outcome": "skipped"}
-        record = self.store.start_step(record, Step.INFER, progress=PROGRESS[Step.INFER])
         messages = self._messages(record)
         parameters = dict(record.request.get("parameters", {}))
         if parameters.get("tools"):
             parameters["tools"] = expand_tools(parameters["tools"])
+        # No capacity at the provider: Deferred (the command comes back later), still pending.
+        ticket = self._admit(command, record, messages, parameters)
+        record = self.store.start_step(record, Step.INFER, progress=PROGRESS[Step.INFER])
+        try:
+            completion = self._call_model(record, messages, parameters, remaining_ms, ticket)
+        except ModelError as error:
+            if error.retryable:
+                raise  # the retry policy backs off through SQS and gives up after max attempts
+            self._fail(record, error.type, error.message, retryable=False)
+            return {"outcome": "failed", "error": error.type}
+        return self._record_completion(record, messages, completion)
+
+    def defer(self, command: StageCommand, deferred: Deferred) -> dict[str, Any]:
+        """Send the command back to its queue, delayed until the provider has room for it (with the
+        slot it reserved, if any). A fresh message: waiting spends no receive of the old one, so
+        a job that waits through many refills never reaches its DLQ for waiting."""
+        self.queues[command.step].send(
+            command.model_copy(update={"not_before_ms": deferred.slot_ms}),
+            delay_seconds=deferred.delay_seconds,
+        )
+        metrics.add_metric(name="InferDeferred", unit=MetricUnit.Count, value=1)
+        logger.info(
+            "model call deferred",
+            extra={"job_id": command.job_id, "reason": deferred.message, "delay_s": deferred.delay_seconds},
+        )
+        return {"outcome": "deferred", "delay_s": deferred.delay_seconds}
+
+    def _admit(
+        self,
+        command: StageCommand,
+        record: JobRecord,
+        messages: list[dict[str, Any]],
+        parameters: dict[str, Any],
+    ) -> Ticket | None:
+        if self.limiter is None:
+            return None
+        ticket = self.limiter.admit(
+            provider_key(self.settings.openai_base_url, record.model),
+            tenant_id=record.tenant_id,
+            lease_id=f"{record.job_id}:{record.version}:{record.depth}",
+            tokens=estimate_tokens(messages, parameters.get("max_tokens")),
+            now_ms=now_ms(),
+            held_slot_ms=command.not_before_ms,
+            lease_ms=int(self.settings.model_timeout_seconds * 1000) + LEASE_MARGIN_MS,
+        )
+        wait_ms = ticket.slot_ms - now_ms()
+        if wait_ms > 0:
+            time.sleep(wait_ms / 1000)  # at most limiter.MAX_WAIT_IN_FUNCTION_S
+        return ticket
+
+    def _call_model(
+        self,
+        record: JobRecord,
+        messages: list[dict[str, Any]],
+        parameters: dict[str, Any],
+        remaining_ms: int,
+        ticket: Ticket | None,
+    ) -> llm.Completion:
         try:
             completion = llm.complete(
                 self.settings,
@@ -267,10 +344,31 @@ class JobService:
                 },
             )
         except ModelError as error:
-            if error.retryable:
-                raise  # the retry policy backs off through SQS and gives up after max attempts
-            self._fail(record, error.type, error.message, retryable=False)
-            return {"outcome": "failed", "error": error.type}
+            if ticket is not None and self.limiter is not None:
+                if error.type == "rate_limited":
+                    # Not an attempt: wait for the provider, however long, until the job's deadline.
+                    wait_s = self.limiter.rate_limited(
+                        ticket, headers=RateLimitHeaders.parse(error.headers), now_ms=now_ms()
+                    )
+                    raise Deferred("the provider answered 429", delay_s=max(1.0, wait_s)) from error
+                self.limiter.abandon(ticket)
+            raise
+        except BaseException:
+            if ticket is not None and self.limiter is not None:
+                self.limiter.abandon(ticket)
+            raise
+        if ticket is not None and self.limiter is not None:
+            self.limiter.settle(
+                ticket,
+                used_tokens=completion.usage.total_tokens or None,
+                headers=RateLimitHeaders.parse(completion.headers),
+                now_ms=now_ms(),
+            )
+        return completion
+
+    def _record_completion(
+        self, record: JobRecord, messages: list[dict[str, Any]], completion: llm.Completion
+    ) -> dict[str, Any]:
         metrics.add_metric(name="ModelTokens", unit=MetricUnit.Count, value=completion.usage.total_tokens)
         usage = record.usage.plus(completion.usage)
         # The token budget guards the agent loop; reading a long document costs what its size

@@ -29,6 +29,8 @@ class Completion:
     finish_reason: str | None
     tool_calls: list[dict[str, Any]] | None
     usage: Usage = field(default_factory=Usage)
+    # The answer's HTTP headers (x-ratelimit-*: what the provider limiter learns from).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def model_timeout(settings: Settings, remaining_ms: int) -> float:
@@ -74,9 +76,10 @@ def complete(
         if parameters.get(name) is not None:
             request[name] = parameters[name]
     try:
-        response = _client(settings.openai_base_url, _api_key(settings)).chat.completions.create(
+        raw = _client(settings.openai_base_url, _api_key(settings)).chat.completions.with_raw_response.create(
             **request, timeout=timeout, extra_headers=extra_headers or {}
         )
+        response = raw.parse()
     except openai.APITimeoutError as error:
         raise ModelError(
             f"model call timed out after {timeout:.0f}s", retryable=True, type_="timeout"
@@ -91,6 +94,7 @@ def complete(
             retryable=True,
             type_="rate_limited",
             retry_after=retry_after_seconds(error.response.headers),
+            headers=dict(error.response.headers),
         ) from error
     except openai.InternalServerError as error:
         raise ModelError(
@@ -124,7 +128,11 @@ def complete(
             total_tokens=response.usage.total_tokens,
         )
     return Completion(
-        text=choice.message.content, finish_reason=choice.finish_reason, tool_calls=tool_calls, usage=usage
+        text=choice.message.content,
+        finish_reason=choice.finish_reason,
+        tool_calls=tool_calls,
+        usage=usage,
+        headers=dict(raw.headers),
     )
 
 

@@ -21,7 +21,7 @@ class CommandQueue:
     def send(self, command: StageCommand, *, delay_seconds: int = 0) -> None:
         client("sqs").send_message(
             QueueUrl=self.queue_url,
-            MessageBody=command.model_dump_json(),
+            MessageBody=command.model_dump_json(exclude_none=True),
             DelaySeconds=delay_seconds,
             MessageAttributes={
                 "job_id": {"DataType": "String", "StringValue": command.job_id},

@@ -241,6 +241,8 @@ class StageCommand(BaseModel):
     # 0 (document text) or above (groups of the level below's answers). None: the job's own call.
     chunk: int | None = Field(None, ge=0)
     level: int = Field(0, ge=0)
+    # infer: the provider slot this command reserved before it was delayed to it (epoch ms).
+    not_before_ms: int | None = None
 
 
 class LifecycleDetail(BaseModel):

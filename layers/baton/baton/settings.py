@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     # On AWS the key lives in Secrets Manager; the function reads it once (cached by Powertools).
     openai_api_key_secret_arn: str | None = Field(None, alias="OPENAI_API_KEY_SECRET_ARN")
     model_timeout_seconds: float = Field(120.0, alias="BATON_MODEL_TIMEOUT_SECONDS", gt=0)
+    # The provider limiter (baton.limiter): its DynamoDB table ("" for none), the provider's limits
+    # per (endpoint, model) (0: learned from its x-ratelimit-* headers), one tenant's calls in flight.
+    limiter_table: str = Field("", alias="LIMITER_TABLE")
+    provider_requests_per_minute: int = Field(0, alias="BATON_PROVIDER_RPM", ge=0)
+    provider_tokens_per_minute: int = Field(0, alias="BATON_PROVIDER_TPM", ge=0)
+    tenant_max_in_flight: int = Field(0, alias="BATON_TENANT_MAX_IN_FLIGHT", ge=0)
 
     max_depth: int = Field(8, alias="BATON_MAX_DEPTH", ge=1, le=15)
     max_total_tokens: int = Field(200_000, alias="BATON_MAX_TOTAL_TOKENS", ge=1)

@@ -29,6 +29,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
 from baton.idempotency import idempotency_prefix, persistence_layer
+from baton.limiter import Deferred
 from baton.retries import Failure, RetryPolicy
 from baton.settings import get_settings
 
@@ -51,6 +52,7 @@ def sqs_stage_handler[RecordT: SqsRecordModel, PayloadT: BaseModel](
     idempotency: IdempotencyConfig | None,
     give_up: Callable[[PayloadT], Callable[[Failure, int], None]] | None = None,
     concurrent: bool = False,
+    defer: Callable[[PayloadT, Deferred], StepResult] | None = None,
 ) -> LambdaHandler:
     """The Lambda handler of an SQS-fed stage.
 
@@ -63,7 +65,9 @@ def sqs_stage_handler[RecordT: SqsRecordModel, PayloadT: BaseModel](
     - `concurrent`: the batch's records run at once (Powertools' async batch processing, each
       record's blocking work in its own thread: boto3 and the openai client block), each with its
       own idempotency record, retry policy and partial-failure result, each recording its outcome
-      as soon as it has one. For steps that wait on I/O (the model call); the others stay serial.
+      as soon as it has one. For steps that wait on I/O (the model call); the others stay serial;
+    - `defer(payload, deferred)`: what to do when the step raises Deferred (the provider has no
+      capacity yet): re-send the payload delayed; the record itself succeeds.
     """
     settings = get_settings()
     logger = Logger()
@@ -86,9 +90,20 @@ def sqs_stage_handler[RecordT: SqsRecordModel, PayloadT: BaseModel](
     @tracer.capture_method
     def record_handler(record: RecordT, lambda_context: LambdaContext) -> StepResult:
         data = payload(record)
+
+        def attempt() -> StepResult:
+            try:
+                return step(payload=data, context=lambda_context)
+            except Deferred as deferred:
+                # Not a failure (no idempotency record was kept): the step waits for capacity in
+                # a delayed copy of its message, and this one is done.
+                if defer is None:
+                    raise
+                return defer(data, deferred)
+
         return retries.run(
             record,
-            lambda: step(payload=data, context=lambda_context),
+            attempt,
             stage=stage,
             give_up=give_up(data) if give_up is not None else None,
         )
