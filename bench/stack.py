@@ -42,6 +42,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 TENANT = "bench"
+OTHER_TENANT = "bench-other"  # a second tenant, for fairness scenarios
 START_TIMEOUT_S = 240
 TERMINAL = frozenset({"completed", "failed", "cancelled", "needs_review"})
 # Attributes that are keys of the jobs table's sparse open-jobs index (KEYS_ONLY): writing or
@@ -427,6 +428,7 @@ def serve(options: dict[str, Any], ready_file: Path) -> int:
     try:
         jobs_table = str(runtime.state()["jobs_table"])
         issued = TenantStore(jobs_table).create_api_key(TENANT)
+        other = TenantStore(jobs_table).create_api_key(OTHER_TENANT)
         store = JobStore(jobs_table)
         control = _ControlServer(recorder, runtime, store)
         assert runtime.api is not None and runtime.stack is not None
@@ -434,6 +436,7 @@ def serve(options: dict[str, Any], ready_file: Path) -> int:
         info = {
             **state,
             "api_key": issued.api_key,
+            "other_api_key": other.api_key,
             "webhook_secret": issued.webhook_secret,
             "tenant": TENANT,
             "control_url": control.url,
@@ -643,11 +646,10 @@ class StackProcess:
     def simulator_url(self) -> str:
         return str(self.info["model_url"]).removesuffix("/v1")
 
-    def client(self, *, timeout: float = 60) -> httpx.Client:
+    def client(self, *, timeout: float = 60, other_tenant: bool = False) -> httpx.Client:
+        key = self.info["other_api_key" if other_tenant else "api_key"]
         return httpx.Client(
-            base_url=self.api_url,
-            headers={"Authorization": f"Bearer {self.info['api_key']}"},
-            timeout=timeout,
+            base_url=self.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout
         )
 
     def aws(self, service: str) -> Any:
@@ -672,21 +674,23 @@ class StackProcess:
         assert self._control is not None
         self._control.post("/reset").raise_for_status()
 
-    def jobs(self, ids: Sequence[str]) -> dict[str, Any]:
+    def jobs(self, ids: Sequence[str], *, tenant: str = TENANT) -> dict[str, Any]:
         assert self._control is not None
-        answer = self._control.post("/jobs", json={"tenant": TENANT, "ids": list(ids)})
+        answer = self._control.post("/jobs", json={"tenant": tenant, "ids": list(ids)})
         if answer.status_code != 200:
             raise RuntimeError(f"bench stack /jobs answered {answer.status_code}: {answer.text[:500]}")
         return dict(answer.json())
 
-    def wait_terminal(self, ids: Sequence[str], *, timeout_s: float, every_s: float = 0.25) -> dict[str, Any]:
+    def wait_terminal(
+        self, ids: Sequence[str], *, timeout_s: float, every_s: float = 0.25, tenant: str = TENANT
+    ) -> dict[str, Any]:
         """The jobs' records once all are terminal, or as they are at the deadline."""
         deadline = time.monotonic() + timeout_s
         pending = list(ids)
         done: dict[str, Any] = {}
         while pending:
             for start in range(0, len(pending), 100):
-                for job_id, job in self.jobs(pending[start : start + 100]).items():
+                for job_id, job in self.jobs(pending[start : start + 100], tenant=tenant).items():
                     if job is not None and job["status"] in TERMINAL:
                         done[job_id] = job
             pending = [job_id for job_id in pending if job_id not in done]
@@ -695,7 +699,7 @@ class StackProcess:
             time.sleep(every_s)
         if pending:
             for start in range(0, len(pending), 100):
-                done.update(self.jobs(pending[start : start + 100]))
+                done.update(self.jobs(pending[start : start + 100], tenant=tenant))
         return done
 
     def wait_records(self, source: str, count: int, *, timeout_s: float) -> bool:

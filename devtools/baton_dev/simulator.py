@@ -16,9 +16,11 @@ offline and reproducibly. Its answers are derived from the input so a demo still
   not a completion: the worker crashes on it); an ``xN`` suffix such as
   ``[sim:503x2]`` fails only the first N attempts of the same request) or at random with seeded,
   reproducible probabilities;
-* a provider's rate limit: with ``rate_limit_rpm`` set, requests beyond it (counted over a
-  sliding window of ``rate_limit_window_s``) answer 429 with ``Retry-After`` / ``retry-after-ms``
-  saying when a slot frees.
+* a provider's rate limits: with ``rate_limit_rpm`` and/or ``rate_limit_tpm`` set, requests
+  beyond them (counted over a sliding window of ``rate_limit_window_s``; tokens at prompt +
+  max_tokens, then at the real usage) answer 429 with ``Retry-After`` / ``retry-after-ms`` saying
+  when capacity frees; every answer carries OpenAI's ``x-ratelimit-limit|remaining|reset-
+  requests|tokens`` headers.
 
 Endpoints: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions`` (also
 streaming), ``GET /_sim/requests`` (``DELETE`` clears it), ``GET|POST /_sim/faults``,
@@ -229,7 +231,7 @@ class SlidingWindowLimiter:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._admitted: deque[tuple[float, int]] = deque()
+        self._admitted: deque[list[float]] = deque()  # [admitted at, weight]
         self._used = 0
         self._lock = threading.Lock()
 
@@ -239,6 +241,13 @@ class SlidingWindowLimiter:
         if wait is None and limit > 0:
             self.admit(weight)
         return wait
+
+    def settle(self, entry: list[float], weight: int) -> None:
+        """Count an admitted entry at its real weight (tokens: the usage, once known)."""
+        with self._lock:
+            if any(admitted is entry for admitted in self._admitted):
+                self._used += weight - int(entry[1])
+                entry[1] = weight
 
     def wait_s(self, limit: int, window_s: float, weight: int = 1) -> float | None:
         """None if `weight` fits now, else the seconds until it would (without admitting it)."""
@@ -251,15 +260,17 @@ class SlidingWindowLimiter:
                 return None
             freed = 0
             for admitted_at, admitted in self._admitted:
-                freed += admitted
+                freed += int(admitted)
                 if self._used - freed + weight <= limit:
                     return max(0.001, admitted_at + window_s - now)
             return max(0.001, window_s)  # larger than the whole window's budget
 
-    def admit(self, weight: int = 1) -> None:
+    def admit(self, weight: int = 1) -> list[float]:
+        entry = [self._clock(), weight]
         with self._lock:
-            self._admitted.append((self._clock(), weight))
+            self._admitted.append(entry)
             self._used += weight
+        return entry
 
     def state(self, limit: int, window_s: float) -> tuple[int, float]:
         """(remaining now, seconds until the oldest admitted unit leaves the window)."""
@@ -271,7 +282,7 @@ class SlidingWindowLimiter:
 
     def _expire(self, now: float, window_s: float) -> None:
         while self._admitted and self._admitted[0][0] <= now - window_s:
-            self._used -= self._admitted.popleft()[1]
+            self._used -= int(self._admitted.popleft()[1])
 
 
 def openai_duration(seconds: float) -> str:
@@ -1250,7 +1261,7 @@ class _Handler(BaseHTTPRequestHandler):
                 model = parsed["model"]
             body, model, messages = _validate_chat_body(parsed, config)
             prompt_tokens = count_prompt_tokens(messages)
-            limit_headers = sim._admit(config, prompt_tokens + int(body.get("max_tokens") or 0))
+            limit_headers, token_entry = sim._admit(config, prompt_tokens + int(body.get("max_tokens") or 0))
             digest = request_digest(body)
             fault, slow_ms = sim._decide_fault(config, _last_user_text(messages), prompt_tokens, digest)
             if fault is not None and fault not in {"slow", "malformed"}:
@@ -1267,6 +1278,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"object": "chat.completion", "choices": "not-a-list"}, {})
             return
         reply = build_reply(body, digest)
+        if token_entry is not None:
+            sim._token_limiter.settle(token_entry, reply.prompt_tokens + reply.completion_tokens)
         if slow_ms:
             sim._sleep(slow_ms / 1000)
         response_id = f"chatcmpl-{digest[:24]}"
@@ -1541,9 +1554,10 @@ class ModelSimulator:
                 return fault
         return None
 
-    def _admit(self, config: SimulatorConfig, tokens: int) -> dict[str, str]:
+    def _admit(self, config: SimulatorConfig, tokens: int) -> tuple[dict[str, str], list[float] | None]:
         """Count the request against the rate limits, or raise a 429. Returns OpenAI's
-        x-ratelimit-* headers (limits per minute; remaining and reset in the enforced window)."""
+        x-ratelimit-* headers (limits per minute; remaining and reset in the enforced window) and
+        the token entry, counted at the estimate until `_token_limiter.settle` sets the usage."""
         window = config.rate_limit_window_s
         limits = (
             ("requests", self._limiter, config.requests_per_window(), config.rate_limit_rpm, 1),
@@ -1555,10 +1569,12 @@ class ModelSimulator:
                 for kind, limiter, limit, _, weight in limits
                 if (wait := limiter.wait_s(limit, window, weight)) is not None
             ]
+            entry = None
             if not refusals:
-                for _, limiter, limit, _, weight in limits:
+                for kind, limiter, limit, _, weight in limits:
                     if limit > 0:
-                        limiter.admit(weight)
+                        admitted = limiter.admit(weight)
+                        entry = admitted if kind == "tokens" else entry
             headers: dict[str, str] = {}
             for kind, limiter, limit, per_minute, _ in limits:
                 if limit <= 0:
@@ -1570,7 +1586,7 @@ class ModelSimulator:
         if refusals:
             wait, kind = max(refusals)
             raise _rate_limit_error(wait, config, kind, headers)
-        return headers
+        return headers, entry
 
     def _decide_fault(
         self, config: SimulatorConfig, user_text: str, prompt_tokens: int, digest: str

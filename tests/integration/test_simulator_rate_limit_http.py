@@ -47,10 +47,11 @@ def test_answers_carry_openai_rate_limit_headers() -> None:
 
 
 def test_requests_beyond_the_token_limit_answer_429() -> None:
-    """6000 tokens/min over 1 s windows: 100 tokens a second; each request asks for 60."""
+    """6000 tokens/min over 1 s windows: 100 tokens a second; each request asks for about 99 (and
+    is then counted at its usage, more than 1)."""
     config = SimulatorConfig(latency_ms=0, ms_per_token=0, rate_limit_tpm=6000, rate_limit_window_s=1)
     with ModelSimulator(config) as sim, httpx.Client(base_url=sim.base_url, timeout=10) as client:
-        body = {**BODY, "max_tokens": 55}
+        body = {**BODY, "max_tokens": 95}
         assert client.post("/chat/completions", json=body).status_code == 200
         refused = client.post("/chat/completions", json=body)
         assert refused.status_code == 429

@@ -97,3 +97,13 @@ def test_reset_durations_are_written_as_openai_does(seconds: float, text: str) -
 
     assert openai_duration(seconds) == text
     assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_a_token_admission_is_settled_at_its_usage() -> None:
+    """Admitted at prompt + max_tokens, counted at the real usage once the answer is known."""
+    limiter = SlidingWindowLimiter(FakeClock())
+    entry = limiter.admit(900)
+    assert limiter.wait_s(1000, 10.0, 200) is not None
+    limiter.settle(entry, 150)
+    assert limiter.wait_s(1000, 10.0, 200) is None
+    assert limiter.state(1000, 10.0)[0] == 850
