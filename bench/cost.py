@@ -43,6 +43,8 @@ DOCUMENT = (
     "# Contract\n\nThe supplier delivers monthly. Payment is due in 30 days. Either party may end it.\n" * 10
 )
 MINUTES_PER_MONTH = 43_800
+INFER_BATCH_SIZE = 10  # template.yaml InferBatchSize
+MODEL_LATENCIES_S = (1, 10, 30)
 LOG_BYTES_PER_GB = 1024**3
 
 
@@ -230,12 +232,40 @@ def run(*, quick: bool = False, stack: StackProcess | None = None) -> Result:
         "each second the model takes adds (infer Lambda waits)",
         f"${per_million(per_model_second):.2f}/M jobs (+${per_million(express_second):.2f} on Express)",
     )
+    # Under a full batch the infer invocation waits for InferBatchSize calls at once: each job pays
+    # a batch's share of the wait. On Step Functions each job's infer task waits alone (and an
+    # Express execution is billed for its duration as well).
+    batch = INFER_BATCH_SIZE
+    result.add(
+        f"each model-second under a full batch of {batch} (the $0.50/M target)",
+        f"${per_million(per_model_second / batch):.2f}/M jobs",
+    )
+    prompt = priced["prompt job, polled once"]
+    latencies: dict[str, dict[str, float]] = {}
+    for seconds in MODEL_LATENCIES_S:
+        latencies[str(seconds)] = {
+            "baton": prompt["total"] + seconds * per_model_second / batch,
+            "sfn_standard": prompt["sfn_standard_total"] + seconds * per_model_second,
+            "sfn_express": prompt["sfn_express_total"] + seconds * (per_model_second + express_second),
+        }
+        row = latencies[str(seconds)]
+        result.add(
+            f"prompt job at a {seconds} s model call: Baton / Standard / Express",
+            f"${per_million(row['baton']):.2f} / ${per_million(row['sfn_standard']):.2f} / "
+            f"${per_million(row['sfn_express']):.2f} per million",
+        )
     fixed = _fixed_monthly(sweeper, sweeper_calls, memory)
     result.add(
         "fixed per month: sweeper (every minute) + idle pollers",
         f"${fixed['sweeper']:.2f} + ${fixed['idle_polling']:.2f}",
     )
-    result.data = {"prices_as_of": PRICES_AS_OF, "phases": priced, "fixed_monthly": fixed}
+    result.data = {
+        "prices_as_of": PRICES_AS_OF,
+        "phases": priced,
+        "fixed_monthly": fixed,
+        "model_latency_totals": latencies,
+        "infer_batch_size": batch,
+    }
     result.notes.append(f"prices: us-east-1 list prices as of {PRICES_AS_OF} (bench/prices.py)")
     result.notes.append(
         "idle pollers: assumes 5 long-polling (20 s) pollers per SQS event source (5 sources); "

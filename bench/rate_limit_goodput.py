@@ -1,63 +1,102 @@
-"""6. Provider rate limit goodput: the local model allows R requests/min (429 with Retry-After beyond
-it, counted over a sliding window); a burst of jobs arrives at once. Reported: completions/min
-achieved as a fraction of R, 429s received per completed job, jobs that failed (retries spent) and
-jobs lost (never terminal, or in a DLQ: must be 0).
+"""6. Provider rate limit goodput: the local model allows R requests/min (or T tokens/min), enforced
+over a 5 s sliding window (429 with Retry-After and OpenAI's x-ratelimit-* headers beyond it); a
+burst of jobs arrives at once. Reported per case: completions (or tokens) per minute achieved as a
+fraction of the limit, 429s received per completed job, jobs that failed and jobs lost (never
+terminal, or in a DLQ: must be 0). Cases (BENCH_RATE_CASES=name,... picks some):
 
-Baton's retry policy is the template's (MaxAttempts 5, full-jitter backoff from 2 s, never sooner
-than Retry-After, SQS-native via the message's visibility). This is the baseline that a later
-client-side rate limiter must beat.
+- `configured`: ProviderRequestsPerMinute = R, burst of 60;
+- `learned`: ProviderRequestsPerMinute = 0, the limiter learns R from the headers, burst of 60;
+- `tokens`: ProviderTokensPerMinute = T, burst of 60 (each job asks max_tokens);
+- `burst600`: configured, burst of 600 (about 5 minutes; not in --quick);
+- `fairness`: tenant A submits a backlog (1,000 jobs; 100 in --quick), tenant B one job just after
+  (TenantMaxInFlight = 4): B's time to completion, beside the same job alone.
+
+Every case runs on a fresh stack (the limiter's state is per deployment).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from bench.report import Result, scenario_main
-from bench.stack import StackOptions, StackProcess, parallel, use_stack
+from bench.stack import OTHER_TENANT, StackOptions, StackProcess, parallel
 
 RATE_RPM = 120
+RATE_TPM = 3000
 WINDOW_S = 5.0  # 10 requests per 5 s: providers enforce per-minute limits over shorter periods
 LATENCY_MS = 200
-BODY = {"input": {"prompt": "Classify this ticket: the invoice is wrong."}}
+BODY: dict[str, Any] = {"input": {"prompt": "Classify this ticket: the invoice is wrong."}}
+TOKEN_BODY: dict[str, Any] = {**BODY, "parameters": {"max_tokens": 40}}
+FAIR_CAP = 4
+CASES = ("configured", "learned", "tokens", "burst600", "fairness")
 
 
 def run(*, quick: bool = False, stack: StackProcess | None = None) -> Result:
+    del stack  # every case needs its own deployment (parameters, fresh limiter state)
+    chosen = [c for c in os.environ.get("BENCH_RATE_CASES", ",".join(CASES)).split(",") if c in CASES]
+    if quick and "burst600" in chosen:
+        chosen.remove("burst600")
     burst = 20 if quick else 60
-    options = StackOptions(
-        simulator={
-            "latency_ms": LATENCY_MS,
-            "ms_per_token": 0,
-            "rate_limit_rpm": RATE_RPM,
-            "rate_limit_window_s": WINDOW_S,
-        }
+    result = Result(
+        "rate_limit_goodput", f"6. Rate-limit goodput (R = {RATE_RPM}/min, T = {RATE_TPM} tokens/min)"
     )
-    result = Result("rate_limit_goodput", f"6. Rate-limit goodput (R = {RATE_RPM}/min, burst of {burst})")
-    with use_stack(stack, options) as live:
-        live.set_simulator(latency_ms=LATENCY_MS, ms_per_token=0, rate_limit_rpm=0)
-        with live.client() as client:  # warm-up without the limit
-            warm = [live.submit(client, BODY) for _ in range(4)]
-        live.wait_terminal([s.job_id for s in warm if s.job_id], timeout_s=60)
-        time.sleep(1.0)
+    result.data = {"rate_rpm": RATE_RPM, "rate_tpm": RATE_TPM, "window_s": WINDOW_S, "cases": {}}
+    for case in chosen:
+        if case == "configured":
+            data = _burst(
+                result, "configured R", burst, {"ProviderRequestsPerMinute": str(RATE_RPM)}, tokens=False
+            )
+        elif case == "learned":
+            data = _burst(result, "learned R", burst, {}, tokens=False)
+        elif case == "tokens":
+            data = _burst(
+                result, "configured T", burst, {"ProviderTokensPerMinute": str(RATE_TPM)}, tokens=True
+            )
+        elif case == "burst600":
+            data = _burst(
+                result, "configured R, 600", 600, {"ProviderRequestsPerMinute": str(RATE_RPM)}, tokens=False
+            )
+        else:
+            data = _fairness(result, backlog=100 if quick else 1000)
+        result.data["cases"][case] = data
+    result.notes.append(
+        f"the simulator admits {RATE_RPM * WINDOW_S / 60:.0f} requests (or "
+        f"{RATE_TPM * WINDOW_S / 60:.0f} tokens) per {WINDOW_S:g} s sliding window; "
+        f"model latency {LATENCY_MS} ms; infer batch 10 x concurrency 8"
+    )
+    return result
+
+
+def _options(parameters: dict[str, str], *, tokens: bool) -> StackOptions:
+    simulator: dict[str, Any] = {"latency_ms": LATENCY_MS, "ms_per_token": 0, "rate_limit_window_s": WINDOW_S}
+    simulator["rate_limit_tpm" if tokens else "rate_limit_rpm"] = RATE_TPM if tokens else RATE_RPM
+    return StackOptions(simulator=simulator, parameters=parameters)
+
+
+def _burst(
+    result: Result, label: str, burst: int, parameters: dict[str, str], *, tokens: bool
+) -> dict[str, Any]:
+    body = TOKEN_BODY if tokens else BODY
+    with StackProcess(_options(parameters, tokens=tokens)) as live:
         live.clear_simulator_requests()
-        live.set_simulator(rate_limit_rpm=RATE_RPM, rate_limit_window_s=WINDOW_S)
         ids: list[str] = []
         started_ms = time.time() * 1000
 
         def submit(index: int) -> None:
             with live.client() as client:
                 for _ in range(burst // 8 + (1 if index < burst % 8 else 0)):
-                    submitted = live.submit(client, BODY)
+                    submitted = live.submit(client, body)
                     if submitted.job_id:
                         ids.append(submitted.job_id)
 
         with parallel(8, submit):
             pass
-        # Longest path: 5 attempts with backoff up to min(300, 2 * 2^(n-1)) s and Retry-After.
-        jobs = live.wait_terminal(ids, timeout_s=45 if quick else 150, every_s=0.5)
+        ideal_s = burst * 60 / RATE_RPM
+        jobs = live.wait_terminal(ids, timeout_s=ideal_s * 3 + 120, every_s=0.5)
         requests = live.simulator_requests()
         dead_lettered = _dlq_depth(live, "InferDeadLetterQueue")
-        live.set_simulator(rate_limit_rpm=0)
     completed = [job for job in jobs.values() if job and job["status"] == "completed"]
     failed = [job for job in jobs.values() if job and job["status"] == "failed"]
     lost = len(ids) - len(completed) - len(failed)
@@ -65,46 +104,91 @@ def run(*, quick: bool = False, stack: StackProcess | None = None) -> Result:
     refused = sum(1 for entry in requests if entry.get("status") == 429)
     answered = sum(1 for entry in requests if entry.get("status") == 200)
     minutes = (max(finished_at) - started_ms) / 60000 if finished_at else float("nan")
-    rate = len(completed) / minutes if finished_at else 0.0
-    result.add(
-        "jobs: completed / failed (retries spent) / lost", f"{len(completed)} / {len(failed)} / {lost}"
-    )
-    result.add("messages in the infer DLQ", str(dead_lettered))
-    result.add(
-        "completions per minute (goodput) / R",
-        f"{rate:.1f} / {RATE_RPM} = {rate / RATE_RPM:.0%}",
-    )
-    result.add(
-        "time to finish the burst (ideal at R)", f"{minutes * 60:.0f} s ({burst / RATE_RPM * 60:.0f} s)"
-    )
-    result.add(
-        "429s per completed job",
-        f"{refused / max(1, len(completed)):.2f} ({refused} x 429, {answered} x 200)",
-    )
+    if tokens:
+        used = sum(int(job["usage"]["total_tokens"]) for job in completed)
+        rate, limit, unit = (used / minutes if finished_at else 0.0), RATE_TPM, "tokens/min"
+    else:
+        rate, limit, unit = (len(completed) / minutes if finished_at else 0.0), RATE_RPM, "jobs/min"
     errors: dict[str, int] = {}
     for job in failed:
         kind = (job.get("error") or {}).get("type", "?")
         errors[kind] = errors.get(kind, 0) + 1
+    result.add(
+        f"[{label}, burst {burst}] completed / failed / lost", f"{len(completed)} / {len(failed)} / {lost}"
+    )
+    result.add(
+        f"[{label}, burst {burst}] goodput ({unit}) / limit", f"{rate:.0f} / {limit} = {rate / limit:.0%}"
+    )
+    result.add(
+        f"[{label}, burst {burst}] 429s per completed job",
+        f"{refused / max(1, len(completed)):.3f} ({refused} x 429, {answered} x 200)",
+    )
+    result.add(
+        f"[{label}, burst {burst}] burst finished in",
+        f"{minutes * 60:.0f} s; in the infer DLQ: {dead_lettered}",
+    )
     if errors:
-        result.add("failed jobs' error types", ", ".join(f"{kind} {count}" for kind, count in errors.items()))
-    result.data = {
-        "rate_rpm": RATE_RPM,
-        "window_s": WINDOW_S,
+        result.add(f"[{label}] failed jobs' error types", ", ".join(f"{k} {n}" for k, n in errors.items()))
+    return {
         "burst": burst,
+        "parameters": parameters,
         "completed": len(completed),
         "failed": len(failed),
         "lost": lost,
         "dead_lettered": dead_lettered,
         "goodput_per_min": rate,
+        "goodput_fraction": rate / limit,
         "model_429": refused,
         "model_200": answered,
         "errors": errors,
+        "seconds": minutes * 60,
     }
-    result.notes.append(
-        f"the simulator admits {RATE_RPM * WINDOW_S / 60:.0f} requests per {WINDOW_S:g} s sliding window "
-        f"(= {RATE_RPM}/min); model latency {LATENCY_MS} ms; infer concurrency 8 (template)"
+
+
+def _fairness(result: Result, *, backlog: int) -> dict[str, Any]:
+    parameters = {"ProviderRequestsPerMinute": str(RATE_RPM), "TenantMaxInFlight": str(FAIR_CAP)}
+    with StackProcess(_options(parameters, tokens=False)) as live:
+        alone_s = _single_job_seconds(live)
+        big: list[str] = []
+
+        def submit(index: int) -> None:
+            with live.client() as client:
+                for _ in range(backlog // 8 + (1 if index < backlog % 8 else 0)):
+                    submitted = live.submit(client, BODY)
+                    if submitted.job_id:
+                        big.append(submitted.job_id)
+
+        with parallel(8, submit):
+            pass
+        behind_s = _single_job_seconds(live)
+        done_big = live.wait_terminal(big, timeout_s=0)
+        big_completed = sum(1 for job in done_big.values() if job and job["status"] == "completed")
+    refill_s = 60 / RATE_RPM
+    result.add(
+        f"[fairness, cap {FAIR_CAP}] tenant B's one job: alone / behind A's {backlog}",
+        f"{alone_s:.1f} s / {behind_s:.1f} s "
+        f"(one refill = {refill_s:.1f} s; A's jobs done meanwhile: {big_completed})",
     )
-    return result
+    return {
+        "backlog": backlog,
+        "alone_s": alone_s,
+        "behind_s": behind_s,
+        "refill_s": refill_s,
+        "backlog_completed_meanwhile": big_completed,
+    }
+
+
+def _single_job_seconds(live: StackProcess) -> float:
+    with live.client(other_tenant=True) as client:
+        started = time.monotonic()
+        submitted = live.submit(client, BODY)
+    assert submitted.job_id, f"tenant B's job was refused ({submitted.status})"
+    job = live.wait_terminal([submitted.job_id], timeout_s=600, every_s=0.2, tenant=OTHER_TENANT)
+    elapsed = time.monotonic() - started
+    status = (job.get(submitted.job_id) or {}).get("status")
+    if status != "completed":
+        raise RuntimeError(f"tenant B's job ended {status}")
+    return elapsed
 
 
 def _dlq_depth(live: StackProcess, logical_id: str) -> int:

@@ -196,7 +196,7 @@ def test_a_429_defers_the_command_without_spending_an_attempt(
         boto3.client("dynamodb").update_item(
             TableName=aws.limiter_table,
             Key={"pk": {"S": provider_item(aws)["pk"]}},
-            UpdateExpression="SET blocked_until = :zero",
+            UpdateExpression="SET blocked_until = :zero, request_tat = :zero",
             ExpressionAttributeValues={":zero": {"N": "0"}},
         )
     assert len(model.calls) == 3
@@ -207,7 +207,7 @@ def test_a_429_defers_the_command_without_spending_an_attempt(
     boto3.client("dynamodb").update_item(
         TableName=aws.limiter_table,
         Key={"pk": {"S": provider_item(aws)["pk"]}},
-        UpdateExpression="SET blocked_until = :later",
+        UpdateExpression="SET blocked_until = :later, request_tat = :later",
         ExpressionAttributeValues={":later": {"N": str(now_ms() + 60_000)}},
     )
     assert infer(event) == {"batchItemFailures": []}

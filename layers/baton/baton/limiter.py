@@ -46,6 +46,7 @@ MAX_RESERVE_AHEAD_S = 840.0
 # given up and the call reserves again rather than crowd the calls slotted after it.
 LATE_SLOT_GRACE_MS = 2_000
 PROBE_LEASE_MS = 30_000
+LEARNED_CACHE_MS = 30_000
 RACE_RETRIES = 12
 DEFAULT_COMPLETION_TOKENS = 1_024  # reserved when a job does not cap max_tokens; settled after
 CHARS_PER_TOKEN = 4
@@ -188,6 +189,7 @@ class ProviderLimiter:
         self.configured = configured
         self.tenant_max_in_flight = tenant_max_in_flight
         self._tenant_items: set[str] = set()
+        self._learned_cache: dict[str, tuple[Limits, bool, int]] = {}
 
     @property
     def _ddb(self) -> Any:
@@ -214,7 +216,9 @@ class ProviderLimiter:
             lease_tenant = tenant_id
         try:
             if held_slot_ms is not None and held_slot_ms >= now_ms - LATE_SLOT_GRACE_MS:
-                limits = self._limits(self._read(provider))
+                limits = (
+                    self.configured if self.configured != Limits() else self._limits(self._read(provider))
+                )
                 return Ticket(provider, held_slot_ms, tokens, limits, lease_tenant, lease_id)
             slot_ms, limits, probe = self._reserve(provider, tokens=tokens, now_ms=now_ms)
         except Deferred:
@@ -232,44 +236,93 @@ class ProviderLimiter:
         return Ticket(provider, slot_ms, tokens, limits, lease_tenant, lease_id, probe)
 
     def _reserve(self, provider: str, *, tokens: int, now_ms: int) -> tuple[int, Limits, bool]:
+        limits, learned = self._known_limits(provider, now_ms)
+        if limits == Limits() and not learned:
+            return self._probe(provider, now_ms), limits, True
+        request_cost = _interval_ms(limits.requests_per_minute)
+        token_cost = tokens * _interval_ms(limits.tokens_per_minute)
+        # The request pace is booked even without a request limit (cost 0): a 429's block lives in it.
+        slot = self._book(provider, "request_tat", request_cost, now_ms)
+        if token_cost:
+            slot = max(slot, self._book(provider, "token_tat", token_cost, now_ms))
+        if slot - now_ms > MAX_RESERVE_AHEAD_S * 1000:
+            self._update(provider, sets={}, adds={"request_tat": -math.floor(request_cost)})
+            if token_cost:
+                self._update(provider, sets={}, adds={"token_tat": -math.floor(token_cost)})
+            raise Deferred(
+                "the provider's limit is booked further ahead than a delay reaches",
+                delay_s=MAX_RESERVE_AHEAD_S * random.uniform(0.5, 1.0),
+            )
+        return slot, limits, False
+
+    def _book(self, provider: str, pace: str, cost: float, now_ms: int) -> int:
+        """Book the next `cost` ms of a pace; its start is the slot. One atomic update when the pace
+        is busy (its next free time is ahead of now: add the cost) or idle (start it now): no
+        read, and concurrent bookings never conflict, DynamoDB serializes them."""
+        names = {"#pace": pace}
+        for _ in range(RACE_RETRIES):
+            try:
+                answer = self._ddb.update_item(
+                    TableName=self.table_name,
+                    Key=to_dynamo({"pk": provider}),
+                    UpdateExpression="SET #pace = #pace + :cost",
+                    ConditionExpression="#pace >= :now",
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=to_dynamo({":cost": math.ceil(cost), ":now": now_ms}),
+                    ReturnValues="ALL_NEW",
+                )
+                item = from_dynamo(answer["Attributes"])
+                self._remember(provider, item, now_ms)
+                return int(item[pace]) - math.ceil(cost)
+            except ClientError as error:
+                if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+            try:
+                answer = self._ddb.update_item(
+                    TableName=self.table_name,
+                    Key=to_dynamo({"pk": provider}),
+                    UpdateExpression="SET #pace = :next",
+                    ConditionExpression="attribute_not_exists(#pace) OR #pace < :now",
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=to_dynamo({":next": now_ms + math.ceil(cost), ":now": now_ms}),
+                    ReturnValues="ALL_NEW",
+                )
+                self._remember(provider, from_dynamo(answer["Attributes"]), now_ms)
+                return now_ms
+            except ClientError as error:
+                if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+        raise Deferred("the provider limiter is contended", delay_s=random.uniform(1.0, 3.0))
+
+    def _probe(self, provider: str, now_ms: int) -> int:
+        """Nothing known yet: one probe call at a time until an answer teaches the limits."""
         item = self._read(provider)
         for _ in range(RACE_RETRIES):
-            limits = self._limits(item)
-            blocked_until = int(item.get("blocked_until", 0))
-            changes: dict[str, Any]
-            probe = False
-            if limits == Limits() and not item.get("learned"):
-                # Nothing known yet: one probe call at a time until an answer teaches the limits.
-                if int(item.get("probe_until", 0)) > now_ms:
-                    raise Deferred("learning the provider's limits from a first call", delay_s=1.0)
-                slot = max(now_ms, blocked_until)
-                changes = {"probe_until": slot + PROBE_LEASE_MS}
-                probe = True
-            else:
-                slot = max(now_ms, blocked_until)
-                request_tat = int(item.get("request_tat", 0))
-                token_tat = int(item.get("token_tat", 0))
-                request_interval = _interval_ms(limits.requests_per_minute)
-                token_interval = _interval_ms(limits.tokens_per_minute)
-                if request_interval:
-                    slot = max(slot, request_tat)
-                if token_interval:
-                    slot = max(slot, token_tat)
-                if slot - now_ms > MAX_RESERVE_AHEAD_S * 1000:
-                    raise Deferred(
-                        "the provider's limit is booked further ahead than a delay reaches",
-                        delay_s=MAX_RESERVE_AHEAD_S * random.uniform(0.5, 1.0),
-                    )
-                changes = {}
-                if request_interval:
-                    changes["request_tat"] = math.ceil(slot + request_interval)
-                if token_interval:
-                    changes["token_tat"] = math.ceil(max(token_tat, slot) + tokens * token_interval)
-            written = self._write_if_unchanged(provider, item, changes)
+            if item.get("learned"):
+                raise Deferred("the provider's limits were just learned", delay_s=0.0)
+            if int(item.get("probe_until", 0)) > now_ms:
+                raise Deferred("learning the provider's limits from a first call", delay_s=1.0)
+            slot = max(now_ms, int(item.get("request_tat", 0)))
+            written = self._write_if_unchanged(provider, item, {"probe_until": slot + PROBE_LEASE_MS})
             if written is None:
-                return slot, limits, probe
-            item = written  # lost a race: try again against the item as it is now
+                return slot
+            item = written
         raise Deferred("the provider limiter is contended", delay_s=random.uniform(1.0, 3.0))
+
+    def _known_limits(self, provider: str, now_ms: int) -> tuple[Limits, bool]:
+        """(limits, whether known): the configured ones, or those learned (cached for a while in
+        this process; every booking refreshes them)."""
+        if self.configured != Limits():
+            return self.configured, True
+        cached = self._learned_cache.get(provider)
+        if cached is None or now_ms - cached[2] > LEARNED_CACHE_MS or not cached[1]:
+            self._remember(provider, self._read(provider), now_ms)
+            cached = self._learned_cache[provider]
+        return cached[0], cached[1]
+
+    def _remember(self, provider: str, item: dict[str, Any], now_ms: int) -> None:
+        learned = Limits(int(item.get("learned_rpm", 0)), int(item.get("learned_tpm", 0)))
+        self._learned_cache[provider] = (learned, bool(item.get("learned")), now_ms)
 
     # -- after the call ----------------------------------------------------------------------
     def settle(
@@ -283,11 +336,11 @@ class ProviderLimiter:
             token_interval = _interval_ms(ticket.limits.tokens_per_minute)
             if used_tokens is not None and token_interval and used_tokens != ticket.tokens:
                 adds["token_tat"] = math.floor((used_tokens - ticket.tokens) * token_interval)
-            block = _exhausted_until(headers, now_ms)
-            if block:
-                sets["blocked_until"] = block
             if sets or adds:
                 self._update(ticket.provider, sets=sets, adds=adds)
+            block = _exhausted_until(headers, now_ms)
+            if block:
+                self._block(ticket.provider, block)
         finally:
             self.release(ticket)
 
@@ -298,11 +351,26 @@ class ProviderLimiter:
         wait_s = max((w for w in waits if w), default=1.0)
         try:
             sets = self._learned(ticket, headers)
-            sets["blocked_until"] = now_ms + math.ceil(wait_s * 1000)
-            self._update(ticket.provider, sets=sets, adds={})
+            if sets:
+                self._update(ticket.provider, sets=sets, adds={})
+            self._block(ticket.provider, now_ms + math.ceil(wait_s * 1000))
         finally:
             self.release(ticket)
         return wait_s
+
+    def _block(self, provider: str, until_ms: int) -> None:
+        """Nobody's slot starts before `until_ms`: the request pace moves there (if not later)."""
+        try:
+            self._ddb.update_item(
+                TableName=self.table_name,
+                Key=to_dynamo({"pk": provider}),
+                UpdateExpression="SET request_tat = :until, blocked_until = :until",
+                ConditionExpression="attribute_not_exists(request_tat) OR request_tat < :until",
+                ExpressionAttributeValues=to_dynamo({":until": until_ms}),
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
 
     def abandon(self, ticket: Ticket) -> None:
         """The call failed before the provider counted it (or it is unknown whether it did): the
