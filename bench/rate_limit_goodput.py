@@ -114,21 +114,21 @@ def _burst(
         kind = (job.get("error") or {}).get("type", "?")
         errors[kind] = errors.get(kind, 0) + 1
     result.add(
-        f"[{label}, burst {burst}] completed / failed / lost", f"{len(completed)} / {len(failed)} / {lost}"
+        f"({label}, burst {burst}) completed / failed / lost", f"{len(completed)} / {len(failed)} / {lost}"
     )
     result.add(
-        f"[{label}, burst {burst}] goodput ({unit}) / limit", f"{rate:.0f} / {limit} = {rate / limit:.0%}"
+        f"({label}, burst {burst}) goodput ({unit}) / limit", f"{rate:.0f} / {limit} = {rate / limit:.0%}"
     )
     result.add(
-        f"[{label}, burst {burst}] 429s per completed job",
+        f"({label}, burst {burst}) 429s per completed job",
         f"{refused / max(1, len(completed)):.3f} ({refused} x 429, {answered} x 200)",
     )
     result.add(
-        f"[{label}, burst {burst}] burst finished in",
+        f"({label}, burst {burst}) burst finished in",
         f"{minutes * 60:.0f} s; in the infer DLQ: {dead_lettered}",
     )
     if errors:
-        result.add(f"[{label}] failed jobs' error types", ", ".join(f"{k} {n}" for k, n in errors.items()))
+        result.add(f"({label}) failed jobs' error types", ", ".join(f"{k} {n}" for k, n in errors.items()))
     return {
         "burst": burst,
         "parameters": parameters,
@@ -165,7 +165,7 @@ def _fairness(result: Result, *, backlog: int) -> dict[str, Any]:
         big_completed = sum(1 for job in done_big.values() if job and job["status"] == "completed")
     refill_s = 60 / RATE_RPM
     result.add(
-        f"[fairness, cap {FAIR_CAP}] tenant B's one job: alone / behind A's {backlog}",
+        f"(fairness, cap {FAIR_CAP}) tenant B's one job: alone / behind A's {backlog}",
         f"{alone_s:.1f} s / {behind_s:.1f} s "
         f"(one refill = {refill_s:.1f} s; A's jobs done meanwhile: {big_completed})",
     )
