@@ -28,7 +28,6 @@ from baton.errors import (
     StaleWriteError,
 )
 from baton.extract import extract_text
-from baton.longdocs import LongDocuments, plan
 from baton.limiter import (
     Deferred,
     Limits,
@@ -38,6 +37,7 @@ from baton.limiter import (
     estimate_tokens,
     provider_key,
 )
+from baton.longdocs import LongDocuments, plan
 from baton.messaging import CommandQueue, EventPublisher
 from baton.models import (
     TERMINAL_EVENT_FOR_STATUS,
