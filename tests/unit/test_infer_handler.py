@@ -222,10 +222,14 @@ def provider_item(aws: AwsStack) -> dict[str, Any]:
 
 
 def delayed_messages(aws: AwsStack, queue: str) -> int:
+    """Messages re-sent to the queue: still delayed, or (their delay over) visible."""
     attributes = boto3.client("sqs").get_queue_attributes(
-        QueueUrl=aws.queue_url(queue), AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+        QueueUrl=aws.queue_url(queue),
+        AttributeNames=["ApproximateNumberOfMessagesDelayed", "ApproximateNumberOfMessages"],
     )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessagesDelayed"])
+    return int(attributes["ApproximateNumberOfMessagesDelayed"]) + int(
+        attributes["ApproximateNumberOfMessages"]
+    )
 
 
 def test_retryable_model_error_returns_the_command_to_the_queue_then_succeeds(
