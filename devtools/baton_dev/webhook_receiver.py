@@ -26,6 +26,8 @@ class WebhookEvent(NamedTuple):
     webhook_id: str
     verified: bool
     payload: Any  # the parsed JSON body; None when it was not JSON
+    headers: dict[str, str] = {}  # noqa: RUF012 - lower-cased names; never mutated
+    path: str = ""  # with the query string
 
 
 class WebhookReceiver:
@@ -33,15 +35,27 @@ class WebhookReceiver:
 
     Every POST is checked with `standardwebhooks.Webhook(secret).verify`: valid ones get 204,
     invalid ones 401; both are recorded in `events`. With `fail_first=N` the first N deliveries
-    are answered 503 (and counted in `failed_ids`, not `events`) so senders' retries can be tested.
+    are answered `fail_status` (503 by default, with `fail_headers`, e.g. a Retry-After) and
+    counted in `failed_ids` (their times in `failed_at`), not `events`, so senders' retries can be
+    tested; `fail_first=-1` fails every delivery (a receiver that stays down, or 410 Gone).
     """
 
-    def __init__(self, secret: str, fail_first: int = 0) -> None:
+    def __init__(
+        self,
+        secret: str,
+        fail_first: int = 0,
+        *,
+        fail_status: int = 503,
+        fail_headers: dict[str, str] | None = None,
+    ) -> None:
         self._webhook = Webhook(secret)
         self._fail_remaining = fail_first
+        self._fail_status = fail_status
+        self._fail_headers = dict(fail_headers or {})
         self._lock = threading.Condition()
         self._events: list[WebhookEvent] = []
         self.failed_ids: list[str] = []
+        self.failed_at: list[float] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -125,23 +139,39 @@ class WebhookReceiver:
             logger.warning("webhook %r failed verification: %s", webhook_id, error)
             verified = False
         with self._lock:
-            if self._fail_remaining > 0:
-                self._fail_remaining -= 1
+            extra: dict[str, str] = {}
+            if self._fail_remaining != 0:
+                self._fail_remaining -= 1 if self._fail_remaining > 0 else 0
                 self.failed_ids.append(webhook_id)
-                status = 503
+                self.failed_at.append(time.time())
+                self._lock.notify_all()
+                status, extra = self._fail_status, self._fail_headers
             else:
                 try:
                     payload = json.loads(body)
                 except ValueError:
                     payload = None
-                self._events.append(WebhookEvent(webhook_id, verified, payload))
+                self._events.append(WebhookEvent(webhook_id, verified, payload, headers, request.path))
                 self._lock.notify_all()
                 status = 204 if verified else 401
         logger.info("webhook %r (verified=%s) answered %d", webhook_id, verified, status)
-        self._answer(request, status)
+        self._answer(request, status, extra)
+
+    def wait_failed(self, count: int, timeout: float) -> list[float]:
+        """Block until at least `count` deliveries were refused; their times (TimeoutError otherwise)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while len(self.failed_at) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{len(self.failed_at)} refused deliveries after {timeout:g}s")
+                self._lock.wait(remaining)
+            return list(self.failed_at)
 
     @staticmethod
-    def _answer(request: BaseHTTPRequestHandler, status: int) -> None:
+    def _answer(request: BaseHTTPRequestHandler, status: int, headers: dict[str, str] | None = None) -> None:
         request.send_response(status)
+        for name, value in (headers or {}).items():
+            request.send_header(name, value)
         request.send_header("Content-Length", "0")
         request.end_headers()

@@ -8,7 +8,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from baton.api import JobsHttp, tenant_of
+from baton.api import JobsHttp, WebhooksHttp, tenant_of
 from baton.documents import DocumentService
 from baton.http_errors import register_error_handlers
 from baton.idempotency import persistence_layer, submission_config
@@ -21,8 +21,10 @@ tracer = Tracer()
 metrics = Metrics()
 settings = get_settings()
 idempotency = submission_config(settings)
-jobs = JobsHttp(JobService(settings), persistence_layer(settings), idempotency)
+service = JobService(settings)
+jobs = JobsHttp(service, persistence_layer(settings), idempotency)
 documents = DocumentService(settings)
+webhooks = WebhooksHttp(service)
 
 app = APIGatewayRestResolver(enable_validation=True)
 register_error_handlers(app)
@@ -58,6 +60,25 @@ def create_document(body: CreateDocumentRequest) -> Response[str]:
 def get_document(document_id: str) -> Response[str]:
     view = documents.get(tenant_of(app.current_event), document_id)
     return Response(200, content_types.APPLICATION_JSON, view.model_dump_json())
+
+
+# -- webhook deliveries and secret rotation
+@app.get("/v1/jobs/<job_id>/deliveries")
+@tracer.capture_method
+def list_deliveries(job_id: str) -> Response[str]:
+    return webhooks.deliveries(app.current_event, job_id)
+
+
+@app.post("/v1/jobs/<job_id>/deliveries/<webhook_id>/redeliver")
+@tracer.capture_method
+def redeliver(job_id: str, webhook_id: str) -> Response[str]:
+    return webhooks.redeliver(app.current_event, job_id, webhook_id)
+
+
+@app.post("/v1/webhook-secret/rotate")
+@tracer.capture_method
+def rotate_webhook_secret() -> Response[str]:
+    return webhooks.rotate_secret(app.current_event)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
 import httpx
 import pytest
+
+from baton_dev.webhook_receiver import WebhookReceiver
 
 from .conftest import LocalStack, Tenant, running_stack
 
@@ -81,3 +86,139 @@ def test_credentials_in_the_url_are_refused(api: httpx.Client, url: str) -> None
 def test_baton_dev_allows_local_receivers(api: httpx.Client, tenant: Tenant) -> None:
     answer = submit(api, {"url": "http://127.0.0.1:9/hook"})
     assert answer.status_code == 202, answer.text
+
+
+# -- delivery log, schedule, redelivery (WebhookRetrySchedule=1s,2s,3s in the session stack) ----
+DELIVERY_TIMEOUT_S = 90
+
+
+def job_with_webhook(api: httpx.Client, url: str, **webhook: Any) -> str:
+    answer = submit(api, {"url": url, **webhook})
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["id"])
+
+
+def wait_for_delivery(
+    api: httpx.Client, job_id: str, status: str, timeout: float = DELIVERY_TIMEOUT_S
+) -> dict[str, Any]:
+    """Poll the delivery log until the job's one delivery has `status`."""
+    deadline = time.monotonic() + timeout
+    seen: Any = None
+    while time.monotonic() < deadline:
+        answer = api.get(f"/v1/jobs/{job_id}/deliveries")
+        assert answer.status_code == 200, answer.text
+        seen = answer.json()["data"]
+        if seen and seen[0]["status"] == status:
+            return dict(seen[0])
+        time.sleep(0.3)
+    pytest.fail(f"delivery of {job_id} not {status} after {timeout}s; last seen {seen}")
+
+
+def test_delivery_log_shows_each_attempt_and_delivery(api: httpx.Client, tenant: Tenant) -> None:
+    with WebhookReceiver(tenant.webhook_secret, fail_first=2) as receiver:
+        job_id = job_with_webhook(api, receiver.url)
+        delivery = wait_for_delivery(api, job_id, "delivered")
+        [event] = receiver.events
+    assert delivery["webhook_id"] == event.webhook_id == f"msg_{job_id}_completed"
+    assert receiver.failed_ids == [event.webhook_id] * 2  # same webhook-id on every attempt
+    assert delivery["type"] == "job.completed" and delivery["next_attempt_at"] is None
+    assert [(a["status_code"], a["error"]) for a in delivery["attempts"]] == [
+        (503, "http_error"),
+        (503, "http_error"),
+        (204, None),
+    ]
+    assert all(a["at"] and a["duration_ms"] >= 0 for a in delivery["attempts"])
+
+
+def test_a_receiver_down_for_the_whole_schedule_exhausts_then_redelivers(
+    api: httpx.Client, tenant: Tenant
+) -> None:
+    with WebhookReceiver(tenant.webhook_secret, fail_first=-1) as down:
+        job_id = job_with_webhook(api, down.url)
+        delivery = wait_for_delivery(api, job_id, "exhausted")
+        failed_at = down.wait_failed(4, 5)
+    assert len(delivery["attempts"]) == 4  # the first attempt and the schedule's three retries
+    # Gaps follow the schedule (1 s, 2 s, 3 s), never shorter.
+    gaps = [later - earlier for earlier, later in pairwise(failed_at)]
+    assert all(gap >= expected - 0.2 for gap, expected in zip(gaps, (1, 2, 3), strict=True)), gaps
+    assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "completed"  # never depends on it
+
+    # Redelivery: one new attempt series with the same webhook-id (on a delivered one here, whose
+    # receiver is still listening).
+    with WebhookReceiver(tenant.webhook_secret, fail_first=0) as receiver:
+        other = job_with_webhook(api, receiver.url)
+        first = wait_for_delivery(api, other, "delivered")
+        answer = api.post(f"/v1/jobs/{other}/deliveries/{first['webhook_id']}/redeliver")
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["status"] == "pending"
+        events = receiver.wait_for(2, DELIVERY_TIMEOUT_S)
+    assert events[0].webhook_id == events[1].webhook_id == first["webhook_id"]
+    assert all(event.verified for event in events)
+    again = wait_for_delivery(api, other, "delivered")
+    assert len(again["attempts"]) == 2
+
+
+def test_410_gone_stops_at_once(api: httpx.Client, tenant: Tenant) -> None:
+    with WebhookReceiver(tenant.webhook_secret, fail_first=-1, fail_status=410) as gone:
+        job_id = job_with_webhook(api, gone.url)
+        delivery = wait_for_delivery(api, job_id, "failed")
+    assert [(a["status_code"], a["error"]) for a in delivery["attempts"]] == [(410, "gone")]
+    assert delivery["next_attempt_at"] is None
+    assert len(gone.failed_ids) == 1
+
+
+def test_retry_after_is_honoured(api: httpx.Client, tenant: Tenant) -> None:
+    with WebhookReceiver(
+        tenant.webhook_secret, fail_first=1, fail_status=429, fail_headers={"Retry-After": "4"}
+    ) as busy:
+        job_id = job_with_webhook(api, busy.url)
+        wait_for_delivery(api, job_id, "delivered")
+        [refused_at] = busy.failed_at
+        [event] = busy.events
+    delivered_at = datetime.fromisoformat(wait_for_delivery(api, job_id, "delivered")["attempts"][1]["at"])
+    # The schedule says 1 s; the receiver asked for 4 s.
+    assert delivered_at.timestamp() - refused_at >= 4 - 0.2
+    assert event.verified
+
+
+def test_deliveries_are_tenant_scoped(
+    api: httpx.Client, tenant: Tenant, local_stack: LocalStack, other_tenant: Tenant
+) -> None:
+    with WebhookReceiver(tenant.webhook_secret) as receiver:
+        job_id = job_with_webhook(api, receiver.url)
+        delivery = wait_for_delivery(api, job_id, "delivered")
+    with local_stack.client(other_tenant) as other:
+        assert other.get(f"/v1/jobs/{job_id}/deliveries").status_code == 404
+        answer = other.post(f"/v1/jobs/{job_id}/deliveries/{delivery['webhook_id']}/redeliver")
+        assert answer.status_code == 404
+    assert api.post(f"/v1/jobs/{job_id}/deliveries/msg_nope/redeliver").status_code == 404
+    assert api.get("/v1/jobs/job_00000000000000000000000000000000/deliveries").status_code == 404
+
+
+def test_a_name_resolving_to_loopback_is_blocked_at_delivery(
+    locked_stack: LocalStack, locked_api: httpx.Client
+) -> None:
+    job_id = job_with_webhook(locked_api, "http://localhost:9/hook")
+    delivery = wait_for_delivery(locked_api, job_id, "failed")
+    assert [(a["status_code"], a["error"]) for a in delivery["attempts"]] == [(None, "blocked_address")]
+
+
+def test_rotation_signs_with_both_secrets(local_stack: LocalStack) -> None:
+    tenant = local_stack.create_tenant("rotating")
+    with local_stack.client(tenant) as api:
+        answer = api.post("/v1/webhook-secret/rotate")
+        assert answer.status_code == 200, answer.text
+        rotated = answer.json()
+        assert (
+            rotated["webhook_secret"].startswith("whsec_")
+            and rotated["webhook_secret"] != tenant.webhook_secret
+        )
+        assert datetime.fromisoformat(rotated["previous_valid_until"]).timestamp() > time.time()
+        with WebhookReceiver(rotated["webhook_secret"]) as new, WebhookReceiver(tenant.webhook_secret) as old:
+            for receiver in (new, old):
+                job_with_webhook(api, receiver.url)
+            # Each receiver knows one secret only; both verify.
+            assert new.wait_for(1, DELIVERY_TIMEOUT_S)[0].verified
+            assert old.wait_for(1, DELIVERY_TIMEOUT_S)[0].verified
+            signature = new.events[0].headers["webhook-signature"]
+        assert len(signature.split(" ")) == 2

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import boto3
 import httpx
 import pytest
-from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -20,6 +22,7 @@ from baton.llm import Completion
 from baton.records import Usage
 from baton.store import JobStore
 from baton.tenants import TenantStore
+from baton.webhooks import DeliveryMessage, DeliveryStore
 
 if TYPE_CHECKING:
     from conftest import AwsStack, LoadedFunction
@@ -71,6 +74,20 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Receiver:
 
 
 @pytest.fixture
+def deliver(aws: AwsStack) -> LoadedFunction:
+    return aws.load("DeliverFunction")
+
+
+def attempt_queued(aws: AwsStack, deliver: LoadedFunction) -> Any:
+    """Run the deliver function on what the delivery queue holds (one attempt per message)."""
+    return deliver(aws.take_event("WebhookDeliveryQueue"))
+
+
+def deliveries(aws: AwsStack, job_id: str) -> list[dict[str, Any]]:
+    return [d.public_view() for d in DeliveryStore(aws.jobs_table).list("acme", job_id)]
+
+
+@pytest.fixture
 def secret(aws: AwsStack) -> str:
     return TenantStore(aws.jobs_table).create_api_key("acme").webhook_secret
 
@@ -95,19 +112,28 @@ def finished_job(aws: AwsStack, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_completed_job_is_delivered_signed(
-    aws: AwsStack, notify: LoadedFunction, receiver: Receiver, secret: str, finished_job: Any
+    aws: AwsStack,
+    notify: LoadedFunction,
+    deliver: LoadedFunction,
+    receiver: Receiver,
+    secret: str,
+    finished_job: Any,
 ) -> None:
     job_id, event = finished_job({"url": HOOK})
     before = int(time.time())
     assert notify(event) == {"batchItemFailures": []}
+    assert receiver.deliveries == []  # the notify stage only records and queues the delivery
+    assert attempt_queued(aws, deliver) == {"batchItemFailures": []}
 
     [delivery] = receiver.deliveries
     assert delivery["url"] == HOOK
+    assert delivery["address"] == PUBLIC_ADDRESS
     headers = delivery["headers"]
     assert headers["content-type"] == "application/json"
     assert headers["webhook-id"] == f"msg_{job_id}_completed"
     assert abs(int(headers["webhook-timestamp"]) - before) <= 5
     assert headers["webhook-signature"].startswith("v1,")
+    assert " " not in headers["webhook-signature"]  # one secret, one signature
     # Any Standard Webhooks library verifies it with the tenant's secret...
     payload = Webhook(secret).verify(delivery["body"], headers)
     assert payload["type"] == "job.completed"
@@ -120,37 +146,39 @@ def test_completed_job_is_delivered_signed(
     with pytest.raises(WebhookVerificationError):
         Webhook(other).verify(delivery["body"], headers)
 
+    [logged] = deliveries(aws, job_id)
+    assert logged["status"] == "delivered" and logged["next_attempt_at"] is None
+    [attempt] = logged["attempts"]
+    assert (attempt["status_code"], attempt["error"]) == (204, None)
+    assert attempt["duration_ms"] >= 0
     record = JobStore(aws.jobs_table).get("acme", job_id)
     assert record.status.value == "completed"
     assert record.timings.notify_ms is not None
 
 
-def test_webhook_id_is_stable_across_a_retry(
-    notify: LoadedFunction, receiver: Receiver, secret: str, finished_job: Any
+def test_failed_attempt_is_logged_and_retried_with_the_same_webhook_id(
+    aws: AwsStack, receiver: Receiver, secret: str, finished_job: Any
 ) -> None:
-    _, event = finished_job({"url": HOOK})
-    receiver.status = 500
-    with pytest.raises(BatchProcessingError):
-        notify(event)
+    notify = aws.load("NotifyFunction")
+    deliver = aws.load("DeliverFunction", WEBHOOK_RETRY_SCHEDULE="0s,0s")
+    job_id, event = finished_job({"url": HOOK})
+    notify(event)
+    receiver.status = 503
+    assert attempt_queued(aws, deliver) == {"batchItemFailures": []}  # recorded, not raised
+    [logged] = deliveries(aws, job_id)
+    assert logged["status"] == "pending" and logged["next_attempt_at"] is not None
+    assert [(a["status_code"], a["error"]) for a in logged["attempts"]] == [(503, "http_error")]
     receiver.status = 200
-    assert notify(event) == {"batchItemFailures": []}  # SQS redelivers the message
+    attempt_queued(aws, deliver)
     first, second = receiver.deliveries
-    assert first["headers"]["webhook-id"] == second["headers"]["webhook-id"]
+    assert first["headers"]["webhook-id"] == second["headers"]["webhook-id"] == f"msg_{job_id}_completed"
     assert first["body"] == second["body"]
     for delivery in (first, second):
         Webhook(secret).verify(delivery["body"], delivery["headers"])
-
-
-def test_event_delivered_twice_is_posted_once(
-    aws: AwsStack, notify: LoadedFunction, receiver: Receiver, secret: str, finished_job: Any
-) -> None:
-    _, event = finished_job({"url": HOOK})
-    assert notify(event) == {"batchItemFailures": []}
-    # EventBridge and SQS are at-least-once: the same terminal event may arrive again, even on
-    # another instance of the function.
-    duplicate = {"Records": [dict(event["Records"][0], messageId="another-copy")]}
-    assert aws.load("NotifyFunction")(duplicate) == {"batchItemFailures": []}
-    assert len(receiver.deliveries) == 1
+    [logged] = deliveries(aws, job_id)
+    assert logged["status"] == "delivered"
+    assert [a["status_code"] for a in logged["attempts"]] == [503, 200]
+    assert aws.receive("WebhookDeliveryQueue") == []
 
 
 @pytest.mark.parametrize(
@@ -158,63 +186,191 @@ def test_event_delivered_twice_is_posted_once(
     [{"status": 500}, {"status": 404}, {"status": 302}, {"error": httpx.ConnectError("refused")}],
     ids=["500", "404", "redirect", "unreachable"],
 )
-def test_failed_delivery_is_retried(
+def test_every_scheduled_attempt_failing_exhausts_the_delivery(
+    aws: AwsStack, receiver: Receiver, secret: str, finished_job: Any, failure: dict[str, Any]
+) -> None:
+    notify = aws.load("NotifyFunction")
+    deliver = aws.load("DeliverFunction", WEBHOOK_RETRY_SCHEDULE="0s,0s")
+    job_id, event = finished_job({"url": HOOK})
+    notify(event)
+    receiver.status = failure.get("status", 204)
+    receiver.error = failure.get("error")
+    for _ in range(3):
+        attempt_queued(aws, deliver)
+    assert aws.receive("WebhookDeliveryQueue") == []
+    [logged] = deliveries(aws, job_id)
+    assert logged["status"] == "exhausted" and logged["next_attempt_at"] is None
+    assert len(logged["attempts"]) == 3 == len(receiver.deliveries)
+    assert all(a["error"] for a in logged["attempts"])
+    assert JobStore(aws.jobs_table).get("acme", job_id).status.value == "completed"
+
+
+def test_410_gone_stops_at_once(
     aws: AwsStack,
     notify: LoadedFunction,
+    deliver: LoadedFunction,
     receiver: Receiver,
     secret: str,
     finished_job: Any,
-    failure: dict[str, Any],
 ) -> None:
-    failing_job, failing_event = finished_job({"url": "https://down.example.com/hook"})
-    _, working_event = finished_job({"url": HOOK})
-    receiver.status = failure.get("status", 204)
-    receiver.error = failure.get("error")
-    batch = {"Records": failing_event["Records"] + working_event["Records"]}
+    job_id, event = finished_job({"url": HOOK})
+    notify(event)
+    receiver.status = 410
+    attempt_queued(aws, deliver)
+    [logged] = deliveries(aws, job_id)
+    assert (logged["status"], logged["attempts"][0]["error"]) == ("failed", "gone")
+    assert aws.receive("WebhookDeliveryQueue") == []
 
-    def answer(request: httpx.Request) -> httpx.Response:
-        if request.headers["host"] == "hooks.example.com":
-            return httpx.Response(200, request=request)
-        return receiver(request)
+
+def test_retry_after_is_honoured(
+    aws: AwsStack,
+    notify: LoadedFunction,
+    deliver: LoadedFunction,
+    receiver: Receiver,
+    secret: str,
+    finished_job: Any,
+) -> None:
+    job_id, event = finished_job({"url": HOOK})
+    notify(event)
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        receiver.deliveries.append({"headers": dict(request.headers)})
+        return httpx.Response(429, headers={"Retry-After": "120"}, request=request)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch_network(patch, answer)
-        result = notify(batch)
-    assert result == {"batchItemFailures": [{"itemIdentifier": failing_event["Records"][0]["messageId"]}]}
-    assert JobStore(aws.jobs_table).get("acme", failing_job).timings.notify_ms is None
+        patch_network(patch, busy)
+        before = time.time()
+        attempt_queued(aws, deliver)
+    [logged] = deliveries(aws, job_id)
+    assert logged["status"] == "pending"
+    # The schedule says 5 s; the receiver asked for 120 s: never sooner.
+    due = datetime.fromisoformat(logged["next_attempt_at"]).timestamp()
+    assert due >= before + 120
+    assert delayed_messages(aws) == 1
 
 
-def test_single_failed_delivery_fails_the_invocation(
-    notify: LoadedFunction, receiver: Receiver, secret: str, finished_job: Any
+def delayed_messages(aws: AwsStack) -> int:
+    attributes = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=aws.queue_url("WebhookDeliveryQueue"), AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessagesDelayed"])
+
+
+def test_a_wait_beyond_sqs_15_minutes_takes_hops(
+    aws: AwsStack, deliver: LoadedFunction, receiver: Receiver, secret: str, finished_job: Any
+) -> None:
+    notify = aws.load("NotifyFunction")
+    _, event = finished_job({"url": HOOK})
+    notify(event)
+    [queued] = aws.receive("WebhookDeliveryQueue")
+    first = DeliveryMessage.model_validate_json(queued["Body"])
+    due = first.due_ms + 2 * 3600 * 1000  # as if the schedule said 2 h
+    early = first.model_copy(update={"due_ms": due})
+    service = deliver.module.service
+    assert service.attempt(early) == {"outcome": "waiting", "due_ms": due}
+    assert receiver.deliveries == []  # not attempted before it is due
+    assert delayed_messages(aws) == 1
+
+
+def test_event_delivered_twice_is_posted_once(
+    aws: AwsStack,
+    notify: LoadedFunction,
+    deliver: LoadedFunction,
+    receiver: Receiver,
+    secret: str,
+    finished_job: Any,
 ) -> None:
     _, event = finished_job({"url": HOOK})
-    receiver.status = 503
-    with pytest.raises(BatchProcessingError):  # every record failed: SQS redelivers the batch
-        notify(event)
+    assert notify(event) == {"batchItemFailures": []}
+    # EventBridge and SQS are at-least-once: the same terminal event may arrive again, even on
+    # another instance of the function, and the same delivery message twice.
+    duplicate = {"Records": [dict(event["Records"][0], messageId="another-copy")]}
+    assert aws.load("NotifyFunction")(duplicate) == {"batchItemFailures": []}
+    messages = aws.receive("WebhookDeliveryQueue")
+    twice = aws.sqs_event("WebhookDeliveryQueue", messages + messages[:1])
+    assert deliver(twice) == {"batchItemFailures": []}
+    assert len(receiver.deliveries) == 1
+
+
+def test_a_slow_receiver_does_not_delay_another(
+    aws: AwsStack,
+    notify: LoadedFunction,
+    deliver: LoadedFunction,
+    receiver: Receiver,
+    secret: str,
+    finished_job: Any,
+) -> None:
+    _, slow_event = finished_job({"url": "https://slow.example.com/hook"})
+    _, fast_event = finished_job({"url": HOOK})
+    notify({"Records": slow_event["Records"] + fast_event["Records"]})
+    release = threading.Event()
+    answered: dict[str, float] = {}
+
+    def network(request: httpx.Request) -> httpx.Response:
+        host = request.headers["host"]
+        if host == "slow.example.com":
+            assert release.wait(10)
+        answered[host] = time.monotonic()
+        if host != "slow.example.com":
+            release.set()  # the slow one answers only once the fast one has been answered
+        return httpx.Response(204, request=request)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch_network(patch, network)
+        assert attempt_queued(aws, deliver) == {"batchItemFailures": []}
+    assert answered["hooks.example.com"] <= answered["slow.example.com"]
+
+
+def test_a_name_resolving_to_loopback_fails_without_retry(
+    aws: AwsStack,
+    notify: LoadedFunction,
+    deliver: LoadedFunction,
+    receiver: Receiver,
+    secret: str,
+    finished_job: Any,
+) -> None:
+    job_id, event = finished_job({"url": "http://localtest.example/hook"})
+    notify(event)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            baton.egress, "resolve", lambda host, port: [baton.egress.ipaddress.ip_address("127.0.0.1")]
+        )
+        attempt_queued(aws, deliver)
+    assert receiver.deliveries == []
+    [logged] = deliveries(aws, job_id)
+    assert (logged["status"], logged["attempts"][0]["error"]) == ("failed", "blocked_address")
+    assert aws.receive("WebhookDeliveryQueue") == []
 
 
 def test_webhook_auth_is_sent(
-    notify: LoadedFunction, receiver: Receiver, secret: str, finished_job: Any
+    aws: AwsStack,
+    notify: LoadedFunction,
+    deliver: LoadedFunction,
+    receiver: Receiver,
+    secret: str,
+    finished_job: Any,
 ) -> None:
     _, event = finished_job(
         {"url": HOOK, "auth": {"type": "header", "name": "X-Receiver-Key", "value": "k1"}}
     )
     notify(event)
+    attempt_queued(aws, deliver)
     headers = receiver.deliveries[0]["headers"]
     assert headers["x-receiver-key"] == "k1"
     Webhook(secret).verify(receiver.deliveries[0]["body"], headers)
 
 
 def test_job_without_webhook_is_not_delivered(
-    notify: LoadedFunction, receiver: Receiver, secret: str, finished_job: Any
+    aws: AwsStack, notify: LoadedFunction, receiver: Receiver, secret: str, finished_job: Any
 ) -> None:
-    _, event = finished_job(None)
+    job_id, event = finished_job(None)
     assert notify(event) == {"batchItemFailures": []}
-    assert receiver.deliveries == []
+    assert aws.receive("WebhookDeliveryQueue") == []
+    assert deliveries(aws, job_id) == []
 
 
 def test_cancelled_job_is_delivered_as_job_cancelled(
-    aws: AwsStack, notify: LoadedFunction, receiver: Receiver, secret: str
+    aws: AwsStack, notify: LoadedFunction, deliver: LoadedFunction, receiver: Receiver, secret: str
 ) -> None:
     api = aws.load("ApiFunction")
     body = {"input": {"prompt": "hi"}, "webhook": {"url": HOOK}}
@@ -222,10 +378,35 @@ def test_cancelled_job_is_delivered_as_job_cancelled(
     job_id = json.loads(response["body"])["id"]
     api(aws.api_event("api-cancel-job.json", job_id=job_id))
     assert notify(aws.take_event("NotifyQueue")) == {"batchItemFailures": []}
+    attempt_queued(aws, deliver)
     [delivery] = receiver.deliveries
     assert delivery["headers"]["webhook-id"] == f"msg_{job_id}_cancelled"
     payload = Webhook(secret).verify(delivery["body"], delivery["headers"])
     assert (payload["type"], payload["data"]["status"]) == ("job.cancelled", "cancelled")
+
+
+def test_rotation_signs_with_both_secrets_each_verifies_alone(
+    aws: AwsStack,
+    notify: LoadedFunction,
+    deliver: LoadedFunction,
+    receiver: Receiver,
+    secret: str,
+    finished_job: Any,
+) -> None:
+    rotated = TenantStore(aws.jobs_table).rotate_webhook_secret("acme", overlap_seconds=3600)
+    assert rotated.webhook_secret != secret and rotated.webhook_secret.startswith("whsec_")
+    _, event = finished_job({"url": HOOK})
+    notify(event)
+    attempt_queued(aws, deliver)
+    [delivery] = receiver.deliveries
+    signatures = delivery["headers"]["webhook-signature"].split(" ")
+    assert len(signatures) == 2 and all(sig.startswith("v1,") for sig in signatures)
+    for one_secret in (rotated.webhook_secret, secret):
+        Webhook(one_secret).verify(delivery["body"], delivery["headers"])
+    # After previous_valid_until only the new secret signs.
+    assert TenantStore(aws.jobs_table).signing_secrets("acme", now=rotated.previous_valid_until_ms + 1) == [
+        rotated.webhook_secret
+    ]
 
 
 def test_sample_event_for_an_unknown_job_is_dropped(
@@ -235,4 +416,4 @@ def test_sample_event_for_an_unknown_job_is_dropped(
     nothing to retry."""
     event = json.loads(SAMPLE_EVENT.read_text())
     assert notify(event) == {"batchItemFailures": []}
-    assert receiver.deliveries == []
+    assert aws.receive("WebhookDeliveryQueue") == []

@@ -15,7 +15,7 @@ from baton.clock import iso_from_ms
 from baton.errors import InvalidRequestError, JobNotFoundError, UnauthorizedError
 from baton.idempotency import idempotency_prefix
 from baton.jobs import JobService
-from baton.models import CreateJobRequest
+from baton.models import CreateJobRequest, DeliveryList, DeliveryView, RotatedWebhookSecret
 from baton.records import JobRecord
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -141,3 +141,36 @@ class JobsHttp:
             "created_at": iso_from_ms(record.created_ms),
             "delivery": "webhook" if record.webhook else "polling",
         }
+
+
+# -- webhook deliveries and secret rotation ------------------------------------------------------
+# Deliveries of a job are read and restarted through the same tenant check as the job itself.
+WEBHOOK_ID_PATTERN = re.compile(r"msg_job_[0-9a-f]{32}_[a-z_]{1,20}")
+# How long the previous secret keeps signing (beside the new one) after a rotation.
+SECRET_OVERLAP_SECONDS = 24 * 3600
+
+
+class WebhooksHttp:
+    def __init__(self, service: JobService) -> None:
+        self.service = service
+
+    def deliveries(self, event: APIGatewayProxyEvent, job_id: str) -> Response[str]:
+        found = self.service.webhooks.list(tenant_of(event), known_job_id(job_id))
+        body = DeliveryList(data=[DeliveryView.model_validate(d.public_view()) for d in found])
+        return _json(200, body.model_dump(), {})
+
+    def redeliver(self, event: APIGatewayProxyEvent, job_id: str, webhook_id: str) -> Response[str]:
+        if not WEBHOOK_ID_PATTERN.fullmatch(webhook_id):
+            raise JobNotFoundError(f"delivery {webhook_id[:80]} not found")
+        delivery = self.service.webhooks.redeliver(tenant_of(event), known_job_id(job_id), webhook_id)
+        return _json(202, DeliveryView.model_validate(delivery.public_view()).model_dump(), {})
+
+    def rotate_secret(self, event: APIGatewayProxyEvent) -> Response[str]:
+        rotated = self.service.tenants.rotate_webhook_secret(
+            tenant_of(event), overlap_seconds=SECRET_OVERLAP_SECONDS
+        )
+        body = RotatedWebhookSecret(
+            webhook_secret=rotated.webhook_secret,
+            previous_valid_until=iso_from_ms(rotated.previous_valid_until_ms),
+        )
+        return _json(200, body.model_dump(), {})

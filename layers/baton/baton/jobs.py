@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from baton import llm
 from baton.blobs import BlobStore
 from baton.clock import now_ms
-from baton.egress import BlockedAddressError, check_literal
+from baton.deliveries import WebhookService
+from baton.egress import check_literal
 from baton.errors import (
     DocumentError,
     DocumentTooLongError,
@@ -48,7 +49,6 @@ from baton.models import (
     StageCommand,
     Step,
     UploadMetadata,
-    WebhookAuth,
 )
 from baton.records import JobError, JobRecord, JobResult, Usage
 from baton.retries import Failure
@@ -56,7 +56,6 @@ from baton.settings import Settings
 from baton.store import JobStore
 from baton.tenants import TenantStore
 from baton.tools import ToolContext, expand_tools, run_tool_calls, runs_builtin_tools
-from baton.webhooks import build_payload, deliver, webhook_id
 
 logger = Logger(child=True)
 # Powertools Metrics instances share one metric set; each handler's @log_metrics flushes it.
@@ -94,6 +93,7 @@ class JobService:
         self.settings = settings
         self.store = JobStore(settings.jobs_table)
         self.tenants = TenantStore(settings.jobs_table)
+        self.webhooks = WebhookService(settings, jobs=self.store, tenants=self.tenants)
         self.blobs = BlobStore(settings.bucket)
         self.events = EventPublisher(settings.event_bus)
         self.limiter = (
@@ -500,7 +500,7 @@ class JobService:
         return failed
 
     def notify(self, detail: LifecycleDetail) -> dict[str, Any]:
-        """Deliver a terminal event to the job's webhook, if it has one. Raises to be retried."""
+        """A terminal event becomes a webhook delivery (attempted from the delivery queue)."""
         if not detail.status.is_terminal or detail.job is None:
             return {"outcome": "ignored"}
         try:
@@ -508,29 +508,7 @@ class JobService:
         except JobNotFoundError:
             logger.warning("notification for a job that no longer exists", extra={"job_id": detail.job_id})
             return {"outcome": "gone"}
-        if record.webhook is None:
-            return {"outcome": "no_webhook"}
-        started = now_ms()
-        auth = record.webhook.get("auth")
-        try:
-            status = deliver(
-                record.webhook["url"],
-                secret=self.tenants.webhook_secret(record.tenant_id),
-                message_id=webhook_id(record.job_id, detail.status),
-                payload=build_payload(detail.status, detail.job),
-                extra_headers=_auth_headers(auth),
-                timeout=self.settings.webhook_timeout_seconds,
-                allow_private=self.settings.webhook_allow_private_networks,
-            )
-        except BlockedAddressError as error:
-            # Trying again cannot help, and must not: one line, no retry.
-            logger.warning("webhook blocked", extra={"job_id": record.job_id, "reason": error.message})
-            metrics.add_metric(name="WebhooksBlocked", unit=MetricUnit.Count, value=1)
-            return {"outcome": "blocked_address"}
-        self.store.record_notification(record, notify_ms=now_ms() - started)
-        metrics.add_metric(name="WebhooksDelivered", unit=MetricUnit.Count, value=1)
-        logger.info("webhook delivered", extra={"job_id": record.job_id, "status_code": status})
-        return {"outcome": "delivered", "status_code": status}
+        return self.webhooks.intake(record, detail.status, detail.job)
 
     # -- helpers -------------------------------------------------------------------------------
     def _new_record(
@@ -757,7 +735,3 @@ def _check_stored_size(record: JobRecord) -> None:
 
 def _assistant_message(completion: llm.Completion) -> dict[str, Any]:
     return {"role": "assistant", "content": completion.text, "tool_calls": completion.tool_calls}
-
-
-def _auth_headers(auth: dict[str, Any] | None) -> dict[str, str] | None:
-    return WebhookAuth.model_validate(auth).headers() if auth else None

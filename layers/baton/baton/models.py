@@ -312,3 +312,31 @@ class DocumentView(BaseModel):
     content_type: str
     size: int | None
     status: Literal["awaiting_upload", "uploaded"]
+
+
+# -- webhook deliveries and secret rotation (responses) ---------------------------------------
+class DeliveryAttemptView(BaseModel):
+    at: str
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+class DeliveryView(BaseModel):
+    """One webhook delivery of a job: `pending` (an attempt is due), `delivered`, `failed` (410 Gone
+    or a blocked address: no retry can help) or `exhausted` (every scheduled attempt failed)."""
+
+    webhook_id: str
+    type: str
+    status: Literal["pending", "delivered", "failed", "exhausted"]
+    attempts: list[DeliveryAttemptView]
+    next_attempt_at: str | None
+
+
+class DeliveryList(BaseModel):
+    data: list[DeliveryView]
+
+
+class RotatedWebhookSecret(BaseModel):
+    webhook_secret: str
+    previous_valid_until: str

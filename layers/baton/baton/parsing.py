@@ -10,6 +10,7 @@ from aws_lambda_powertools.utilities.parser.models import (
 from pydantic import Json
 
 from baton.models import LifecycleDetail, StageCommand
+from baton.webhooks import DeliveryMessage
 
 
 class StageCommandRecord(SqsRecordModel):
@@ -34,3 +35,9 @@ class UploadEventRecord(SqsRecordModel):
     """ingest: an S3 "Object Created" event routed from the default bus to the ingest queue."""
 
     body: Json[S3EventNotificationEventBridgeModel]
+
+
+class DeliveryMessageRecord(SqsRecordModel):
+    """deliver: one webhook attempt to make (baton.webhooks.DeliveryMessage)."""
+
+    body: Json[DeliveryMessage]

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     extract_queue_url: str = Field("", alias="EXTRACT_QUEUE_URL")
     infer_queue_url: str = Field("", alias="INFER_QUEUE_URL")
     tool_queue_url: str = Field("", alias="TOOL_QUEUE_URL")
+    webhook_queue_url: str = Field("", alias="WEBHOOK_QUEUE_URL")
 
     # The model endpoint follows the openai client's own variables.
     model: str = Field("baton-local", alias="BATON_MODEL", min_length=1)
@@ -77,7 +78,7 @@ class Settings(BaseSettings):
     # The model's context window in tokens (ModelContextTokens): longer documents are split (map-reduce),
     # cut (truncate) or refused (fail), as the job's parameters.long_document says.
     model_context_tokens: int = Field(32_768, alias="MODEL_CONTEXT_TOKENS", ge=1024)
-    webhook_timeout_seconds: float = Field(10.0, alias="BATON_WEBHOOK_TIMEOUT_SECONDS", gt=0)
+    webhook_timeout_seconds: float = Field(15.0, alias="BATON_WEBHOOK_TIMEOUT_SECONDS", gt=0)
     result_url_expiry_seconds: int = Field(3600, alias="BATON_RESULT_URL_EXPIRY_SECONDS", ge=60)
     retry_after_seconds: int = Field(2, alias="BATON_RETRY_AFTER_SECONDS", ge=1)
     # Webhooks (template parameters WebhookRetrySchedule, WebhookAllowPrivateNetworks).

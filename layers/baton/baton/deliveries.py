@@ -1,0 +1,193 @@
+"""WebhookService: terminal events become deliveries; each queue message is one attempt."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from baton.clock import now_ms
+from baton.errors import JobNotFoundError
+from baton.models import JobStatus, WebhookAuth
+from baton.records import JobRecord
+from baton.settings import Settings
+from baton.store import JobStore
+from baton.tenants import TenantStore
+from baton.webhooks import (
+    DELIVERED,
+    EXHAUSTED,
+    FAILED,
+    PENDING,
+    WEBHOOK_TYPES,
+    Delivery,
+    DeliveryMessage,
+    DeliveryNotFoundError,
+    DeliveryQueue,
+    DeliveryStore,
+    build_payload,
+    count,
+    next_delay,
+    post_once,
+    signed_headers,
+    webhook_id,
+)
+
+logger = Logger(child=True)
+
+# A message that arrives up to this early is attempted now rather than sent round again.
+EARLY_MS = 500
+
+
+class AttemptNotRecordedYet(Exception):
+    """A message for attempt N+1 arrived before attempt N was recorded: SQS brings it back later."""
+
+
+class WebhookService:
+    def __init__(self, settings: Settings, *, jobs: JobStore, tenants: TenantStore) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.tenants = tenants
+        self.store = DeliveryStore(settings.jobs_table)
+        self.queue = DeliveryQueue(settings.webhook_queue_url)
+
+    @property
+    def _timeout(self) -> float:
+        return self.settings.webhook_timeout_seconds
+
+    @property
+    def _claim_ms(self) -> int:
+        # Longer than an attempt can take (token fetch, POST, a second POST after a 401).
+        return int(self._timeout * 4 * 1000) + 10_000
+
+    # -- terminal event -> delivery ------------------------------------------------------------
+    def intake(self, record: JobRecord, status: JobStatus, job_view: dict[str, Any]) -> dict[str, Any]:
+        if record.webhook is None:
+            return {"outcome": "no_webhook"}
+        now = now_ms()
+        delivery = Delivery(
+            tenant_id=record.tenant_id,
+            job_id=record.job_id,
+            webhook_id=webhook_id(record.job_id, status),
+            type=WEBHOOK_TYPES[status],
+            url=str(record.webhook["url"]),
+            data=job_view,
+            expires_at=record.expires_at,
+            next_attempt_ms=now,
+            auth=record.webhook.get("auth"),
+        )
+        if not self.store.create(delivery):
+            delivery = self.store.get(record.tenant_id, record.job_id, delivery.webhook_id)
+            if delivery.status != PENDING or delivery.attempt > 0 or delivery.series > 0:
+                return {"outcome": "duplicate", "webhook_id": delivery.webhook_id}
+        # Sent again when the event comes again before any attempt: the claim keeps it to one.
+        self.queue.send(self._message(delivery, due_ms=now), now=now)
+        return {"outcome": "queued", "webhook_id": delivery.webhook_id}
+
+    # -- one attempt ---------------------------------------------------------------------------
+    def attempt(self, message: DeliveryMessage) -> dict[str, Any]:
+        try:
+            delivery = self.store.get(message.tenant_id, message.job_id, message.webhook_id)
+        except DeliveryNotFoundError:
+            logger.info("delivery gone (expired)", extra={"webhook_id": message.webhook_id})
+            return {"outcome": "gone"}
+        if delivery.series != message.series or delivery.status != PENDING:
+            return {"outcome": "stale"}
+        if message.attempt > delivery.attempt:
+            raise AttemptNotRecordedYet(f"{message.webhook_id}: attempt {delivery.attempt} not recorded yet")
+        if message.attempt < delivery.attempt:
+            return {"outcome": "stale"}
+        now = now_ms()
+        if message.due_ms > now + EARLY_MS:
+            self.queue.send(message, now=now)  # SQS delays 15 minutes at most: one more hop
+            return {"outcome": "waiting", "due_ms": message.due_ms}
+        if not self.store.claim(delivery, now=now, hold_ms=self._claim_ms):
+            return {"outcome": "claimed_elsewhere"}
+        return self._attempt(delivery)
+
+    def _attempt(self, delivery: Delivery) -> dict[str, Any]:
+        payload = build_payload(delivery.type, delivery.data)
+        headers = {
+            **_auth_headers(delivery.auth),
+            **signed_headers(self.tenants.signing_secrets(delivery.tenant_id), delivery.webhook_id, payload),
+        }
+        outcome = post_once(
+            delivery.url,
+            payload=payload,
+            headers=headers,
+            timeout=self._timeout,
+            allow_private=self.settings.webhook_allow_private_networks,
+        )
+        made = delivery.attempt + 1
+        next_ms: int | None = None
+        if outcome.delivered:
+            status = DELIVERED
+        elif outcome.stop:
+            status = FAILED
+        else:
+            delay = next_delay(self.settings.webhook_retry_delays, made, outcome.retry_after)
+            status = EXHAUSTED if delay is None else PENDING
+            if delay is not None:
+                next_ms = now_ms() + int(delay * 1000)
+                # Queued before the attempt is recorded: if we die in between, this message waits
+                # (AttemptNotRecordedYet) for the redelivered attempt to record it.
+                self.queue.send(self._message(delivery, due_ms=next_ms, attempt=made), now=now_ms())
+        self.store.record_attempt(delivery, outcome.attempt, status=status, next_ms=next_ms)
+        self._report(delivery, status, outcome.attempt.status_code, outcome.attempt.error)
+        return {"outcome": status, "status_code": outcome.attempt.status_code, "attempt": made}
+
+    def _report(self, delivery: Delivery, status: str, status_code: int | None, error: str | None) -> None:
+        context = {
+            "job_id": delivery.job_id,
+            "webhook_id": delivery.webhook_id,
+            "attempt": delivery.attempt,
+            "status_code": status_code,
+            "error": error,
+        }
+        if status == DELIVERED:
+            count("WebhooksDelivered")
+            logger.info("webhook delivered", extra=context)
+            self._record_timing(delivery)
+            return
+        count("WebhookAttemptsFailed")
+        # One line per failed attempt, never a traceback.
+        logger.warning("webhook attempt failed", extra={**context, "delivery_status": status})
+        if status == EXHAUSTED:
+            count("WebhooksExhausted")
+        elif status == FAILED:
+            count("WebhooksFailed")
+
+    def _record_timing(self, delivery: Delivery) -> None:
+        try:
+            job = self.jobs.get(delivery.tenant_id, delivery.job_id)
+        except JobNotFoundError:
+            return
+        # timings.notify_ms: how long the delivering attempt took.
+        self.jobs.record_notification(job, notify_ms=delivery.attempts[-1].duration_ms)
+
+    # -- API -----------------------------------------------------------------------------------
+    def list(self, tenant_id: str, job_id: str) -> list[Delivery]:
+        self.jobs.get(tenant_id, job_id)  # 404 for unknown and foreign jobs
+        return self.store.list(tenant_id, job_id)
+
+    def redeliver(self, tenant_id: str, job_id: str, message_id: str) -> Delivery:
+        self.jobs.get(tenant_id, job_id)
+        delivery = self.store.restart(self.store.get(tenant_id, job_id, message_id), now=now_ms())
+        now = now_ms()
+        self.queue.send(self._message(delivery, due_ms=now), now=now)
+        logger.info("webhook redelivery", extra={"job_id": job_id, "webhook_id": message_id})
+        return delivery
+
+    @staticmethod
+    def _message(delivery: Delivery, *, due_ms: int, attempt: int | None = None) -> DeliveryMessage:
+        return DeliveryMessage(
+            tenant_id=delivery.tenant_id,
+            job_id=delivery.job_id,
+            webhook_id=delivery.webhook_id,
+            series=delivery.series,
+            attempt=delivery.attempt if attempt is None else attempt,
+            due_ms=due_ms,
+        )
+
+
+def _auth_headers(auth: dict[str, Any] | None) -> dict[str, str]:
+    return WebhookAuth.model_validate(auth).headers() if auth else {}
