@@ -154,6 +154,20 @@ def keys_create(
     )
 
 
+@keys_app.command("rotate-webhook-secret")
+def keys_rotate_webhook_secret(
+    api_key: ApiKeyOption = None,
+    state_dir: StateDirOption = None,
+    api_url: ApiUrlOption = None,
+) -> None:
+    """New webhook secret for your API key's tenant; the previous one keeps signing (beside it)
+    until previous_valid_until. Prints {"webhook_secret", "previous_valid_until"}."""
+    client, _ = _client(api_key, state_dir, api_url)
+    with client:
+        rotated = _call(client.rotate_webhook_secret)
+    typer.echo(json.dumps(rotated))
+
+
 @app.command()
 def url(
     stack: Annotated[

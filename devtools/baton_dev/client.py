@@ -151,6 +151,10 @@ class BatonClient:
         """GET /v1/documents/{id}."""
         return _json_object(self._request("GET", f"/v1/documents/{document_id}"))
 
+    def rotate_webhook_secret(self) -> dict[str, Any]:
+        """POST /v1/webhook-secret/rotate: {"webhook_secret", "previous_valid_until"}."""
+        return _json_object(self._request("POST", "/v1/webhook-secret/rotate"))
+
     # -- plumbing -----------------------------------------------------------------------------------
     def _request(
         self,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -222,3 +226,26 @@ def test_rotation_signs_with_both_secrets(local_stack: LocalStack) -> None:
             assert old.wait_for(1, DELIVERY_TIMEOUT_S)[0].verified
             signature = new.events[0].headers["webhook-signature"]
         assert len(signature.split(" ")) == 2
+
+
+def test_cli_rotates_the_webhook_secret(local_stack: LocalStack) -> None:
+    tenant = local_stack.create_tenant("rotating-cli")
+    answer = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "baton"),
+            "keys",
+            "rotate-webhook-secret",
+            "--api-key",
+            tenant.api_key,
+            "--state-dir",
+            str(local_stack.log_path.parent),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rotated = json.loads(answer.stdout)
+    assert (
+        rotated["webhook_secret"].startswith("whsec_") and rotated["webhook_secret"] != tenant.webhook_secret
+    )
+    assert datetime.fromisoformat(rotated["previous_valid_until"]).timestamp() > time.time()

@@ -67,7 +67,7 @@ def test_full_body_is_accepted() -> None:
     )
     assert request.input.text_length() == len("Be brief.") + len("Hello")
     assert request.webhook is not None and request.webhook.auth is not None
-    assert request.webhook.auth.headers() == {"Authorization": "Bearer t"}
+    assert (request.webhook.auth.type, request.webhook.auth.token) == ("bearer", "t")
 
 
 def test_input_is_required() -> None:
@@ -184,9 +184,12 @@ def test_webhook_auth_must_be_complete(auth: dict[str, Any]) -> None:
     } == {"webhook"}
 
 
-def test_header_webhook_auth_headers() -> None:
-    auth = WebhookAuth.model_validate({"type": "header", "name": "X-Api-Key", "value": "secret"})
-    assert auth.headers() == {"X-Api-Key": "secret"}
+def test_header_webhook_auth_may_not_replace_the_signature() -> None:
+    WebhookAuth.model_validate({"type": "header", "name": "X-Api-Key", "value": "secret"})
+    with pytest.raises(ValidationError, match="may not set"):
+        WebhookAuth.model_validate({"type": "header", "name": "webhook-signature", "value": "v1,x"})
+    with pytest.raises(ValidationError, match="may not forward"):
+        WebhookAuth.model_validate({"type": "on_behalf", "header": "Authorization"})
 
 
 def test_stage_command_round_trips_and_is_strict() -> None:

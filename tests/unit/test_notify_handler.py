@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -417,3 +418,170 @@ def test_sample_event_for_an_unknown_job_is_dropped(
     event = json.loads(SAMPLE_EVENT.read_text())
     assert notify(event) == {"batchItemFailures": []}
     assert aws.receive("WebhookDeliveryQueue") == []
+
+
+# -- receiver authentication (webhook.auth) -----------------------------------------------------
+AUTH_CASES = {
+    "basic": (
+        {"type": "basic", "username": "baton", "password": "s3cret-pw"},
+        "authorization",
+        "Basic YmF0b246czNjcmV0LXB3",
+    ),
+    "bearer": ({"type": "bearer", "token": "s3cret-token"}, "authorization", "Bearer s3cret-token"),
+    "header": (
+        {"type": "header", "name": "X-Receiver-Key", "value": "s3cret-k1"},
+        "x-receiver-key",
+        "s3cret-k1",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", AUTH_CASES.values(), ids=AUTH_CASES.keys())
+def test_auth_is_sent_and_stored_encrypted(
+    aws: AwsStack,
+    notify: LoadedFunction,
+    deliver: LoadedFunction,
+    receiver: Receiver,
+    secret: str,
+    finished_job: Any,
+    case: tuple[dict[str, Any], str, str],
+) -> None:
+    auth, header, expected = case
+    job_id, event = finished_job({"url": HOOK, "auth": auth})
+    notify(event)
+    attempt_queued(aws, deliver)
+    [delivery] = receiver.deliveries
+    assert delivery["headers"][header] == expected
+    Webhook(secret).verify(delivery["body"], delivery["headers"])
+    assert_no_plaintext(aws, job_id, "s3cret")
+
+
+def assert_no_plaintext(aws: AwsStack, job_id: str, needle: str) -> None:
+    """Neither the job item nor its delivery items, nor GET, hold the credentials in plain text."""
+    table = boto3.client("dynamodb")
+    items = table.scan(TableName=aws.jobs_table)["Items"]
+    mine = [item for item in items if job_id in json.dumps(item)]
+    assert len(mine) >= 2  # the job and its delivery
+    assert needle not in json.dumps(mine)
+    api = aws.load("ApiFunction")
+    answer = api(aws.api_event("api-get-job.json", job_id=job_id))
+    assert answer["statusCode"] == 200 and needle not in answer["body"]
+
+
+def test_query_auth_is_added_to_the_url(
+    aws: AwsStack,
+    notify: LoadedFunction,
+    deliver: LoadedFunction,
+    receiver: Receiver,
+    secret: str,
+    finished_job: Any,
+) -> None:
+    _, event = finished_job(
+        {"url": HOOK + "?tenant=a", "auth": {"type": "query", "name": "key", "value": "q1"}}
+    )
+    notify(event)
+    attempt_queued(aws, deliver)
+    assert receiver.deliveries[0]["url"] == HOOK + "?tenant=a&key=q1"
+
+
+def test_on_behalf_forwards_the_submitting_requests_header(
+    aws: AwsStack,
+    notify: LoadedFunction,
+    deliver: LoadedFunction,
+    receiver: Receiver,
+    secret: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api, infer = aws.load("ApiFunction"), aws.load("InferFunction")
+    answer = Completion(text="Done.", finish_reason="stop", tool_calls=None, usage=Usage(total_tokens=5))
+    monkeypatch.setattr(baton.llm, "complete", lambda *args, **kwargs: answer)
+    body = {
+        "input": {"prompt": "hi"},
+        "webhook": {"url": HOOK, "auth": {"type": "on_behalf", "header": "X-User-Token"}},
+    }
+    refused = api(aws.api_event("api-create-job.json", body=body, drop_headers=("Idempotency-Key",)))
+    assert (
+        refused["statusCode"] == 422
+        and json.loads(refused["body"])["error"]["field"] == "webhook.auth.header"
+    )
+    response = api(
+        aws.api_event(
+            "api-create-job.json",
+            body=body,
+            drop_headers=("Idempotency-Key",),
+            headers={"X-User-Token": "s3cret-user"},
+        )
+    )
+    job_id = json.loads(response["body"])["id"]
+    infer(aws.take_event("InferQueue"))
+    notify(aws.take_event("NotifyQueue"))
+    attempt_queued(aws, deliver)
+    assert receiver.deliveries[0]["headers"]["x-user-token"] == "s3cret-user"
+    assert_no_plaintext(aws, job_id, "s3cret")
+
+
+def test_oauth2_token_is_cached_and_fetched_again_once_on_401(
+    aws: AwsStack,
+    notify: LoadedFunction,
+    deliver: LoadedFunction,
+    secret: str,
+    finished_job: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    issued: list[str] = []
+    revoked: set[str] = set()
+    posts: list[str] = []
+
+    def network(request: httpx.Request) -> httpx.Response:
+        if request.headers["host"] == "auth.example.com":
+            assert request.headers["authorization"] == "Basic " + base64.b64encode(b"cid:s3cret-cs").decode()
+            assert b"grant_type=client_credentials" in request.content and b"scope=hooks" in request.content
+            issued.append(f"tok{len(issued)}")
+            return httpx.Response(200, json={"access_token": issued[-1], "expires_in": 3600})
+        token = request.headers["authorization"].removeprefix("Bearer ")
+        posts.append(token)
+        return httpx.Response(401 if token in revoked else 204)
+
+    patch_network(monkeypatch, network)
+    oauth = {
+        "type": "oauth2",
+        "token_url": "https://auth.example.com/token",
+        "client_id": "cid",
+        "client_secret": "s3cret-cs",
+        "scope": "hooks",
+    }
+    first_job, first = finished_job({"url": HOOK, "auth": oauth})
+    _, second = finished_job({"url": HOOK, "auth": oauth})
+    notify({"Records": first["Records"]})
+    attempt_queued(aws, deliver)
+    notify({"Records": second["Records"]})
+    attempt_queued(aws, deliver)
+    assert issued == ["tok0"] and posts == ["tok0", "tok0"]  # cached until it expires
+    revoked.add("tok0")
+    _, third = finished_job({"url": HOOK, "auth": oauth})
+    notify({"Records": third["Records"]})
+    attempt_queued(aws, deliver)
+    assert issued == ["tok0", "tok1"] and posts[2:] == ["tok0", "tok1"]  # once again after a 401
+    assert_no_plaintext(aws, first_job, "s3cret")
+
+
+def test_oauth2_token_url_is_subject_to_the_egress_rule(
+    aws: AwsStack,
+    notify: LoadedFunction,
+    deliver: LoadedFunction,
+    receiver: Receiver,
+    secret: str,
+    finished_job: Any,
+) -> None:
+    oauth = {
+        "type": "oauth2",
+        "token_url": "http://169.254.169.254/token",
+        "client_id": "c",
+        "client_secret": "s",
+    }
+    job_id, event = finished_job({"url": HOOK, "auth": oauth})
+    notify(event)
+    attempt_queued(aws, deliver)
+    assert receiver.deliveries == []
+    [logged] = deliveries(aws, job_id)
+    assert (logged["status"], logged["attempts"][0]["error"]) == ("failed", "blocked_address")

@@ -24,6 +24,7 @@ FUNCTIONS = {
     "ExtractFunction": "extract",
     "InferFunction": "infer",
     "NotifyFunction": "notify",
+    "DeliverFunction": "deliver",
     "ToolFunction": "tool",
     "SweeperFunction": "sweeper",
     "DeadLetterFunction": "deadletter",
@@ -91,6 +92,9 @@ def test_api_routes_and_authorizer(app_template: AppTemplate) -> None:
         ("DELETE", "/v1/jobs/{job_id}"),
         ("POST", "/v1/documents"),
         ("GET", "/v1/documents/{document_id}"),
+        ("GET", "/v1/jobs/{job_id}/deliveries"),
+        ("POST", "/v1/jobs/{job_id}/deliveries/{webhook_id}/redeliver"),
+        ("POST", "/v1/webhook-secret/rotate"),
     }
     assert {route.function for route in routes.values()} == {"ApiFunction"}
     assert {route.authorizer for route in routes.values()} == {"ApiKeyAuthorizer"}
@@ -114,6 +118,7 @@ def test_every_stage_function_is_fed_by_one_sqs_queue(app_template: AppTemplate)
         "ExtractFunction": "ExtractQueue",
         "InferFunction": "InferQueue",
         "NotifyFunction": "NotifyQueue",
+        "DeliverFunction": "WebhookDeliveryQueue",
         "ToolFunction": "ToolQueue",
     }
 
@@ -164,7 +169,7 @@ def test_dead_letters_are_alarmed_on_arrival_not_on_depth(app_template: AppTempl
 
 def test_every_event_source_reports_batch_item_failures(app_template: AppTemplate) -> None:
     mappings = resources(app_template, "AWS::Lambda::EventSourceMapping")
-    assert len(mappings) == len(app_template.sqs_sources) == 8  # 5 stages + 3 job-step DLQs
+    assert len(mappings) == len(app_template.sqs_sources) == 9  # 5 stages + webhook attempts + 3 job-step DLQs
     for logical_id, mapping in mappings.items():
         assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"], logical_id
         concurrency = int(

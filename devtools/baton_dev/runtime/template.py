@@ -32,6 +32,7 @@ DATA_PLANE_TYPES = frozenset(
         "AWS::CloudWatch::Alarm",
         # Execution roles: the local runtime assumes them, so moto enforces what they allow.
         "AWS::IAM::Role",
+        "AWS::KMS::Key",
     }
 )
 # The pseudo parameter CloudFormation removes wherever it appears (`!Ref AWS::NoValue`).

@@ -17,6 +17,7 @@ from baton.idempotency import idempotency_prefix
 from baton.jobs import JobService
 from baton.models import CreateJobRequest, DeliveryList, DeliveryView, RotatedWebhookSecret
 from baton.records import JobRecord
+from baton.webhook_auth import forwarded_value
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 # Every job id Baton makes (new, keyed and upload ids) has this shape. Anything else is unknown
@@ -76,6 +77,14 @@ class JobsHttp:
 
     def create(self, event: APIGatewayProxyEvent, body: CreateJobRequest) -> Response[str]:
         tenant_id = tenant_of(event)
+        if (
+            body.webhook is not None
+            and body.webhook.auth is not None
+            and body.webhook.auth.type == "on_behalf"
+        ):
+            # Forwarded as received: the value is sealed with the rest of the credentials.
+            auth = forwarded_value(body.webhook.auth, dict(event.headers))
+            body = body.model_copy(update={"webhook": body.webhook.model_copy(update={"auth": auth})})
         key = event.headers.get("idempotency-key") or event.headers.get("Idempotency-Key")
         submission = {"tenant_id": tenant_id, "body": body.model_dump(mode="json"), "idempotency_key": key}
         if key is None:

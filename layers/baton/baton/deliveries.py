@@ -7,18 +7,21 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from baton.clock import now_ms
+from baton.egress import BlockedAddressError
 from baton.errors import JobNotFoundError
 from baton.models import JobStatus, WebhookAuth
 from baton.records import JobRecord
 from baton.settings import Settings
 from baton.store import JobStore
 from baton.tenants import TenantStore
+from baton.webhook_auth import TokenCache, TokenFetchError, apply, unseal
 from baton.webhooks import (
     DELIVERED,
     EXHAUSTED,
     FAILED,
     PENDING,
     WEBHOOK_TYPES,
+    AttemptOutcome,
     Delivery,
     DeliveryMessage,
     DeliveryNotFoundError,
@@ -26,6 +29,7 @@ from baton.webhooks import (
     DeliveryStore,
     build_payload,
     count,
+    failed_before_sending,
     next_delay,
     post_once,
     signed_headers,
@@ -33,6 +37,8 @@ from baton.webhooks import (
 )
 
 logger = Logger(child=True)
+# OAuth2 tokens, shared by the attempts of this execution environment.
+TOKENS = TokenCache()
 
 # A message that arrives up to this early is attempted now rather than sent round again.
 EARLY_MS = 500
@@ -73,7 +79,7 @@ class WebhookService:
             data=job_view,
             expires_at=record.expires_at,
             next_attempt_ms=now,
-            auth=record.webhook.get("auth"),
+            auth_sealed=record.webhook.get("auth_sealed"),
         )
         if not self.store.create(delivery):
             delivery = self.store.get(record.tenant_id, record.job_id, delivery.webhook_id)
@@ -106,17 +112,14 @@ class WebhookService:
 
     def _attempt(self, delivery: Delivery) -> dict[str, Any]:
         payload = build_payload(delivery.type, delivery.data)
-        headers = {
-            **_auth_headers(delivery.auth),
-            **signed_headers(self.tenants.signing_secrets(delivery.tenant_id), delivery.webhook_id, payload),
-        }
-        outcome = post_once(
-            delivery.url,
-            payload=payload,
-            headers=headers,
-            timeout=self._timeout,
-            allow_private=self.settings.webhook_allow_private_networks,
+        signed = signed_headers(
+            self.tenants.signing_secrets(delivery.tenant_id), delivery.webhook_id, payload
         )
+        auth = unseal(delivery.auth_sealed, tenant_id=delivery.tenant_id) if delivery.auth_sealed else None
+        outcome = self._post(delivery.url, auth, payload, signed, fresh_token=False)
+        if auth is not None and auth.type == "oauth2" and outcome.attempt.status_code == 401:
+            # The cached token may have been revoked: fetch it again, once.
+            outcome = self._post(delivery.url, auth, payload, signed, fresh_token=True)
         made = delivery.attempt + 1
         next_ms: int | None = None
         if outcome.delivered:
@@ -134,6 +137,31 @@ class WebhookService:
         self.store.record_attempt(delivery, outcome.attempt, status=status, next_ms=next_ms)
         self._report(delivery, status, outcome.attempt.status_code, outcome.attempt.error)
         return {"outcome": status, "status_code": outcome.attempt.status_code, "attempt": made}
+
+    def _post(
+        self, url: str, auth: WebhookAuth | None, payload: str, signed: dict[str, str], *, fresh_token: bool
+    ) -> AttemptOutcome:
+        allow_private = self.settings.webhook_allow_private_networks
+        try:
+            target, auth_headers = apply(
+                auth,
+                url,
+                tokens=TOKENS,
+                timeout=self._timeout,
+                allow_private=allow_private,
+                fresh_token=fresh_token,
+            )
+        except BlockedAddressError:
+            return failed_before_sending("blocked_address", stop=True)
+        except TokenFetchError as error:
+            return failed_before_sending(f"oauth2_token: {error}", stop=False)
+        return post_once(
+            target,
+            payload=payload,
+            headers={**auth_headers, **signed},
+            timeout=self._timeout,
+            allow_private=allow_private,
+        )
 
     def _report(self, delivery: Delivery, status: str, status_code: int | None, error: str | None) -> None:
         context = {
@@ -187,7 +215,3 @@ class WebhookService:
             attempt=delivery.attempt if attempt is None else attempt,
             due_ms=due_ms,
         )
-
-
-def _auth_headers(auth: dict[str, Any] | None) -> dict[str, str]:
-    return WebhookAuth.model_validate(auth).headers() if auth else {}

@@ -56,6 +56,7 @@ from baton.settings import Settings
 from baton.store import JobStore
 from baton.tenants import TenantStore
 from baton.tools import ToolContext, expand_tools, run_tool_calls, runs_builtin_tools
+from baton.webhook_auth import seal
 
 logger = Logger(child=True)
 # Powertools Metrics instances share one metric set; each handler's @log_metrics flushes it.
@@ -123,6 +124,9 @@ class JobService:
             )
         if request.webhook is not None and not self.settings.webhook_allow_private_networks:
             check_literal(str(request.webhook.url.host or ""), field="webhook.url")
+            token_url = request.webhook.auth.token_url if request.webhook.auth else None
+            if token_url is not None:
+                check_literal(str(token_url.host or ""), field="webhook.auth.token_url")
         document_key = None
         if request.document is not None:
             document_key = self._document_key(tenant_id, request)
@@ -533,11 +537,22 @@ class JobService:
             deadline_ms=now + timeout * 1000,
             metadata=dict(request.metadata),
             request=request.model_dump(mode="json", exclude={"webhook"}, exclude_none=True),
-            webhook=request.webhook.model_dump(mode="json", exclude_none=True) if request.webhook else None,
+            webhook=self._stored_webhook(tenant_id, request),
             document_key=document_key,
             source=source,
             idempotency_key=idempotency_key,
         )
+
+    def _stored_webhook(self, tenant_id: str, request: CreateJobRequest) -> dict[str, Any] | None:
+        """The webhook as stored: its credentials sealed with KMS, never in plain text."""
+        if request.webhook is None:
+            return None
+        stored: dict[str, Any] = {"url": str(request.webhook.url)}
+        if request.webhook.auth is not None:
+            stored["auth_sealed"] = seal(
+                request.webhook.auth, key_id=self.settings.webhook_auth_key_id, tenant_id=tenant_id
+            )
+        return stored
 
     def _document_key(self, tenant_id: str, request: CreateJobRequest) -> str:
         document = request.document

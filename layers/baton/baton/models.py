@@ -143,28 +143,54 @@ class JobParameters(BaseModel):
         return value
 
 
+HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-]{1,64}$")]
+Secret = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+# Headers Baton sets itself: an auth header may not replace them.
+RESERVED_HEADERS = frozenset(
+    {"content-type", "content-length", "host", "webhook-id", "webhook-timestamp", "webhook-signature"}
+)
+
+
 class WebhookAuth(BaseModel):
-    """Extra credentials Baton adds when calling the receiver (besides the signature)."""
+    """Credentials Baton adds when calling the receiver (besides the signature). Stored encrypted;
+    never returned by any GET."""
 
     model_config = _STRICT
 
-    type: Literal["bearer", "header"]
-    token: str | None = Field(None, min_length=1, max_length=4096)
-    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-]{1,64}$")] | None = None
-    value: str | None = Field(None, max_length=4096)
+    type: Literal["basic", "bearer", "header", "query", "oauth2", "on_behalf"]
+    username: Secret | None = None
+    password: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    token: Secret | None = None
+    name: HeaderName | None = None
+    value: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    token_url: AnyHttpUrl | None = None
+    client_id: Secret | None = None
+    client_secret: Secret | None = None
+    scope: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    audience: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    header: HeaderName | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> WebhookAuth:
-        if self.type == "bearer" and not self.token:
-            raise ValueError("bearer auth needs token")
-        if self.type == "header" and not (self.name and self.value):
-            raise ValueError("header auth needs name and value")
+        needs = {
+            "basic": ("username", "password"),
+            "bearer": ("token",),
+            "header": ("name", "value"),
+            "query": ("name", "value"),
+            "oauth2": ("token_url", "client_id", "client_secret"),
+            "on_behalf": ("header",),
+        }[self.type]
+        missing = [name for name in needs if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"{self.type} auth needs {' and '.join(missing)}")
+        if self.type == "header" and str(self.name).lower() in RESERVED_HEADERS:
+            raise ValueError(f"header auth may not set {self.name}")
+        if self.type == "on_behalf" and str(self.header).lower() in RESERVED_HEADERS | {"authorization"}:
+            # Authorization carries the tenant's Baton API key: never forwarded.
+            raise ValueError(f"on_behalf may not forward {self.header}")
+        if self.token_url is not None and (self.token_url.username or self.token_url.password):
+            raise ValueError("credentials inside token_url are not allowed")
         return self
-
-    def headers(self) -> dict[str, str]:
-        if self.type == "bearer":
-            return {"Authorization": f"Bearer {self.token}"}
-        return {str(self.name): str(self.value)}
 
 
 class WebhookSpec(BaseModel):

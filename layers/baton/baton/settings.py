@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     infer_queue_url: str = Field("", alias="INFER_QUEUE_URL")
     tool_queue_url: str = Field("", alias="TOOL_QUEUE_URL")
     webhook_queue_url: str = Field("", alias="WEBHOOK_QUEUE_URL")
+    # KMS key that seals webhook.auth credentials at rest (template: WebhookAuthKey).
+    webhook_auth_key_id: str = Field("", alias="WEBHOOK_AUTH_KEY_ID")
 
     # The model endpoint follows the openai client's own variables.
     model: str = Field("baton-local", alias="BATON_MODEL", min_length=1)

@@ -133,7 +133,7 @@ class Delivery:
     attempt: int = 0
     attempts: list[Attempt] = field(default_factory=list)
     next_attempt_ms: int | None = None
-    auth: dict[str, Any] | None = None
+    auth_sealed: str | None = None  # webhook.auth, KMS-encrypted (baton.webhook_auth)
 
     def to_item(self) -> dict[str, Any]:
         item: dict[str, Any] = {
@@ -151,8 +151,8 @@ class Delivery:
         }
         if self.next_attempt_ms is not None:
             item["next_attempt_ms"] = self.next_attempt_ms
-        if self.auth is not None:
-            item["auth"] = json.dumps(self.auth)
+        if self.auth_sealed is not None:
+            item["auth_sealed"] = self.auth_sealed
         return item
 
     @classmethod
@@ -170,7 +170,7 @@ class Delivery:
             attempt=int(item["attempt"]),
             attempts=[Attempt.model_validate(a) for a in json.loads(item["attempts"])],
             next_attempt_ms=int(item["next_attempt_ms"]) if "next_attempt_ms" in item else None,
-            auth=json.loads(item["auth"]) if "auth" in item else None,
+            auth_sealed=str(item["auth_sealed"]) if "auth_sealed" in item else None,
         )
 
     def public_view(self) -> dict[str, Any]:
@@ -350,6 +350,13 @@ def post_once(
         at=iso_from_ms(started_ms), status_code=status_code, error=error, duration_ms=round(duration * 1000)
     )
     return AttemptOutcome(attempt=attempt, delivered=delivered, stop=stop, retry_after=retry_after)
+
+
+def failed_before_sending(error: str, *, stop: bool) -> AttemptOutcome:
+    """An attempt that ended before its POST (blocked token URL, token endpoint down)."""
+    return AttemptOutcome(
+        attempt=Attempt(at=iso_from_ms(now_ms()), error=error, duration_ms=0), delivered=False, stop=stop
+    )
 
 
 def next_delay(schedule: list[float], attempts_made: int, retry_after: float | None) -> float | None:
