@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -249,3 +252,84 @@ def test_cli_rotates_the_webhook_secret(local_stack: LocalStack) -> None:
         rotated["webhook_secret"].startswith("whsec_") and rotated["webhook_secret"] != tenant.webhook_secret
     )
     assert datetime.fromisoformat(rotated["previous_valid_until"]).timestamp() > time.time()
+
+
+# -- receiver authentication -------------------------------------------------------------------
+class TokenServer:
+    """A tiny OAuth2 client-credentials endpoint on 127.0.0.1: counts the tokens it issues."""
+
+    def __init__(self) -> None:
+        self.issued: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                form = self.rfile.read(length).decode()
+                expected = "Basic " + base64.b64encode(b"cid:client-s3cret").decode()
+                ok = self.headers.get("Authorization") == expected and "grant_type=client_credentials" in form
+                server.issued.append(f"token-{len(server.issued)}")
+                body = json.dumps({"access_token": server.issued[-1], "expires_in": 3600}).encode()
+                self.send_response(200 if ok else 401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/token"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_each_auth_mode_reaches_the_receiver(api: httpx.Client, tenant: Tenant) -> None:
+    tokens = TokenServer()
+    try:
+        with WebhookReceiver(tenant.webhook_secret) as receiver:
+            modes: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
+                "basic": ({"type": "basic", "username": "u", "password": "p-s3cret"}, {}),
+                "bearer": ({"type": "bearer", "token": "b-s3cret"}, {}),
+                "header": ({"type": "header", "name": "X-Hook-Key", "value": "h-s3cret"}, {}),
+                "query": ({"type": "query", "name": "key", "value": "q-s3cret"}, {}),
+                "oauth2": (
+                    {
+                        "type": "oauth2",
+                        "token_url": tokens.url,
+                        "client_id": "cid",
+                        "client_secret": "client-s3cret",
+                    },
+                    {},
+                ),
+                "on_behalf": ({"type": "on_behalf", "header": "X-User-Token"}, {"X-User-Token": "u-s3cret"}),
+            }
+            jobs = {}
+            for mode, (auth, headers) in modes.items():
+                answer = api.post(
+                    "/v1/jobs",
+                    json={"input": PROMPT, "webhook": {"url": receiver.url, "auth": auth}},
+                    headers=headers,
+                )
+                assert answer.status_code == 202, (mode, answer.text)
+                jobs[answer.json()["id"]] = mode
+            events = receiver.wait_for(len(modes), DELIVERY_TIMEOUT_S)
+            for job_id in jobs:
+                view = api.get(f"/v1/jobs/{job_id}").text + api.get(f"/v1/jobs/{job_id}/deliveries").text
+                assert "s3cret" not in view  # never returned by any GET
+    finally:
+        tokens.stop()
+    seen = {jobs[event.payload["data"]["id"]]: event for event in events}
+    assert all(event.verified for event in events)
+    assert seen["basic"].headers["authorization"] == "Basic " + base64.b64encode(b"u:p-s3cret").decode()
+    assert seen["bearer"].headers["authorization"] == "Bearer b-s3cret"
+    assert seen["header"].headers["x-hook-key"] == "h-s3cret"
+    assert seen["query"].path.endswith("?key=q-s3cret")
+    assert seen["oauth2"].headers["authorization"] == "Bearer token-0"
+    assert seen["on_behalf"].headers["x-user-token"] == "u-s3cret"
+    assert tokens.issued == ["token-0"]

@@ -17,6 +17,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+import baton.blobs
 import baton.egress
 import baton.llm
 from baton.llm import Completion
@@ -585,3 +586,32 @@ def test_oauth2_token_url_is_subject_to_the_egress_rule(
     assert receiver.deliveries == []
     [logged] = deliveries(aws, job_id)
     assert (logged["status"], logged["attempts"][0]["error"]) == ("failed", "blocked_address")
+
+
+def test_a_body_over_20_kb_carries_the_result_by_url(
+    aws: AwsStack,
+    notify: LoadedFunction,
+    deliver: LoadedFunction,
+    receiver: Receiver,
+    secret: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api, infer = aws.load("ApiFunction"), aws.load("InferFunction")
+    text = "Long answer. " * 2000  # 26 KB: kept inline in the job (< 32 KB), too big for a webhook
+    answer = Completion(text=text, finish_reason="stop", tool_calls=None, usage=Usage(total_tokens=5))
+    monkeypatch.setattr(baton.llm, "complete", lambda *args, **kwargs: answer)
+    body = {"input": {"prompt": "hi"}, "webhook": {"url": HOOK}}
+    response = api(aws.api_event("api-create-job.json", body=body, drop_headers=("Idempotency-Key",)))
+    job_id = json.loads(response["body"])["id"]
+    infer(aws.take_event("InferQueue"))
+    notify(aws.take_event("NotifyQueue"))
+    attempt_queued(aws, deliver)
+    [delivery] = receiver.deliveries
+    assert len(delivery["body"].encode()) <= 20 * 1024
+    payload = Webhook(secret).verify(delivery["body"], delivery["headers"])
+    result = payload["data"]["result"]
+    assert result["text"] == text[:1000] and result["finish_reason"] == "stop"
+    key = baton.blobs.BlobStore.result_key("acme", job_id)
+    assert key in result["result_url"] and "X-Amz-Signature" in result["result_url"]
+    stored = json.loads(boto3.client("s3").get_object(Bucket=aws.bucket, Key=key)["Body"].read())
+    assert stored["text"] == text

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from baton.blobs import BlobStore
 from baton.clock import now_ms
 from baton.egress import BlockedAddressError
 from baton.errors import JobNotFoundError
@@ -40,6 +42,9 @@ logger = Logger(child=True)
 # OAuth2 tokens, shared by the attempts of this execution environment.
 TOKENS = TokenCache()
 
+# Standard Webhooks recommends small bodies: beyond this the result travels as a presigned URL.
+MAX_INLINE_BODY_BYTES = 20 * 1024
+RESULT_PREVIEW_CHARS = 1000
 # A message that arrives up to this early is attempted now rather than sent round again.
 EARLY_MS = 500
 
@@ -55,6 +60,7 @@ class WebhookService:
         self.tenants = tenants
         self.store = DeliveryStore(settings.jobs_table)
         self.queue = DeliveryQueue(settings.webhook_queue_url)
+        self.blobs = BlobStore(settings.bucket)
 
     @property
     def _timeout(self) -> float:
@@ -112,6 +118,8 @@ class WebhookService:
 
     def _attempt(self, delivery: Delivery) -> dict[str, Any]:
         payload = build_payload(delivery.type, delivery.data)
+        if len(payload.encode()) > MAX_INLINE_BODY_BYTES:
+            payload = build_payload(delivery.type, self._result_by_url(delivery))
         signed = signed_headers(
             self.tenants.signing_secrets(delivery.tenant_id), delivery.webhook_id, payload
         )
@@ -137,6 +145,25 @@ class WebhookService:
         self.store.record_attempt(delivery, outcome.attempt, status=status, next_ms=next_ms)
         self._report(delivery, status, outcome.attempt.status_code, outcome.attempt.error)
         return {"outcome": status, "status_code": outcome.attempt.status_code, "attempt": made}
+
+    def _result_by_url(self, delivery: Delivery) -> dict[str, Any]:
+        """The job view with its result in S3 (a presigned GET, fresh for each attempt)."""
+        data = dict(delivery.data)
+        result = data.get("result")
+        if not isinstance(result, dict):
+            return data
+        key = self.blobs.result_key(delivery.tenant_id, delivery.job_id)
+        if not result.get("result_url"):
+            full = {name: value for name, value in result.items() if value is not None}
+            self.blobs.write(key, json.dumps(full).encode(), content_type="application/json")
+        url = self.blobs.presigned_url(key, expires_in=self.settings.result_url_expiry_seconds)
+        text = result.get("text")
+        data["result"] = {
+            "text": text[:RESULT_PREVIEW_CHARS] if isinstance(text, str) else text,
+            "finish_reason": result.get("finish_reason"),
+            "result_url": url,
+        }
+        return data
 
     def _post(
         self, url: str, auth: WebhookAuth | None, payload: str, signed: dict[str, str], *, fresh_token: bool
