@@ -169,7 +169,9 @@ def test_dead_letters_are_alarmed_on_arrival_not_on_depth(app_template: AppTempl
 
 def test_every_event_source_reports_batch_item_failures(app_template: AppTemplate) -> None:
     mappings = resources(app_template, "AWS::Lambda::EventSourceMapping")
-    assert len(mappings) == len(app_template.sqs_sources) == 9  # 5 stages + webhook attempts + 3 job-step DLQs
+    assert (
+        len(mappings) == len(app_template.sqs_sources) == 9
+    )  # 5 stages + webhook attempts + 3 job-step DLQs
     for logical_id, mapping in mappings.items():
         assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"], logical_id
         concurrency = int(
