@@ -573,15 +573,29 @@ def test_oauth2_token_url_is_subject_to_the_egress_rule(
     receiver: Receiver,
     secret: str,
     finished_job: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    oauth = {
+    literal = {
         "type": "oauth2",
         "token_url": "http://169.254.169.254/token",
         "client_id": "c",
         "client_secret": "s",
     }
-    job_id, event = finished_job({"url": HOOK, "auth": oauth})
+    api = aws.load("ApiFunction")
+    body = {"input": {"prompt": "hi"}, "webhook": {"url": HOOK, "auth": literal}}
+    refused = api(aws.api_event("api-create-job.json", body=body, drop_headers=("Idempotency-Key",)))
+    assert refused["statusCode"] == 422
+    assert json.loads(refused["body"])["error"]["field"] == "webhook.auth.token_url"
+    # A name is checked when the token is fetched.
+    by_name = {**literal, "token_url": "http://metadata.evil.example/token"}
+    job_id, event = finished_job({"url": HOOK, "auth": by_name})
     notify(event)
+
+    def resolve(host: str, port: int) -> list[Any]:
+        address = "169.254.169.254" if host == "metadata.evil.example" else PUBLIC_ADDRESS
+        return [baton.egress.ipaddress.ip_address(address)]
+
+    monkeypatch.setattr(baton.egress, "resolve", resolve)
     attempt_queued(aws, deliver)
     assert receiver.deliveries == []
     [logged] = deliveries(aws, job_id)

@@ -163,7 +163,11 @@ def test_dead_letters_are_alarmed_on_arrival_not_on_depth(app_template: AppTempl
         expressions = [m["Expression"] for m in metrics if m.get("ReturnData")]
         if stats:
             grown[stats[0]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]] = expressions
-    assert grown == {"IngestDeadLetterQueue": ["DIFF(depth)"], "NotifyDeadLetterQueue": ["DIFF(depth)"]}
+    assert grown == {
+        "IngestDeadLetterQueue": ["DIFF(depth)"],
+        "NotifyDeadLetterQueue": ["DIFF(depth)"],
+        "WebhookDeliveryDeadLetterQueue": ["DIFF(depth)"],
+    }
     assert not [a for a in alarms.values() if a["Properties"].get("Namespace") == "AWS/SQS"]
 
 
