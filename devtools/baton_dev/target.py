@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,22 +46,49 @@ class Target:
         return TenantStore(self.jobs_table)
 
 
+SAMCONFIG = Path(__file__).resolve().parents[2] / "samconfig.toml"
+
+
+def stack_region(stack: str, samconfig: Path = SAMCONFIG) -> str:
+    """The region of a deployed stack: AWS's own configuration (AWS_REGION as the AWS CLI v2 reads
+    it, AWS_DEFAULT_REGION, the profile), else the region of the samconfig.toml profile that deploys
+    a stack of that name, as `sam deploy` would."""
+    configured = os.environ.get("AWS_REGION") or boto3.session.Session().region_name
+    if configured:
+        return str(configured)
+    config = tomllib.loads(samconfig.read_text()) if samconfig.is_file() else {}
+    for environment in config.values():
+        if not isinstance(environment, dict):
+            continue
+        deploy = environment.get("deploy", {}).get("parameters", {})
+        named = deploy.get("stack_name") or environment.get("global", {}).get("parameters", {}).get(
+            "stack_name"
+        )
+        if named == stack and deploy.get("region"):
+            return str(deploy["region"])
+    raise TargetError(
+        f"no AWS region for stack {stack!r}: set AWS_REGION (or a region in your AWS profile), or deploy "
+        f"it with a {samconfig.name} profile whose stack_name is {stack!r} and which sets region"
+    )
+
+
 def resolve_target(*, stack: str | None = None, state_dir: Path | None = None) -> Target:
     """A deployed stack by name; else the local stack in `state_dir`; else the one `baton dev`
     recorded for this user (`baton_dev.state.user_state_file`), found from any directory."""
     if stack:
+        region = stack_region(stack)
         outputs = {
             output["OutputKey"]: output["OutputValue"]
-            for output in boto3.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0][
-                "Outputs"
-            ]
+            for output in boto3.client("cloudformation", region_name=region).describe_stacks(StackName=stack)[
+                "Stacks"
+            ][0]["Outputs"]
         }
         return Target(
             api_url=outputs["ApiUrl"],
             jobs_table=outputs["JobsTableName"],
             bucket=outputs.get("BucketName"),
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL"),
-            region=boto3.session.Session().region_name or "us-east-1",
+            region=region,
             queues={
                 key.removesuffix("Url"): value for key, value in outputs.items() if key.endswith("QueueUrl")
             },

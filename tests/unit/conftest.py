@@ -10,6 +10,7 @@ environment is set, because they read settings at import.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -30,6 +31,7 @@ from typing import Any
 # recorder before pytest-socket blocks sockets for the tests themselves.
 import aws_xray_sdk.core  # noqa: F401
 import boto3
+import botocore.client
 import botocore.loaders
 import botocore.session
 import moto.cloudformation.models
@@ -41,6 +43,7 @@ import baton.settings
 from baton_dev.runtime.lambda_context import LocalLambdaContext
 from baton_dev.runtime.provision import ProvisionedStack, provision
 from baton_dev.runtime.template import AppTemplate
+from tests.unit.iam_check import Call, Names, Roles
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = REPO / "events"
@@ -132,9 +135,11 @@ class LoadedFunction:
     def __call__(self, event: dict[str, Any]) -> Any:
         saved = {name: os.environ.get(name) for name in self.environment}
         os.environ.update(self.environment)
+        _invoking.append(self.logical_id)  # AWS calls from now on are this function's (IAM check)
         try:
             return self.module.lambda_handler(event, self.context())
         finally:
+            _invoking.pop()
             for name, value in saved.items():
                 if value is None:
                     os.environ.pop(name, None)
@@ -249,6 +254,10 @@ class AwsStack:
     # -- SQS, as Lambda's event source mapping sees it ------------------------------------------
     def receive(self, logical_id: str, *, max_messages: int = 10) -> list[dict[str, Any]]:
         """Take (receive) every visible message of a template queue."""
+        with the_harness():  # Lambda's poller, not the function, even when called from a handler's wait
+            return self._receive(logical_id, max_messages)
+
+    def _receive(self, logical_id: str, max_messages: int) -> list[dict[str, Any]]:
         sqs = boto3.client("sqs")
         messages: list[dict[str, Any]] = []
         while True:
@@ -314,9 +323,48 @@ def sqs_record(body: str, *, message_id: str | None = None) -> dict[str, Any]:
     return record
 
 
+# The function whose handler is running, innermost last ("" while the test harness acts meanwhile).
+_invoking: list[str] = []
+
+
+@contextlib.contextmanager
+def the_harness() -> Iterator[None]:
+    """AWS calls made here are the test's (or Lambda's event source's), not the running handler's."""
+    _invoking.append("")
+    try:
+        yield
+    finally:
+        _invoking.pop()
+
+
+@contextlib.contextmanager
+def recorded_calls() -> Iterator[list[Call]]:
+    """Every botocore API call made while a handler runs, attributed to its function."""
+    original = botocore.client.BaseClient._make_api_call  # type: ignore[attr-defined]
+    calls: list[Call] = []
+
+    def recording(client: Any, operation_name: str, api_params: dict[str, Any]) -> Any:
+        if _invoking and _invoking[-1]:
+            service = client.meta.service_model.service_name
+            calls.append(Call(_invoking[-1], service, operation_name, copy.deepcopy(api_params)))
+        return original(client, operation_name, api_params)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
+        yield calls
+
+
+def aws_names(stack: ProvisionedStack) -> Names:
+    account = next(iter(stack.queue_arns.values())).split(":")[4]
+    return Names(REGION, account, dict(stack.physical_ids), dict(stack.queue_arns))
+
+
 @pytest.fixture
 def aws(app_template: AppTemplate, monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsStack]:
-    """template.yaml's data plane in a fresh moto account, and the functions' shared environment."""
+    """template.yaml's data plane in a fresh moto account, and the functions' shared environment.
+
+    After the test, every AWS call a handler made must be allowed by its function's role in the
+    translated template (tests/unit/iam_check.py): a call without its IAM statement fails here."""
     with mock_aws():
         with warnings.catch_warnings():
             # moto's CloudFormation skips QueuePolicy and Alarm (no data-plane effect locally).
@@ -335,10 +383,13 @@ def aws(app_template: AppTemplate, monkeypatch: pytest.MonkeyPatch) -> Iterator[
             monkeypatch.setenv(name, value)
         _clear_caches()
         stack = AwsStack(app=app_template, stack=provisioned, env=shared, monkeypatch=monkeypatch)
-        try:
-            yield stack
-        finally:
-            _clear_caches()
+        with recorded_calls() as calls:
+            try:
+                yield stack
+            finally:
+                _clear_caches()
+        denied = Roles(app_template, aws_names(provisioned)).denied(calls)
+        assert denied == [], "calls the function's role in template.yaml does not allow"
 
 
 @dataclass

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import json
+import shlex
+import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +13,7 @@ import pytest
 from cfnlint.api import ManualArgs, lint, lint_file
 
 from baton.settings import Settings
+from baton_dev.runtime.conditions import evaluate, parameter_problems, parameter_values, resolve_conditionals
 from baton_dev.runtime.template import AppTemplate
 
 if TYPE_CHECKING:
@@ -222,11 +226,142 @@ def test_max_depth_stays_below_lambda_recursion_detection(app_template: AppTempl
 
 
 def test_every_function_has_a_log_group_with_retention(app_template: AppTemplate) -> None:
-    groups = resources(app_template, "AWS::Logs::LogGroup").values()
-    named = {group["Properties"]["LogGroupName"]["Fn::Sub"] for group in groups}
-    assert named == {f"/aws/lambda/${{{logical_id}}}" for logical_id in FUNCTIONS}
-    for group in groups:
+    groups = resources(app_template, "AWS::Logs::LogGroup")
+    for group in groups.values():
         assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    for logical_id in FUNCTIONS:
+        # The function logs to its explicit group, so CloudFormation creates the group first: no
+        # race with a first invocation in which Lambda would create one itself (no retention).
+        log_group = properties(app_template, logical_id)["LoggingConfig"]["LogGroup"]
+        assert set(log_group) == {"Ref"} and log_group["Ref"] in groups, logical_id
+        name = groups[log_group["Ref"]]["Properties"]["LogGroupName"]
+        assert "${AWS::StackName}" in name["Fn::Sub"], logical_id
+        assert logical_id not in json.dumps(name), f"{logical_id}: its log group would depend on it"
+
+
+def test_stateful_resources_survive_stack_deletion_and_replacement(app_template: AppTemplate) -> None:
+    for logical_id in ("JobsTable", "IdempotencyTable", "DataBucket"):
+        resource = app_template.cloudformation["Resources"][logical_id]
+        assert resource.get("DeletionPolicy") == "Retain", logical_id
+        assert resource.get("UpdateReplacePolicy") == "Retain", logical_id
+
+
+def test_traces_capture_no_responses_or_errors(app_template: AppTemplate) -> None:
+    """Model output and tenant metadata must not land in X-Ray."""
+    for spec in app_template.functions.values():
+        assert spec.environment["POWERTOOLS_TRACER_CAPTURE_RESPONSE"] == "false", spec.logical_id
+        assert spec.environment["POWERTOOLS_TRACER_CAPTURE_ERROR"] == "false", spec.logical_id
+
+
+@pytest.mark.parametrize(
+    ("overrides", "notified"),
+    [
+        ({}, None),
+        ({"AlarmEmail": "ops@example.com"}, {"Ref": "AlarmTopic"}),
+        (
+            {"AlarmTopicArn": "arn:aws:sns:us-east-1:123456789012:pager"},
+            {"Ref": "AlarmTopicArn"},
+        ),
+    ],
+)
+def test_dead_letter_alarms_notify_the_alarm_topic(
+    app_template: AppTemplate, overrides: dict[str, str], notified: Any
+) -> None:
+    cfn = app_template.cloudformation
+    values = parameter_values(cfn, overrides)
+    alarms = resources(app_template, "AWS::CloudWatch::Alarm")
+    assert len(alarms) >= 3
+    for logical_id, alarm in alarms.items():
+        actions = resolve_conditionals(alarm["Properties"], values, cfn["Conditions"]).get("AlarmActions")
+        assert actions == (None if notified is None else [notified]), logical_id
+    topic_created = evaluate(
+        {"Condition": cfn["Resources"]["AlarmTopic"]["Condition"]}, values, cfn["Conditions"]
+    )
+    assert topic_created == ("AlarmEmail" in overrides)
+
+
+# -- what CloudFormation refuses before creating anything ------------------------------------------
+def test_template_defaults_pass_every_parameter_check_and_rule(app_template: AppTemplate) -> None:
+    assert parameter_problems(app_template.cloudformation, {}) == []
+
+
+@pytest.mark.parametrize("queue", ["IngestQueue", "ExtractQueue", "ToolQueue", "NotifyQueue"])
+def test_a_visibility_timeout_below_six_function_timeouts_is_refused(
+    app_template: AppTemplate, queue: str
+) -> None:
+    [consumer] = [s.function for s in app_template.sqs_sources if s.queue == queue]
+    parameter = properties(app_template, queue)["VisibilityTimeout"]["Ref"]
+    floor = 6 * app_template.functions[consumer].timeout
+    cfn = app_template.cloudformation
+    assert parameter_problems(cfn, {parameter: str(floor)}) == []
+    assert parameter_problems(cfn, {parameter: str(floor - 1)}) != []
+
+
+def test_rules_tie_the_infer_visibility_timeout_to_six_infer_timeouts(app_template: AppTemplate) -> None:
+    cfn = app_template.cloudformation
+    timeouts = cfn["Parameters"]["InferFunctionTimeout"]["AllowedValues"]
+    visibilities = cfn["Parameters"]["InferVisibilityTimeout"]["AllowedValues"]
+    for timeout in timeouts:
+        for visibility in visibilities:
+            problems = parameter_problems(
+                cfn, {"InferFunctionTimeout": str(timeout), "InferVisibilityTimeout": str(visibility)}
+            )
+            assert (problems == []) == (int(visibility) >= 6 * int(timeout)), (timeout, visibility, problems)
+    assert parameter_problems(cfn, {"InferFunctionTimeout": "20"}) != []  # a local drill value
+
+
+@pytest.mark.parametrize(
+    ("parameter", "refused", "accepted"),
+    [
+        (
+            "LlmApiKeySecretArn",
+            "baton/openai",
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:baton/openai-AbC123",
+        ),
+        (
+            "LlmApiKeySecretKmsKeyArn",
+            "alias/mine",
+            "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        ),
+        ("LlmEndpoint", "api.openai.com/v1", "https://api.openai.com/v1"),
+        ("AlarmEmail", "ops at example.com", "ops@example.com"),
+        ("AlarmTopicArn", "pager", "arn:aws:sns:eu-west-1:123456789012:pager"),
+    ],
+)
+def test_arns_and_urls_are_validated(
+    app_template: AppTemplate, parameter: str, refused: str, accepted: str
+) -> None:
+    cfn = app_template.cloudformation
+    assert parameter_problems(cfn, {parameter: refused}) != []
+    assert parameter_problems(cfn, {parameter: accepted}) == []
+    assert parameter_problems(cfn, {parameter: ""}) == []  # empty: not used (the local stack)
+
+
+def samconfig_overrides(profile: str) -> dict[str, str]:
+    config = tomllib.loads((REPO / "samconfig.toml").read_text())
+    text = config[profile]["deploy"]["parameters"]["parameter_overrides"]
+    return dict(item.split("=", 1) for item in shlex.split(text))
+
+
+def test_the_prod_profile_cannot_deploy_until_its_placeholders_are_replaced(
+    app_template: AppTemplate,
+) -> None:
+    """`sam deploy --config-env prod` as shipped: CloudFormation refuses it (AllowedPattern) before
+    creating anything, naming each value the user must supply."""
+    cfn = app_template.cloudformation
+    overrides = samconfig_overrides("prod")
+    placeholders = {name for name, value in overrides.items() if value.startswith("<")}
+    assert {"ModelName", "LlmApiKeySecretArn", "AlarmEmail"} <= placeholders
+    problems = parameter_problems(cfn, overrides)
+    assert {problem.split(":")[0] for problem in problems} == placeholders
+    supplied = overrides | {
+        "ModelName": "gpt-4.1-mini",
+        "LlmEndpoint": "https://api.openai.com/v1",
+        "LlmApiKeySecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:baton/openai-AbC123",
+        "AlarmEmail": "ops@example.com",
+    }
+    assert parameter_problems(cfn, supplied) == []
+    assert overrides["Stage"] == "prod"
 
 
 def test_function_environment_maps_to_settings(aws: AwsStack) -> None:

@@ -291,11 +291,7 @@ class LocalApiGateway:
         default = "DEFAULT_4XX" if status < 500 else "DEFAULT_5XX"
         response = self.app.gateway_responses.get(kind) or self.app.gateway_responses.get(default) or {}
         template = (response.get("responseTemplates") or {}).get("application/json")
-        body = (
-            template.replace("$context.error.messageString", json.dumps(message)[1:-1])
-            if template
-            else json.dumps({"message": message})
-        )
+        body = render_gateway_template(template, message) if template else json.dumps({"message": message})
         self._send(
             request, int(response.get("statusCode") or status), {"Content-Type": "application/json"}, body
         )
@@ -316,6 +312,15 @@ class LocalApiGateway:
         request.end_headers()
         if request.command != "HEAD":
             request.wfile.write(payload)
+
+
+def render_gateway_template(template: str, message: str) -> str:
+    """A gateway response template rendered as API Gateway renders it: `$context.error.messageString`
+    is the message as a JSON string, quotes included (so a template writes it unquoted), and
+    `$context.error.message` the bare text. The same template gives the same bytes as on AWS."""
+    return template.replace("$context.error.messageString", json.dumps(message)).replace(
+        "$context.error.message", message
+    )
 
 
 def _resource_matches(resource: Any, method_arn: str) -> bool:

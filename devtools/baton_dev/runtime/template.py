@@ -18,6 +18,8 @@ from typing import Any
 from cfnlint.decode import decode
 from samtranslator.translator.transform import transform
 
+from baton_dev.runtime.conditions import parameter_values, resolve_conditionals
+
 LOCAL_CODE_BUCKET = "baton-local-code"
 # Resource types the local runtime creates on the AWS-protocol endpoint. Compute and API Gateway
 # are run by the local runtime instead (moto cannot run Lambda code without Docker).
@@ -184,7 +186,12 @@ class AppTemplate:
                 handler=props["Handler"],
                 timeout=int(props.get("Timeout", 3)),
                 memory_mb=int(props.get("MemorySize", 128)),
-                environment=dict(props.get("Environment", {}).get("Variables", {})),
+                # Fn::If resolved as CloudFormation does: a variable set to AWS::NoValue is absent.
+                environment=resolve_conditionals(
+                    dict(props.get("Environment", {}).get("Variables", {})),
+                    parameter_values(self.cloudformation, self.parameters),
+                    self.cloudformation.get("Conditions", {}),
+                ),
                 layers=tuple(layer_dirs[layer] for layer in layers if layer in layer_dirs),
                 runtime=str(props.get("Runtime", "python3.13")),
                 role=str(role["Fn::GetAtt"][0]) if isinstance(role, dict) and "Fn::GetAtt" in role else None,

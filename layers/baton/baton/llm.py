@@ -52,6 +52,24 @@ def _api_key(settings: Settings) -> str:
     return "not-needed"
 
 
+def endpoint_problem(settings: Settings) -> str | None:
+    """Why no model call can work with this configuration (None: it may). Checked before each
+    call, so the job fails at once with `model_not_configured` instead of retrying a request that
+    cannot be sent (an empty base URL) or that api.openai.com must refuse (no key)."""
+    base_url = settings.openai_base_url
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        return (
+            f"OPENAI_BASE_URL is {base_url!r}, not an http(s) URL: set the LlmEndpoint parameter "
+            "to an OpenAI-compatible base URL, or leave it empty (then the variable must be unset)"
+        )
+    if base_url is None and not (settings.openai_api_key or settings.openai_api_key_secret_arn):
+        return (
+            "no model endpoint configured: LlmEndpoint is empty (api.openai.com) and there is no API "
+            "key; set LlmApiKeySecretArn, or LlmEndpoint for a keyless OpenAI-compatible server"
+        )
+    return None
+
+
 @cache
 def _client(base_url: str | None, api_key: str) -> openai.OpenAI:
     import openai
@@ -69,6 +87,9 @@ def complete(
     timeout: float,
     extra_headers: dict[str, str] | None = None,
 ) -> Completion:
+    problem = endpoint_problem(settings)
+    if problem is not None:
+        raise ModelError(problem, retryable=False, type_="model_not_configured")
     import openai
 
     request: dict[str, Any] = {"model": model, "messages": messages}

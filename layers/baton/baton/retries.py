@@ -34,6 +34,7 @@ from baton.errors import BatonError, StaleWriteError
 from baton.settings import Settings
 
 logger = Logger(child=True)
+# Powertools Metrics instances share one metric set; the handler's @log_metrics flushes it.
 metrics = Metrics()
 
 MAX_VISIBILITY_SECONDS = 43_200  # SQS's ceiling
@@ -93,16 +94,19 @@ def backoff_seconds(attempt: int, *, base: float, cap: float, retry_after: float
 
 
 @cache
-def _queue_url(queue_arn: str) -> str:
+def queue_url_of(queue_arn: str) -> str:
+    """A queue's URL from its ARN (`arn:PARTITION:sqs:REGION:ACCOUNT:NAME`), with no AWS call and
+    so no sqs:GetQueueUrl permission: the SQS endpoint the client talks to, then /ACCOUNT/NAME."""
     _, _, _, _, account, name = queue_arn.split(":", 5)
-    return str(client("sqs").get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"])
+    endpoint = str(client("sqs").meta.endpoint_url).rstrip("/")
+    return f"{endpoint}/{account}/{name}"
 
 
 def delay_redelivery(record: SqsRecordModel, seconds: int) -> None:
     """The SQS-native backoff: the failed record reappears after `seconds`, not after the full
     visibility timeout."""
     client("sqs").change_message_visibility(
-        QueueUrl=_queue_url(record.eventSourceARN),
+        QueueUrl=queue_url_of(record.eventSourceARN),
         ReceiptHandle=record.receiptHandle,
         VisibilityTimeout=seconds,
     )
@@ -169,8 +173,14 @@ class RetryPolicy:
                 )
             try:
                 delay_redelivery(record, delay)
-            except Exception:
-                logger.exception("could not set the backoff; the queue's visibility timeout applies")
+            except Exception as backoff_error:
+                # Never silent: on AWS this is typically a missing IAM statement, and the record then
+                # waits the whole visibility timeout (minutes) instead of `delay` seconds.
+                metrics.add_metric(name="RetryBackoffFailed", unit=MetricUnit.Count, value=1)
+                logger.exception(
+                    "could not set the retry backoff; the queue's visibility timeout applies instead",
+                    extra={**context, "retry_in_s": delay, "backoff_error": classify(backoff_error).message},
+                )
             level = logger.warning if failure.retryable else logger.error
             level("step failed; SQS will redeliver", extra={**context, "retry_in_s": delay})
             raise
