@@ -14,6 +14,7 @@ from baton.models import StageCommand, Step
 from baton_dev.webhook_receiver import WebhookReceiver
 
 from .conftest import MAX_ATTEMPTS, MAX_RECEIVE_COUNT, LocalStack, Tenant, wait_for_terminal
+from .test_dead_letters import archived_letter
 
 pytestmark = pytest.mark.integration
 
@@ -84,10 +85,9 @@ def test_a_poison_prompt_that_crashes_the_worker_ends_in_the_dlq_and_fails_its_j
         assert "infer step failed" in job["error"]["message"]
         # The crash is not classified, so SQS's redrive decided: MaxReceiveCount deliveries.
         assert len(local_stack.model_calls(job_id)) == MAX_RECEIVE_COUNT
-        # The message stays in the infer DLQ, inspectable and re-drivable.
-        dlq = local_stack.state["queues"]["InferDeadLetterQueue"]
-        bodies = _peek(local_stack, dlq)
-        assert any(json.loads(body)["job_id"] == job_id for body in bodies)
+        # The dead letter is kept for operators in the archive, under the id the error names.
+        archive_id = job["error"]["message"].rsplit("dead letter ", 1)[1]
+        assert archived_letter(local_stack, archive_id)["job_id"] == job_id
         # And the webhook still fired for the failure.
         receiver.wait_until(
             lambda events: any(e.payload and e.payload["data"]["id"] == job_id for e in events), timeout=30
