@@ -144,7 +144,9 @@ class ChaosConfig:
 
     @property
     def run_deadline_s(self) -> float:
-        return self.deadline_s if self.deadline_s is not None else 120.0 + 0.6 * self.jobs
+        # 240 s of fixed cost: the stack's start and its restart after the SIGKILL each pay the
+        # execution environments' cold starts (seconds each on a busy 2-core machine).
+        return self.deadline_s if self.deadline_s is not None else 240.0 + 0.6 * self.jobs
 
     @property
     def parameter_overrides(self) -> str:
@@ -153,7 +155,10 @@ class ChaosConfig:
             f"MaxAttempts={self.max_attempts} MaxReceiveCount={self.max_receive_count} "
             f"InferFunctionTimeout={self.infer_timeout_s} InferVisibilityTimeout={self.infer_visibility_s} "
             f"ExtractVisibilityTimeout={other} ToolVisibilityTimeout={other} "
-            f"NotifyVisibilityTimeout={other} IngestVisibilityTimeout={other}"
+            f"NotifyVisibilityTimeout={other} IngestVisibilityTimeout={other} "
+            f"DeliverVisibilityTimeout={other} "
+            # Receivers fail up to 5 times before they recover: a schedule of seconds, not hours.
+            "WebhookRetrySchedule=1s,2s,2s,3s,3s,5s,5s"
         )
 
 
