@@ -23,8 +23,10 @@ offline and reproducibly. Its answers are derived from the input so a demo still
   requests|tokens`` headers.
 
 Endpoints: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions`` (also
-streaming), ``GET /_sim/requests`` (``DELETE`` clears it), ``GET|POST /_sim/faults``,
-``GET /healthz``.
+streaming), ``POST /v1/responses`` (``background: true`` too), ``GET /v1/responses/{id}``,
+``POST /v1/responses/{id}/cancel`` (baton_dev.sim_responses), ``GET /_sim/requests`` (``DELETE``
+clears it), ``GET /_sim/responses``, ``GET /_sim/webhooks``, ``GET|POST /_sim/faults``,
+``GET /healthz``. ``time_scale`` (``BATON_SIM_TIME_SCALE``) divides every simulated latency.
 
 Run standalone with ``python -m baton_dev.simulator --port 8099``.
 """
@@ -54,6 +56,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any, Self, cast
 from urllib.parse import urlsplit
+
+from baton_dev.sim_responses import (
+    ResponsesRequestError,
+    ResponseStore,
+    SimResponse,
+    chat_body,
+    new_response_id,
+)
 
 logger = logging.getLogger("baton.simulator")
 
@@ -102,6 +112,8 @@ FAULT_FIELDS = (
     "rate_limit_rpm",
     "rate_limit_tpm",
     "rate_limit_window_s",
+    "time_scale",
+    "webhook_url",
 )
 _RATE_FIELDS = ("rate_429", "rate_500", "rate_503", "rate_slow")
 _NON_NEGATIVE_FIELDS = (
@@ -142,6 +154,12 @@ class SimulatorConfig:
     # plus its max_tokens when it is admitted (as OpenAI estimates), refused ones count nothing.
     rate_limit_tpm: float = 0.0
     rate_limit_window_s: float = 60.0
+    # Simulated time runs this many times faster than the clock: every latency is divided by it,
+    # so a model that thinks for minutes can be exercised in seconds.
+    time_scale: float = 1.0
+    # Where background responses' webhooks go (Standard Webhooks, signed with the simulator's
+    # webhook secret); "" sends none.
+    webhook_url: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.models, str):
@@ -162,6 +180,9 @@ class SimulatorConfig:
         self.rate_limit_window_s = float(self.rate_limit_window_s)
         if not self.rate_limit_window_s > 0:
             raise ValueError(f"rate_limit_window_s: must be > 0, got {self.rate_limit_window_s}")
+        self.time_scale = float(self.time_scale)
+        if not self.time_scale > 0:
+            raise ValueError(f"time_scale: must be > 0, got {self.time_scale}")
         if int(self.context_window) < 1:
             raise ValueError(f"context_window: must be >= 1, got {self.context_window}")
         self.context_window = int(self.context_window)
@@ -183,6 +204,7 @@ class SimulatorConfig:
             "rate_limit_rpm": "BATON_SIM_RATE_LIMIT_RPM",
             "rate_limit_tpm": "BATON_SIM_RATE_LIMIT_TPM",
             "rate_limit_window_s": "BATON_SIM_RATE_LIMIT_WINDOW_S",
+            "time_scale": "BATON_SIM_TIME_SCALE",
         }
         ints = {"context_window": "BATON_SIM_CONTEXT_WINDOW", "seed": "BATON_SIM_SEED"}
         kwargs: dict[str, Any] = {}
@@ -200,6 +222,8 @@ class SimulatorConfig:
                     kwargs[attr] = int(raw)
                 except ValueError:
                     raise ValueError(f"{var}: expected an integer, got {raw!r}") from None
+        if env.get("BATON_SIM_WEBHOOK_URL", "").strip():
+            kwargs["webhook_url"] = env["BATON_SIM_WEBHOOK_URL"].strip()
         models = env.get("BATON_SIM_MODELS", "").strip()
         if models:
             kwargs["models"] = tuple(m.strip() for m in models.split(",") if m.strip())
@@ -1160,6 +1184,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._chat_completions(path, raw)
             else:
                 self._method_not_allowed(method, path)
+        elif api_path == "/responses":
+            if method == "POST":
+                self._responses_create(path, raw)
+            else:
+                self._method_not_allowed(method, path)
+        elif api_path.startswith("/responses/"):
+            self._responses_item(method, path, api_path[len("/responses/") :])
         elif api_path == "/models":
             if method == "GET":
                 self._models(path)
@@ -1175,6 +1206,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(200, [])
             else:
                 self._send_json(200, self.sim.request_log())
+        elif path == "/_sim/responses" and method == "GET":
+            self._send_json(200, self.sim.responses.listing())
+        elif path == "/_sim/webhooks" and method == "GET":
+            self._send_json(200, self.sim.responses.webhooks())
         elif path == "/_sim/faults":
             if method == "POST":
                 self._set_faults(raw)
@@ -1311,6 +1346,89 @@ class _Handler(BaseHTTPRequestHandler):
         self._log(path, model, 200, fault, reply.prompt_tokens, reply.completion_tokens)
         self._send_json(200, payload, headers)
 
+    def _responses_create(self, path: str, raw: bytes) -> None:
+        """POST /v1/responses: the same answer as the equivalent chat completion; with
+        `background: true` it answers at once (in_progress) and finishes after the latency."""
+        sim = self.sim
+        config = sim.config
+        model: str | None = None
+        prompt_tokens = 0
+        try:
+            try:
+                parsed = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                raise _ApiError(400, "We could not parse the JSON body of your request.") from None
+            if not isinstance(parsed, dict):
+                raise _ApiError(400, "The request body must be a JSON object.")
+            if isinstance(parsed.get("model"), str):
+                model = parsed["model"]
+            if parsed.get("stream"):
+                raise _ApiError(400, "The simulator does not stream /v1/responses.", param="stream")
+            try:
+                chat = chat_body(parsed)
+            except ResponsesRequestError as error:
+                raise _ApiError(400, str(error), param=error.param) from None
+            body, model, messages = _validate_chat_body(chat, config)
+            prompt_tokens = count_prompt_tokens(messages)
+            limit_headers, token_entry = sim._admit(config, prompt_tokens + int(body.get("max_tokens") or 0))
+            digest = request_digest(body)
+            fault, slow_ms = sim._decide_fault(config, _last_user_text(messages), prompt_tokens, digest)
+            if fault is not None and fault not in {"slow", "malformed"}:
+                raise _fault_error(fault, config, prompt_tokens)
+        except _ApiError as err:
+            self._log(path, model, err.status, err.fault, prompt_tokens, 0)
+            self._send_json(err.status, err.body(), err.headers)
+            return
+        if fault == "malformed":
+            self._log(path, model, 200, fault, prompt_tokens, 0)
+            self._send_json(200, {"object": "response", "output": "not-a-list"}, {})
+            return
+        reply = build_reply(body, digest)
+        if token_entry is not None:
+            sim._token_limiter.settle(token_entry, reply.prompt_tokens + reply.completion_tokens)
+        latency_s = (
+            config.latency_ms + config.ms_per_token * reply.completion_tokens + (slow_ms or 0)
+        ) / 1000
+        now = time.monotonic()
+        background = bool(parsed.get("background"))
+        response = SimResponse(
+            id=new_response_id(digest),
+            model=model,
+            background=background,
+            created_at=int(time.time()),
+            started=now,
+            ready_at=now + latency_s / config.time_scale,
+            content=reply.content,
+            finish_reason=reply.finish_reason,
+            tool_calls=reply.tool_calls,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            job_id=self.headers.get("X-Baton-Job-Id"),
+        )
+        headers = {"x-request-id": f"req_{digest[:24]}", "openai-model": model, **limit_headers}
+        # The create is the paid call: logged once, whether it answers now or in the background.
+        self._log(path, model, 200, fault, reply.prompt_tokens, reply.completion_tokens)
+        sim.responses.add(response)
+        if not background:
+            sim._sleep(latency_s)
+        self._send_json(200, response.body(time.monotonic()), headers)
+
+    def _responses_item(self, method: str, path: str, rest: str) -> None:
+        """GET /v1/responses/{id} and POST /v1/responses/{id}/cancel (neither is a paid call)."""
+        response_id, _, action = rest.partition("/")
+        if method == "GET" and not action:
+            view = self.sim.responses.view(response_id)
+            if view is None:
+                err = _ApiError(404, f"No response found with id '{response_id}'.", param="response_id")
+                self._send_json(404, err.body())
+                return
+            self._send_json(200, view)
+        elif method == "POST" and action == "cancel":
+            status, body = self.sim.responses.cancel(response_id)
+            self._send_json(status, body)
+        else:
+            self._method_not_allowed(method, path)
+
     def _stream(
         self,
         path: str,
@@ -1433,6 +1551,7 @@ class ModelSimulator:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.created = int(time.time())
+        self.responses = ResponseStore(lambda: self.config)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -1460,6 +1579,7 @@ class ModelSimulator:
         if server is None:
             return
         self._stopping.set()
+        self.responses.stop()
         server.shutdown()
         server.close_connections()
         server.server_close()
@@ -1613,8 +1733,14 @@ class ModelSimulator:
         return fault, slow_ms
 
     def _sleep(self, seconds: float) -> None:
+        """Wait `seconds` of simulated time (the clock's seconds divided by time_scale)."""
         if seconds > 0:
-            self._stopping.wait(seconds)
+            self._stopping.wait(seconds / self.config.time_scale)
+
+    def set_webhook(self, url: str, secret: str) -> None:
+        """Send background responses' webhooks to `url`, signed with `secret` (whsec_...)."""
+        self.responses.webhook_secret = secret
+        self.set_faults(webhook_url=url)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1650,6 +1776,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rate-limit-rpm", type=float, default=defaults.rate_limit_rpm, help="requests/min; 0: unlimited"
     )
     parser.add_argument("--rate-limit-window-s", type=float, default=defaults.rate_limit_window_s)
+    parser.add_argument(
+        "--time-scale", type=float, default=defaults.time_scale, help="simulated seconds per second"
+    )
+    parser.add_argument("--webhook-url", default=defaults.webhook_url, help="background responses' webhooks")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
 
@@ -1668,12 +1798,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             rate_limit_rpm=args.rate_limit_rpm,
             rate_limit_window_s=args.rate_limit_window_s,
+            time_scale=args.time_scale,
+            webhook_url=args.webhook_url,
         )
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     simulator = ModelSimulator(config, host=args.host, port=args.port)
+    if os.environ.get("BATON_SIM_WEBHOOK_SECRET"):
+        simulator.responses.webhook_secret = os.environ["BATON_SIM_WEBHOOK_SECRET"]
     try:
         simulator.start()
     except OSError as exc:
