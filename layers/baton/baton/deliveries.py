@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -47,6 +48,9 @@ MAX_INLINE_BODY_BYTES = 20 * 1024
 RESULT_PREVIEW_CHARS = 1000
 # A message that arrives up to this early is attempted now rather than sent round again.
 EARLY_MS = 500
+# A pending delivery this long past its due time (beyond a claim's hold) lost its message: the
+# sweeper sends it again. Later than any live attempt can take, so it only ever finds lost ones.
+OVERDUE_MARGIN_MS = 60_000
 
 
 class AttemptNotRecordedYet(Exception):
@@ -218,6 +222,43 @@ class WebhookService:
             return
         # timings.notify_ms: how long the delivering attempt took.
         self.jobs.record_notification(job, notify_ms=delivery.attempts[-1].duration_ms)
+
+    # -- the overdue sweep ---------------------------------------------------------------------
+    def resend_overdue(self, now: int, *, limit: int, keep_going: Callable[[], bool] = lambda: True) -> int:
+        """Pending deliveries whose attempt is long overdue (its message was lost: a worker killed
+        between its claim and its record, a send that failed) get their message again. Idempotent:
+        a conditional write takes each one, and the attempt's claim and counter make a message
+        that was only late, not lost, harmless (one attempt is made, the other copy is stale)."""
+        overdue_before = now - self._claim_ms - OVERDUE_MARGIN_MS
+        resent = 0
+        for tenant_id, job_id, message_id in self.store.overdue(overdue_before, limit=limit):
+            if not keep_going():
+                break
+            try:
+                delivery = self.store.get(tenant_id, job_id, message_id)
+            except DeliveryNotFoundError:
+                continue
+            if delivery.expires_at * 1000 < now:
+                self.store.leave_pending_index(delivery)
+                continue
+            due = delivery.next_attempt_ms
+            if delivery.status != PENDING or due is None or due >= overdue_before:
+                continue  # moved on since the index was read
+            if not self.store.reschedule_overdue(delivery, now=now):
+                continue  # another sweep took it, or a worker holds it
+            self.queue.send(self._message(delivery, due_ms=now), now=now)
+            count("WebhookDeliveriesResent")
+            logger.warning(
+                "overdue webhook delivery sent again",
+                extra={
+                    "job_id": job_id,
+                    "webhook_id": message_id,
+                    "attempt": delivery.attempt,
+                    "overdue_ms": now - due,
+                },
+            )
+            resent += 1
+        return resent
 
     # -- API -----------------------------------------------------------------------------------
     def list(self, tenant_id: str, job_id: str) -> list[Delivery]:

@@ -30,6 +30,47 @@ def open_shard(job_id: str) -> str:
     return f"open#{zlib.crc32(job_id.encode()) % OPEN_SHARDS}"
 
 
+def due_in_shards(
+    table_name: str,
+    index_name: str,
+    *,
+    shards: list[str],
+    shard_attribute: str,
+    due_attribute: str,
+    before: int,
+    limit: int,
+    page_size: int,
+) -> Iterator[dict[str, Any]]:
+    """Keys of the items of a sparse, sharded index whose `due_attribute` is before `before`: at
+    most `limit`, oldest first within each shard, one page per shard in turn (a backlog in one
+    shard never starves the others). Pages follow LastEvaluatedKey, so every due item is reachable
+    however many there are."""
+    ddb = client("dynamodb")
+    start_keys: dict[str, dict[str, Any] | None] = dict.fromkeys(shards)
+    found = 0
+    while start_keys and found < limit:
+        for shard in list(start_keys):
+            query: dict[str, Any] = {
+                "TableName": table_name,
+                "IndexName": index_name,
+                "KeyConditionExpression": "#shard = :shard AND #due < :before",
+                "ExpressionAttributeNames": {"#shard": shard_attribute, "#due": due_attribute},
+                "ExpressionAttributeValues": to_dynamo({":shard": shard, ":before": before}),
+                "Limit": min(page_size, limit - found),
+            }
+            if start_keys[shard] is not None:
+                query["ExclusiveStartKey"] = start_keys[shard]
+            answer = ddb.query(**query)
+            for item in answer.get("Items", []):
+                found += 1
+                yield from_dynamo(item)
+            start_keys[shard] = answer.get("LastEvaluatedKey")
+            if start_keys[shard] is None:
+                del start_keys[shard]  # this shard has nothing more that is due
+            if found >= limit:
+                return
+
+
 _JSON_FIELDS = set(JobRecord.JSON_FIELDS)
 
 
@@ -205,33 +246,18 @@ class JobStore:
 
     def overdue(self, now: int, *, limit: int, page_size: int | None = None) -> Iterator[tuple[str, str]]:
         """(tenant_id, job_id) of open jobs whose deadline has passed, from the sparse index: at
-        most `limit`, oldest deadline first within each shard, one page per shard in turn (a backlog
-        in one shard never starves the others). Pages follow LastEvaluatedKey, so every overdue
-        job is reachable however many there are."""
-        page_size = page_size or OVERDUE_PAGE
-        start_keys: dict[int, dict[str, Any] | None] = dict.fromkeys(range(OPEN_SHARDS))
-        found = 0
-        while start_keys and found < limit:
-            for shard in list(start_keys):
-                query: dict[str, Any] = {
-                    "TableName": self.table_name,
-                    "IndexName": OPEN_JOBS_INDEX,
-                    "KeyConditionExpression": "open_shard = :shard AND deadline_ms < :now",
-                    "ExpressionAttributeValues": to_dynamo({":shard": f"open#{shard}", ":now": now}),
-                    "Limit": min(page_size, limit - found),
-                }
-                if start_keys[shard] is not None:
-                    query["ExclusiveStartKey"] = start_keys[shard]
-                answer = self._ddb.query(**query)
-                for item in answer.get("Items", []):
-                    keys = from_dynamo(item)
-                    found += 1
-                    yield str(keys["pk"]).removeprefix("TENANT#"), str(keys["sk"]).removeprefix("JOB#")
-                start_keys[shard] = answer.get("LastEvaluatedKey")
-                if start_keys[shard] is None:
-                    del start_keys[shard]  # this shard has nothing more overdue
-                if found >= limit:
-                    return
+        most `limit`, oldest deadline first within each shard (see `due_in_shards`)."""
+        for keys in due_in_shards(
+            self.table_name,
+            OPEN_JOBS_INDEX,
+            shards=[f"open#{shard}" for shard in range(OPEN_SHARDS)],
+            shard_attribute="open_shard",
+            due_attribute="deadline_ms",
+            before=now,
+            limit=limit,
+            page_size=page_size or OVERDUE_PAGE,
+        ):
+            yield str(keys["pk"]).removeprefix("TENANT#"), str(keys["sk"]).removeprefix("JOB#")
 
     def leave_open_index(self, tenant_id: str, job_id: str) -> None:
         """Take a job that can no longer be read (expired, TTL not yet applied) off the open-jobs

@@ -1,4 +1,5 @@
-"""The sweeper (scheduled every minute): jobs past their `timeout_seconds` fail as `timeout`.
+"""The sweeper (scheduled every minute): jobs past their `timeout_seconds` fail as `timeout`, and
+pending webhook deliveries whose message was lost are sent again.
 
 Dead letters are not its business any more: the dead-letter function consumes the job steps' DLQs
 as they arrive (baton.deadletters). The sweep is bounded, so that a backlog of overdue jobs never
@@ -18,7 +19,7 @@ from baton.jobs import JobService
 
 logger = Logger(child=True)
 
-MAX_OVERDUE_PER_RUN = 500
+MAX_OVERDUE_PER_RUN = 500  # jobs, and as many deliveries
 # Stop starting new work with less than this left of the invocation (one failure takes ~3 calls).
 RESERVE_MS = 10_000
 
@@ -32,7 +33,16 @@ class Sweeper:
         def keep_going() -> bool:
             return remaining_ms is None or remaining_ms() > RESERVE_MS
 
-        overdue = self.service.fail_overdue(now_ms(), limit=self.max_per_run, keep_going=keep_going)
-        if overdue:
-            logger.info("sweep", extra={"overdue_failed": overdue, "max_per_run": self.max_per_run})
-        return {"overdue_failed": overdue}
+        now = now_ms()
+        overdue = self.service.fail_overdue(now, limit=self.max_per_run, keep_going=keep_going)
+        resent = self.service.webhooks.resend_overdue(now, limit=self.max_per_run, keep_going=keep_going)
+        if overdue or resent:
+            logger.info(
+                "sweep",
+                extra={
+                    "overdue_failed": overdue,
+                    "deliveries_resent": resent,
+                    "max_per_run": self.max_per_run,
+                },
+            )
+        return {"overdue_failed": overdue, "deliveries_resent": resent}

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import time
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -29,6 +31,7 @@ from baton.clock import iso_from_ms, now_ms
 from baton.egress import BlockedAddressError, pinned_client
 from baton.errors import JobNotFoundError
 from baton.models import JobStatus
+from baton.store import due_in_shards
 
 logger = Logger(child=True)
 metrics = Metrics()
@@ -43,6 +46,15 @@ MAX_SQS_DELAY_SECONDS = 900
 # A Retry-After further out than this is taken as this (a day): the delivery stays pending.
 MAX_RETRY_AFTER_SECONDS = 86_400
 PENDING, DELIVERED, FAILED, EXHAUSTED = "pending", "delivered", "failed", "exhausted"
+# Pending deliveries carry pending_shard in the sparse pending-deliveries index (keyed by their
+# next_attempt_ms), so the sweeper finds one whose message was lost without scanning.
+PENDING_DELIVERIES_INDEX = "pending-deliveries"
+PENDING_SHARDS = 4
+OVERDUE_PAGE = 100
+
+
+def pending_shard(message_id: str) -> str:
+    return f"pending#{zlib.crc32(message_id.encode()) % PENDING_SHARDS}"
 
 
 class DeliveryNotFoundError(JobNotFoundError):
@@ -151,6 +163,8 @@ class Delivery:
         }
         if self.next_attempt_ms is not None:
             item["next_attempt_ms"] = self.next_attempt_ms
+        if self.status == PENDING:
+            item["pending_shard"] = pending_shard(self.webhook_id)
         if self.auth_sealed is not None:
             item["auth_sealed"] = self.auth_sealed
         return item
@@ -280,6 +294,8 @@ class DeliveryStore:
             values[":next_ms"] = next_ms
         else:
             expression += " REMOVE claimed_until, next_attempt_ms"
+        if status != PENDING:
+            expression += ", pending_shard"  # off the pending-deliveries index: nothing left to send
         recorded = self._update(delivery, expression, "#series = :series AND #attempt = :attempt", values)
         if recorded:
             delivery.attempts, delivery.status, delivery.attempt = attempts, status, delivery.attempt + 1
@@ -292,15 +308,74 @@ class DeliveryStore:
             TableName=self.table_name,
             Key=to_dynamo(delivery_key(delivery.tenant_id, delivery.job_id, delivery.webhook_id)),
             UpdateExpression=(
-                "SET #series = #series + :one, #attempt = :zero, #status = :pending, next_attempt_ms = :now"
-                " REMOVE claimed_until"
+                "SET #series = #series + :one, #attempt = :zero, #status = :pending, next_attempt_ms = :now,"
+                " pending_shard = :shard REMOVE claimed_until"
             ),
             ConditionExpression="attribute_exists(pk)",
             ExpressionAttributeNames={"#status": "status", "#attempt": "attempt", "#series": "series"},
-            ExpressionAttributeValues=to_dynamo({":one": 1, ":zero": 0, ":pending": PENDING, ":now": now}),
+            ExpressionAttributeValues=to_dynamo(
+                {
+                    ":one": 1,
+                    ":zero": 0,
+                    ":pending": PENDING,
+                    ":now": now,
+                    ":shard": pending_shard(delivery.webhook_id),
+                }
+            ),
             ReturnValues="ALL_NEW",
         )
         return Delivery.from_item(from_dynamo(answer["Attributes"]))
+
+    # -- the overdue sweep ---------------------------------------------------------------------
+    def overdue(
+        self, before_ms: int, *, limit: int, page_size: int | None = None
+    ) -> Iterator[tuple[str, str, str]]:
+        """(tenant_id, job_id, webhook_id) of pending deliveries whose next attempt was due before
+        `before_ms`: at most `limit`, paginated, oldest first within each shard."""
+        for keys in due_in_shards(
+            self.table_name,
+            PENDING_DELIVERIES_INDEX,
+            shards=[f"pending#{shard}" for shard in range(PENDING_SHARDS)],
+            shard_attribute="pending_shard",
+            due_attribute="next_attempt_ms",
+            before=before_ms,
+            limit=limit,
+            page_size=page_size or OVERDUE_PAGE,
+        ):
+            # DELIVERY#<tenant>#<job>: job ids never hold a '#'.
+            tenant_id, job_id = str(keys["pk"]).removeprefix("DELIVERY#").rsplit("#", 1)
+            yield tenant_id, job_id, str(keys["sk"])
+
+    def reschedule_overdue(self, delivery: Delivery, *, now: int) -> bool:
+        """Take an overdue attempt for re-sending: moves its due time to `now`, only if nothing
+        touched it since it was read and no worker holds it. One sweep wins; the due time moving
+        keeps the next sweeps off it until it is overdue again."""
+        return self._update(
+            delivery,
+            "SET next_attempt_ms = :now",
+            "#status = :pending AND #series = :series AND #attempt = :attempt AND next_attempt_ms = :was"
+            " AND (attribute_not_exists(claimed_until) OR claimed_until < :now)",
+            {
+                ":now": now,
+                ":pending": PENDING,
+                ":series": delivery.series,
+                ":attempt": delivery.attempt,
+                ":was": delivery.next_attempt_ms,
+            },
+        )
+
+    def leave_pending_index(self, delivery: Delivery) -> None:
+        """An expired delivery (TTL not applied yet) never takes a place in a sweep again."""
+        try:
+            self._ddb.update_item(
+                TableName=self.table_name,
+                Key=to_dynamo(delivery_key(delivery.tenant_id, delivery.job_id, delivery.webhook_id)),
+                UpdateExpression="REMOVE pending_shard",
+                ConditionExpression="attribute_exists(pk)",
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
 
 
 # -- one attempt -------------------------------------------------------------------------------
