@@ -412,7 +412,11 @@ def serve(options: dict[str, Any], ready_file: Path) -> int:
             port=free_port(),
             state_dir=state_dir,
             stack_name="baton-bench",
-            parameters={str(k): str(v) for k, v in (options.get("parameters") or {}).items()},
+            # As `baton dev`: the webhook sink listens on loopback, which the deployed default refuses.
+            parameters={
+                "WebhookAllowPrivateNetworks": "true",
+                **{str(k): str(v) for k, v in (options.get("parameters") or {}).items()},
+            },
             simulator=SimulatorConfig(**(options.get("simulator") or {})),
             schedule_every_s=options.get("schedule_every_s"),
             service_environment={
@@ -535,6 +539,7 @@ class _ControlServer:
                 "updated_ms": record.updated_ms,
                 "step_started_ms": dict(record.step_started_ms),
                 "timings": record.timings.model_dump(),
+                "usage": record.usage.model_dump(),
                 "error": record.error.model_dump() if record.error else None,
             }
         return jobs
