@@ -37,6 +37,8 @@ dlq_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(dlq_app, name="dlq")
+batch_app = typer.Typer(help="Submit many requests at once (JSONL, one job per line).", no_args_is_help=True)
+app.add_typer(batch_app, name="batch")
 logger = logging.getLogger("baton.cli")
 
 # The user interface: results and JSON on stdout, progress and errors on stderr.
@@ -71,6 +73,14 @@ ApiUrlOption = Annotated[
     str | None,
     typer.Option(help="Base URL of the API (default: the local stack's).", show_default=False),
 ]
+
+
+class LongDocument(StrEnum):
+    """parameters.long_document (the contract's values)."""
+
+    map_reduce = "map_reduce"
+    truncate = "truncate"
+    fail = "fail"
 
 
 @app.command()
@@ -211,6 +221,10 @@ def submit(
         list[str] | None, typer.Option("--metadata", help="k=v, echoed back with the job; repeatable.")
     ] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Idempotency-Key header.")] = None,
+    long_document: Annotated[
+        LongDocument | None,
+        typer.Option(help="A document over the model's context: map_reduce (default), truncate or fail."),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job live until it finishes.")] = False,
     wait_timeout: Annotated[float, typer.Option(help="Give up following after this many seconds.")] = 600.0,
     api_key: ApiKeyOption = None,
@@ -227,6 +241,8 @@ def submit(
         body["webhook"] = {"url": webhook_url}
     if metadata:
         body["metadata"] = _parse_metadata(metadata)
+    if long_document is not None:
+        body["parameters"] = {"long_document": long_document.value}
     client, _ = _client(api_key, state_dir, api_url)
     with client:
         if file is not None:
@@ -665,6 +681,80 @@ def _age(seconds: float | None) -> str:
     return f"{value}s"
 
 
+# -- batches -----------------------------------------------------------------------------------------
+
+
+@batch_app.command("submit")
+def batch_submit(
+    file: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, readable=True, help="JSONL: one request per line."),
+    ],
+    model: Annotated[str | None, typer.Option(help="Model for every line (default: the API's).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the batch until it finishes.")] = False,
+    wait_timeout: Annotated[float, typer.Option(help="Give up following after this many seconds.")] = 3600.0,
+    api_key: ApiKeyOption = None,
+    state_dir: StateDirOption = None,
+    api_url: ApiUrlOption = None,
+) -> None:
+    """Upload FILE through the documents API and submit it as a batch; prints the batch."""
+    client, _ = _client(api_key, state_dir, api_url)
+    with client:
+        document_id = _call(lambda: client.upload(file.name, file.read_bytes(), "application/x-ndjson"))
+        body: dict[str, Any] = {"input_document_id": document_id}
+        if model:
+            body["model"] = model
+        batch = _call(lambda: client.submit_batch(body))
+        if wait:
+            batch = _follow_batch(client, str(batch["id"]), wait_timeout)
+    out.print_json(data=batch)
+    if wait and batch["status"] != "completed":
+        raise typer.Exit(1)
+
+
+@batch_app.command("status")
+def batch_status(
+    batch_id: Annotated[str, typer.Argument(help="The batch id (batch_...).")],
+    api_key: ApiKeyOption = None,
+    state_dir: StateDirOption = None,
+    api_url: ApiUrlOption = None,
+) -> None:
+    """Print a batch as JSON (output_url / errors_url once it has finished)."""
+    client, _ = _client(api_key, state_dir, api_url)
+    with client:
+        batch = _call(lambda: client.batch(batch_id))
+    out.print_json(data=batch)
+
+
+def _follow_batch(client: BatonClient, batch_id: str, timeout: float) -> dict[str, Any]:
+    """Poll the batch with a progress bar of finished lines until it ends."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    started = time.monotonic()
+    with Progress(
+        TextColumn("[bold]{task.description}[/bold] {task.fields[status]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    ) as progress:
+        task = progress.add_task(batch_id, total=None, status="in_progress")
+        while True:
+            batch = _call(lambda: client.batch(batch_id))
+            counts = batch["request_counts"]
+            done = counts["completed"] + counts["failed"] + counts["cancelled"]
+            progress.update(task, total=counts["total"], completed=done, status=batch["status"])
+            if batch["status"] in {"completed", "failed", "cancelled"}:
+                return batch
+            if time.monotonic() - started > timeout:
+                progress.stop()
+                _fail(
+                    f"{batch_id} is still {batch['status']} after {timeout:g}s: "
+                    f"`baton batch status {batch_id}`"
+                )
+            time.sleep(1.0)
+
+
 # -- helpers -----------------------------------------------------------------------------------------
 
 
@@ -803,6 +893,13 @@ def _print_outcome(job: dict[str, Any]) -> None:
     error = job.get("error")
     if error:
         err.print(f"[red]{escape(str(error.get('type')))}: {escape(str(error.get('message')))}[/red]")
+    document = job.get("document") or {}
+    if document:
+        # chunks > 1: answered by map-reduce; truncated: cut to fit (long_document: truncate).
+        cut = ", truncated" if document.get("truncated") else ""
+        err.print(
+            f"[dim]document: {document.get('chars')} characters, {document.get('chunks')} chunk(s){cut}[/dim]"
+        )
     usage = job.get("usage") or {}
     timings = job.get("timings") or {}
     if usage or timings:

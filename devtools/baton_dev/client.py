@@ -147,6 +147,14 @@ class BatonClient:
         logger.info("uploaded %s (%d bytes) as document %s", filename, len(data), created["id"])
         return str(created["id"])
 
+    def submit_batch(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/batches: 202 with the batch."""
+        return _json_object(self._request("POST", "/v1/batches", json=body))
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        """GET /v1/batches/{id}."""
+        return _json_object(self._request("GET", f"/v1/batches/{batch_id}"))
+
     def document(self, document_id: str) -> dict[str, Any]:
         """GET /v1/documents/{id}."""
         return _json_object(self._request("GET", f"/v1/documents/{document_id}"))

@@ -8,12 +8,13 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from baton.api import JobsHttp, WebhooksHttp, tenant_of
+from baton.api import JobsHttp, WebhooksHttp, base_path, tenant_of
+from baton.batches import BatchService
 from baton.documents import DocumentService
 from baton.http_errors import register_error_handlers
 from baton.idempotency import persistence_layer, submission_config
 from baton.jobs import JobService
-from baton.models import CreateDocumentRequest, CreateJobRequest
+from baton.models import CreateBatchRequest, CreateDocumentRequest, CreateJobRequest, DeliveryList
 from baton.settings import get_settings
 
 logger = Logger()
@@ -25,6 +26,7 @@ service = JobService(settings)
 jobs = JobsHttp(service, persistence_layer(settings), idempotency)
 documents = DocumentService(settings)
 webhooks = WebhooksHttp(service)
+batches = BatchService(settings, service)
 
 app = APIGatewayRestResolver(enable_validation=True)
 register_error_handlers(app)
@@ -79,6 +81,46 @@ def redeliver(job_id: str, webhook_id: str) -> Response[str]:
 @tracer.capture_method
 def rotate_webhook_secret() -> Response[str]:
     return webhooks.rotate_secret(app.current_event)
+
+
+# -- batches
+@app.post("/v1/batches")
+@tracer.capture_method
+def create_batch(body: CreateBatchRequest) -> Response[str]:
+    event = app.current_event
+    batch = batches.create(tenant_of(event), body, headers=dict(event.headers))
+    headers = {"Location": f"{base_path(event)}/v1/batches/{batch.id}"}
+    return Response(202, content_types.APPLICATION_JSON, batch.model_dump_json(), headers)
+
+
+@app.get("/v1/batches")
+@tracer.capture_method
+def list_batches(
+    limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: Annotated[str | None, Query()] = None
+) -> Response[str]:
+    page = batches.list_page(tenant_of(app.current_event), limit=limit, cursor=cursor)
+    return Response(200, content_types.APPLICATION_JSON, page.model_dump_json())
+
+
+@app.get("/v1/batches/<batch_id>")
+@tracer.capture_method
+def get_batch(batch_id: str) -> Response[str]:
+    batch = batches.get(tenant_of(app.current_event), batch_id)
+    return Response(200, content_types.APPLICATION_JSON, batch.model_dump_json())
+
+
+@app.delete("/v1/batches/<batch_id>")
+@tracer.capture_method
+def cancel_batch(batch_id: str) -> Response[str]:
+    batch = batches.cancel(tenant_of(app.current_event), batch_id)
+    return Response(200, content_types.APPLICATION_JSON, batch.model_dump_json())
+
+
+@app.get("/v1/batches/<batch_id>/deliveries")
+@tracer.capture_method
+def list_batch_deliveries(batch_id: str) -> Response[str]:
+    found = DeliveryList(data=batches.deliveries(tenant_of(app.current_event), batch_id))
+    return Response(200, content_types.APPLICATION_JSON, found.model_dump_json())
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)

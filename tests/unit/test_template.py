@@ -32,6 +32,7 @@ FUNCTIONS = {
     "ToolFunction": "tool",
     "SweeperFunction": "sweeper",
     "DeadLetterFunction": "deadletter",
+    "BatchFunction": "batch",
 }
 # The DLQs whose messages are job commands: consumed by the dead-letter function as they arrive.
 JOB_STEP_DLQS = {"ExtractDeadLetterQueue", "InferDeadLetterQueue", "ToolDeadLetterQueue"}
@@ -95,6 +96,11 @@ def test_api_routes_and_authorizer(app_template: AppTemplate) -> None:
         ("GET", "/v1/jobs/{job_id}"),
         ("DELETE", "/v1/jobs/{job_id}"),
         ("POST", "/v1/documents"),
+        ("POST", "/v1/batches"),
+        ("GET", "/v1/batches"),
+        ("GET", "/v1/batches/{batch_id}"),
+        ("DELETE", "/v1/batches/{batch_id}"),
+        ("GET", "/v1/batches/{batch_id}/deliveries"),
         ("GET", "/v1/documents/{document_id}"),
         ("GET", "/v1/jobs/{job_id}/deliveries"),
         ("POST", "/v1/jobs/{job_id}/deliveries/{webhook_id}/redeliver"),
@@ -124,6 +130,7 @@ def test_every_stage_function_is_fed_by_one_sqs_queue(app_template: AppTemplate)
         "NotifyFunction": "NotifyQueue",
         "DeliverFunction": "WebhookDeliveryQueue",
         "ToolFunction": "ToolQueue",
+        "BatchFunction": "BatchQueue",
     }
 
 
@@ -171,15 +178,15 @@ def test_dead_letters_are_alarmed_on_arrival_not_on_depth(app_template: AppTempl
         "IngestDeadLetterQueue": ["DIFF(depth)"],
         "NotifyDeadLetterQueue": ["DIFF(depth)"],
         "WebhookDeliveryDeadLetterQueue": ["DIFF(depth)"],
+        "BatchDeadLetterQueue": ["DIFF(depth)"],
     }
     assert not [a for a in alarms.values() if a["Properties"].get("Namespace") == "AWS/SQS"]
 
 
 def test_every_event_source_reports_batch_item_failures(app_template: AppTemplate) -> None:
     mappings = resources(app_template, "AWS::Lambda::EventSourceMapping")
-    assert (
-        len(mappings) == len(app_template.sqs_sources) == 9
-    )  # 5 stages + webhook attempts + 3 job-step DLQs
+    # 5 stages + webhook attempts + batch + 3 job-step DLQs
+    assert len(mappings) == len(app_template.sqs_sources) == 10
     for logical_id, mapping in mappings.items():
         assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"], logical_id
         concurrency = int(
@@ -190,7 +197,15 @@ def test_every_event_source_reports_batch_item_failures(app_template: AppTemplat
 
 @pytest.mark.parametrize(
     "source",
-    ["IngestQueue", "ExtractQueue", "InferQueue", "ToolQueue", "NotifyQueue", *sorted(JOB_STEP_DLQS)],
+    [
+        "IngestQueue",
+        "ExtractQueue",
+        "InferQueue",
+        "ToolQueue",
+        "NotifyQueue",
+        "BatchQueue",
+        *sorted(JOB_STEP_DLQS),
+    ],
 )
 def test_visibility_timeout_is_at_least_six_times_the_consumer_timeout(
     app_template: AppTemplate, source: str

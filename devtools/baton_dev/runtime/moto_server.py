@@ -6,11 +6,14 @@ about resource `*`, which no statement scoped to a table or bus ARN matches, so 
 correctly scoped role would be denied. Here a statement's Resource matches when moto does not know
 the resource: actions are enforced everywhere, resource ARNs where moto knows them (SQS queues, S3
 buckets and keys). tests/unit/test_template.py checks resources statically for the rest.
-Presigned URLs, which moto cannot authenticate at all, are authorized as their signer.
+Presigned URLs, which moto cannot authenticate at all, are authorized as their signer. A DynamoDB
+transaction is authorized as AWS does it, as the PutItem/UpdateItem/DeleteItem/ConditionCheckItem
+of each of its items (moto asks for `dynamodb:TransactWriteItems`, an action IAM does not have).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -38,7 +41,17 @@ def _presigned_urls_act_as_their_signer(self: Any, iam_request_cls: type, resour
     what the signer may do); its signature is not verified - moto cannot compute presigned ones."""
     query = parse_qs(urlparse(self.uri).query)
     if "Authorization" in self.headers or "X-Amz-Credential" not in query:
-        _authenticate(self, iam_request_cls, resource)
+        item_actions = _transaction_item_actions(self)
+        if item_actions is None:
+            _authenticate(self, iam_request_cls, resource)
+            return
+        for action in item_actions:
+            original = self._get_action
+            self._get_action = lambda action=action: action
+            try:
+                _authenticate(self, iam_request_cls, resource)
+            finally:
+                self._get_action = original
         return
     if (
         authorization.ActionAuthenticatorMixin.request_count
@@ -62,6 +75,32 @@ def _presigned_urls_act_as_their_signer(self: Any, iam_request_cls: type, resour
         action=self._get_action(),
     )
     iam_request.check_action_permitted(resource)
+
+
+# What AWS authorizes for each kind of item in a DynamoDB transaction.
+_TRANSACTION_ITEM_ACTIONS = {
+    "TransactWriteItems": {
+        "Put": "PutItem",
+        "Update": "UpdateItem",
+        "Delete": "DeleteItem",
+        "ConditionCheck": "ConditionCheckItem",
+    },
+    "TransactGetItems": {"Get": "GetItem"},
+}
+
+
+def _transaction_item_actions(handler: Any) -> list[str] | None:
+    """The item actions of a DynamoDB transaction request (sorted, once each); None otherwise."""
+    target = str(handler.headers.get("X-Amz-Target") or "")
+    service, _, operation = target.partition(".")
+    if not service.startswith("DynamoDB_") or operation not in _TRANSACTION_ITEM_ACTIONS:
+        return None
+    kinds = _TRANSACTION_ITEM_ACTIONS[operation]
+    try:
+        items = json.loads(handler.raw_body or b"{}").get("TransactItems", [])
+    except ValueError:
+        return None  # moto answers the malformed request itself
+    return sorted({kinds[kind] for item in items for kind in item if kind in kinds}) or None
 
 
 setattr(  # noqa: B010 - replacing moto's method

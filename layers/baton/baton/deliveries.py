@@ -91,8 +91,14 @@ class WebhookService:
             next_attempt_ms=now,
             auth_sealed=record.webhook.get("auth_sealed"),
         )
+        return self.start(delivery)
+
+    def start(self, delivery: Delivery) -> dict[str, Any]:
+        """Store a new delivery (a job's, or a batch's: its id in `job_id`) and queue its first
+        attempt; a delivery that exists already is queued again only if no attempt was made."""
+        now = now_ms()
         if not self.store.create(delivery):
-            delivery = self.store.get(record.tenant_id, record.job_id, delivery.webhook_id)
+            delivery = self.store.get(delivery.tenant_id, delivery.job_id, delivery.webhook_id)
             if delivery.status != PENDING or delivery.attempt > 0 or delivery.series > 0:
                 return {"outcome": "duplicate", "webhook_id": delivery.webhook_id}
         # Sent again when the event comes again before any attempt: the claim keeps it to one.

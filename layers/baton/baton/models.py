@@ -366,3 +366,63 @@ class DeliveryList(BaseModel):
 class RotatedWebhookSecret(BaseModel):
     webhook_secret: str
     previous_valid_until: str
+
+
+# -- batches -------------------------------------------------------------------------------------
+
+
+class BatchLine(BaseModel):
+    """One request of a batch (a JSONL line or an element of `requests`)."""
+
+    model_config = _STRICT
+
+    custom_id: str = Field(min_length=1, max_length=256)
+    input: JobInput
+    model: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    parameters: JobParameters | None = None
+    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=14)
+
+
+class CreateBatchRequest(BaseModel):
+    """Body of POST /v1/batches: a JSONL document, or inline requests (at most 1,000)."""
+
+    model_config = _STRICT
+
+    input_document_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._\-]{1,512}$")] | None = None
+    requests: list[BatchLine] | None = Field(None, min_length=1, max_length=1000)
+    model: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    parameters: JobParameters | None = None
+    webhook: WebhookSpec | None = None
+    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=14)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CreateBatchRequest:
+        if (self.input_document_id is None) == (self.requests is None):
+            raise ValueError("give exactly one of input_document_id or requests")
+        return self
+
+
+class RequestCounts(BaseModel):
+    total: int
+    completed: int
+    failed: int
+    cancelled: int
+
+
+class BatchView(BaseModel):
+    """GET /v1/batches/{id}."""
+
+    id: str
+    status: Literal["validating", "in_progress", "completed", "failed", "cancelling", "cancelled"]
+    request_counts: RequestCounts
+    created_at: str
+    completed_at: str | None
+    output_url: str | None
+    errors_url: str | None
+
+
+class BatchList(BaseModel):
+    """GET /v1/batches: the tenant's batches, newest first."""
+
+    data: list[BatchView]
+    next_cursor: str | None

@@ -9,6 +9,7 @@ from aws_lambda_powertools.utilities.parser.models import (
 )
 from pydantic import Json
 
+from baton.batches import SliceCommand
 from baton.models import LifecycleDetail, StageCommand
 from baton.webhooks import DeliveryMessage
 
@@ -41,3 +42,9 @@ class DeliveryMessageRecord(SqsRecordModel):
     """deliver: one webhook attempt to make (baton.webhooks.DeliveryMessage)."""
 
     body: Json[DeliveryMessage]
+
+
+class BatchMessageRecord(SqsRecordModel):
+    """batch: a slice command (make or cancel a slice's jobs) or a batch job's terminal event."""
+
+    body: Json[SliceCommand | LifecycleEvent]

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     webhook_queue_url: str = Field("", alias="WEBHOOK_QUEUE_URL")
     # KMS key that seals webhook.auth credentials at rest (template: WebhookAuthKey).
     webhook_auth_key_id: str = Field("", alias="WEBHOOK_AUTH_KEY_ID")
+    batch_queue_url: str = Field("", alias="BATCH_QUEUE_URL")
 
     # The model endpoint follows the openai client's own variables.
     model: str = Field("baton-local", alias="BATON_MODEL", min_length=1)

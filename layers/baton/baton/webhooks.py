@@ -67,7 +67,9 @@ def webhook_id(job_id: str, status: JobStatus) -> str:
 
 
 def build_payload(event_type: str, job_view: dict[str, Any]) -> str:
-    body = {"type": event_type, "timestamp": job_view["updated_at"], "data": job_view}
+    # A job view has updated_at; a batch view (batch.* events) has completed_at.
+    timestamp = job_view.get("updated_at") or job_view.get("completed_at")
+    body = {"type": event_type, "timestamp": timestamp, "data": job_view}
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 

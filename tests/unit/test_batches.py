@@ -1,0 +1,189 @@
+"""Batches (POST/GET/DELETE /v1/batches and the batch stage) on the template's data plane."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from standardwebhooks import Webhook
+
+from baton.errors import ModelError
+
+from .test_documents import call
+from .test_infer_handler import FakeModel, model  # noqa: F401 (the fixture)
+from .test_notify_handler import HOOK, Receiver, receiver, secret  # noqa: F401 (fixtures)
+
+if TYPE_CHECKING:
+    from conftest import AwsStack, LoadedFunction
+
+
+def batch_event(
+    aws: AwsStack, method: str, *, body: Any = None, batch_id: str | None = None
+) -> dict[str, Any]:
+    event = aws.api_event("api-create-job.json", body=body, drop_headers=("Idempotency-Key", "Prefer"))
+    path = "/v1/batches" + (f"/{batch_id}" if batch_id else "")
+    event["httpMethod"] = method
+    event["path"] = path
+    event["resource"] = "/v1/batches/{batch_id}" if batch_id else "/v1/batches"
+    event["pathParameters"] = {"batch_id": batch_id} if batch_id else None
+    event["requestContext"]["path"] = f"/{event['requestContext']['stage']}{path}"
+    event["requestContext"]["httpMethod"] = method
+    event["requestContext"]["resourcePath"] = event["resource"]
+    if body is None:
+        event["body"] = None
+    return event
+
+
+def line(custom_id: str, prompt: str = "Summarize: queues decouple work.") -> dict[str, Any]:
+    return {"custom_id": custom_id, "input": {"prompt": prompt}}
+
+
+def drain(aws: AwsStack, batch: LoadedFunction, infer: LoadedFunction) -> None:
+    """Run the batch and infer stages until neither has anything queued."""
+    while True:
+        ran = False
+        for queue, function in (("BatchQueue", batch), ("InferQueue", infer)):
+            messages = aws.receive(queue)
+            if messages:
+                assert function(aws.sqs_event(queue, messages)) == {"batchItemFailures": []}
+                ran = True
+        if not ran:
+            return
+
+
+def read_jsonl(aws: AwsStack, key: str) -> list[dict[str, Any]]:
+    data = boto3.client("s3").get_object(Bucket=aws.bucket, Key=key)["Body"].read().decode()
+    return [json.loads(raw) for raw in data.splitlines() if raw]
+
+
+def test_a_batch_runs_every_line_as_a_job_and_accounts_for_each_once(
+    aws: AwsStack,
+    api: LoadedFunction,
+    infer: LoadedFunction,
+    model: FakeModel,  # noqa: F811
+) -> None:
+    batch = aws.load("BatchFunction")
+    body = {
+        "requests": [line("a"), line("b", "[poison]"), line("c")],
+        "metadata": {"project": "q3"},
+    }
+    status, created = call(api, batch_event(aws, "POST", body=body))
+    assert status == 202, created
+    assert created["status"] == "in_progress"
+    assert created["request_counts"] == {"total": 3, "completed": 0, "failed": 0, "cancelled": 0}
+    batch_id = created["id"]
+
+    def answer(settings: Any, **request: Any) -> Any:
+        if "[poison]" in request["messages"][0]["content"]:
+            raise ModelError("refused", retryable=False, type_="model_rejected_request")
+        return FakeModel()(settings, **request)
+
+    import baton.llm
+
+    aws.monkeypatch.setattr(baton.llm, "complete", answer)
+    drain(aws, batch, infer)
+
+    status, finished = call(api, batch_event(aws, "GET", batch_id=batch_id))
+    assert finished["status"] == "completed", finished
+    assert finished["request_counts"] == {"total": 3, "completed": 2, "failed": 1, "cancelled": 0}
+    assert finished["completed_at"] and finished["output_url"] and finished["errors_url"]
+    prefix = f"batches/acme/{batch_id}"
+    output = read_jsonl(aws, f"{prefix}/output.jsonl")
+    errors = read_jsonl(aws, f"{prefix}/errors.jsonl")
+    assert [entry["custom_id"] for entry in output] == ["a", "c"]
+    assert [entry["custom_id"] for entry in errors] == ["b"]
+    assert output[0]["status"] == "completed" and output[0]["result"]["text"]
+    assert errors[0]["error"]["type"] == "model_rejected_request"
+    # Each line's job carries the batch's metadata plus custom_id and batch_id.
+    job = json.loads(api(aws.api_event("api-get-job.json", job_id=output[0]["job_id"]))["body"])
+    assert job["metadata"] == {"project": "q3", "custom_id": "a", "batch_id": batch_id}
+
+    status, page = call(api, batch_event(aws, "GET"))
+    assert status == 200 and [b["id"] for b in page["data"]] == [batch_id]
+
+
+def test_validation_names_the_line(aws: AwsStack, api: LoadedFunction) -> None:
+    status, body = call(api, batch_event(aws, "POST", body={"requests": [line("a"), line("a")]}))
+    assert (
+        status == 422 and body["error"]["field"] == "line 2" and "repeats line 1" in body["error"]["message"]
+    )
+    boto3.client("s3").put_object(
+        Bucket=aws.bucket,
+        Key="documents/acme/lines.jsonl",
+        Body=(json.dumps(line("x")) + "\n{not json\n").encode(),
+    )
+    status, body = call(api, batch_event(aws, "POST", body={"input_document_id": "lines.jsonl"}))
+    assert status == 422 and body["error"]["field"] == "line 2"
+    status, body = call(api, batch_event(aws, "POST", body={"requests": [{"custom_id": "z", "input": {}}]}))
+    assert status == 422 and body["error"]["field"].startswith("requests.0.input")
+
+
+def test_a_cancelled_batch_stops(
+    aws: AwsStack,
+    api: LoadedFunction,
+    infer: LoadedFunction,
+    model: FakeModel,  # noqa: F811
+) -> None:
+    batch = aws.load("BatchFunction")
+    _, created = call(api, batch_event(aws, "POST", body={"requests": [line(str(i)) for i in range(5)]}))
+    status, cancelling = call(api, batch_event(aws, "DELETE", batch_id=created["id"]))
+    assert status == 200 and cancelling["status"] == "cancelling"
+    drain(aws, batch, infer)
+    _, ended = call(api, batch_event(aws, "GET", batch_id=created["id"]))
+    assert ended["status"] == "cancelled"
+    assert ended["request_counts"] == {"total": 5, "completed": 0, "failed": 0, "cancelled": 5}
+    assert model.calls == []
+    errors = read_jsonl(aws, f"batches/acme/{created['id']}/errors.jsonl")
+    assert sorted(entry["custom_id"] for entry in errors) == ["0", "1", "2", "3", "4"]
+    status, _ = call(api, batch_event(aws, "DELETE", batch_id=created["id"]))
+    assert status == 409
+
+
+def test_a_finished_batch_is_delivered_as_a_webhook_through_the_delivery_log(
+    aws: AwsStack,
+    api: LoadedFunction,
+    infer: LoadedFunction,
+    model: FakeModel,  # noqa: F811
+    receiver: Receiver,  # noqa: F811
+    secret: str,  # noqa: F811
+) -> None:
+    batch, deliver = aws.load("BatchFunction"), aws.load("DeliverFunction")
+    webhook = {"url": HOOK, "auth": {"type": "bearer", "token": "s3cret-token"}}
+    body = {"requests": [line("a"), line("b")], "webhook": webhook}
+    _, created = call(api, batch_event(aws, "POST", body=body))
+    batch_id = created["id"]
+    drain(aws, batch, infer)
+    assert receiver.deliveries == []  # the batch stage only records and queues the delivery
+    assert deliver(aws.take_event("WebhookDeliveryQueue")) == {"batchItemFailures": []}
+
+    [delivery] = receiver.deliveries
+    assert delivery["url"] == HOOK
+    assert delivery["headers"]["authorization"] == "Bearer s3cret-token"
+    assert delivery["headers"]["webhook-id"] == f"msg_{batch_id}_completed"
+    payload = Webhook(secret).verify(delivery["body"], delivery["headers"])
+    assert payload["type"] == "batch.completed"
+    assert payload["data"]["id"] == batch_id
+    assert payload["data"]["request_counts"] == {"total": 2, "completed": 2, "failed": 0, "cancelled": 0}
+    assert payload["timestamp"] == payload["data"]["completed_at"]
+
+    status, logged = call(api, batch_event(aws, "GET", batch_id=f"{batch_id}/deliveries"))
+    assert status == 200, logged
+    [entry] = logged["data"]
+    assert (entry["webhook_id"], entry["type"], entry["status"]) == (
+        f"msg_{batch_id}_completed",
+        "batch.completed",
+        "delivered",
+    )
+    assert [attempt["status_code"] for attempt in entry["attempts"]] == [204]
+    # The receiver's token is sealed at rest, never in the batch or its delivery in plain text.
+    items = boto3.client("dynamodb").scan(TableName=aws.jobs_table)["Items"]
+    mine = [item for item in items if batch_id in json.dumps(item)]
+    assert any("auth_sealed" in item for item in mine)
+    assert "s3cret-token" not in json.dumps(mine)
+
+
+def test_a_batch_webhook_to_a_private_address_literal_is_refused(aws: AwsStack, api: LoadedFunction) -> None:
+    body = {"requests": [line("a")], "webhook": {"url": "http://169.254.169.254/hook"}}
+    status, answer = call(api, batch_event(aws, "POST", body=body))
+    assert status == 422 and answer["error"]["field"] == "webhook.url", answer
