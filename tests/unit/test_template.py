@@ -33,6 +33,7 @@ FUNCTIONS = {
     "SweeperFunction": "sweeper",
     "DeadLetterFunction": "deadletter",
     "BatchFunction": "batch",
+    "ProviderWebhookFunction": "provider_webhook",
 }
 # The DLQs whose messages are job commands: consumed by the dead-letter function as they arrive.
 JOB_STEP_DLQS = {"ExtractDeadLetterQueue", "InferDeadLetterQueue", "ToolDeadLetterQueue"}
@@ -91,6 +92,9 @@ def test_translation_yields_every_function(app_template: AppTemplate) -> None:
 
 def test_api_routes_and_authorizer(app_template: AppTemplate) -> None:
     routes = {(route.method, route.path): route for route in app_template.routes}
+    # The provider's webhook authenticates by its Standard Webhooks signature, not an API key.
+    provider = routes.pop(("POST", "/v1/provider-webhooks/openai"))
+    assert (provider.function, provider.authorizer) == ("ProviderWebhookFunction", None)
     assert set(routes) == {
         ("POST", "/v1/jobs"),
         ("GET", "/v1/jobs/{job_id}"),

@@ -16,9 +16,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -52,6 +54,8 @@ LOCAL_SERVICE_DEFAULTS = {"POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRI
 WARM_ENVIRONMENTS = 2
 # Where a provider key given to `baton dev` as OPENAI_API_KEY is stored, as a deploy would.
 LOCAL_API_KEY_SECRET = "baton-local/openai-api-key"  # noqa: S105 - a secret's name
+LOCAL_PROVIDER_WEBHOOK_SECRET = "baton-local/provider-webhook-secret"  # noqa: S105 - a secret's name
+PROVIDER_WEBHOOK_PATH = "/v1/provider-webhooks/openai"
 
 
 def free_port() -> int:
@@ -124,6 +128,8 @@ class LocalRuntime:
         self.parameters: dict[str, str] = {}
         self.parameter_sources: dict[str, str] = {}
         self.iam_enforced = False
+        # The simulator signs its background responses' webhooks with this (Secrets Manager has it too).
+        self.provider_webhook_secret: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> LocalRuntime:
@@ -140,6 +146,8 @@ class LocalRuntime:
         self.api.sources = self.sources
         self.api.schedules = self.schedules
         self.api.start()
+        if self.simulator is not None and self.provider_webhook_secret is not None:
+            self.simulator.set_webhook(self.api.url + PROVIDER_WEBHOOK_PATH, self.provider_webhook_secret)
         self._write_state()
         logger.info(
             "local stack ready in %.1fs: API %s, %d functions, %d event sources, AWS endpoint %s, model %s",
@@ -262,6 +270,15 @@ class LocalRuntime:
         if secret and key and secret not in explicit and self.simulator is None:
             derived[secret] = _store_secret(LOCAL_API_KEY_SECRET, key)
             self.parameter_sources[secret] = "$OPENAI_API_KEY stored in Secrets Manager"
+        # The simulator plays a provider with webhooks: a fresh signing secret, kept where a deploy
+        # keeps it (Secrets Manager, named by ProviderWebhookSecretArn).
+        webhook_secret = by_variable.get("PROVIDER_WEBHOOK_SECRET_ARN")
+        if webhook_secret and webhook_secret not in explicit and self.simulator is not None:
+            self.provider_webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+            derived[webhook_secret] = _store_secret(
+                LOCAL_PROVIDER_WEBHOOK_SECRET, self.provider_webhook_secret
+            )
+            self.parameter_sources[webhook_secret] = "a signing secret the local model simulator shares"
         return derived
 
     def _load_functions(self) -> None:

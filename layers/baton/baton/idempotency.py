@@ -8,8 +8,13 @@ from baton.settings import Settings
 
 # A stage acts once per (job, step, version, depth), whatever SQS message carried the command:
 # a redelivered or duplicated message finds the stored outcome instead of calling the model again.
-# (A long document's chunk commands add their chunk and level: one model call per chunk.)
-STAGE_KEY = "[job_id, step, to_string(version), to_string(depth), to_string(chunk), to_string(level)]"
+# (A long document's chunk commands add their chunk and level: one model call per chunk. In
+# background mode each poll of a response, and each wake-up by a webhook event or a cancel, is
+# its own step: one GET each, the create once.)
+STAGE_KEY = (
+    "[job_id, step, to_string(version), to_string(depth), to_string(chunk), to_string(level),"
+    " to_string(poll), to_string(wake)]"
+)
 # notify: one successful delivery per terminal event (the webhook-id); a failed delivery raises,
 # which removes the record, so SQS retries it.
 NOTIFICATION_KEY = "[job_id, status]"

@@ -16,6 +16,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
 
 from baton import llm
+from baton.background import BackgroundInference
 from baton.blobs import BlobStore
 from baton.clock import now_ms
 from baton.deliveries import WebhookService
@@ -113,6 +114,7 @@ class JobService:
             Step.TOOL: CommandQueue(settings.tool_queue_url),
         }
         self.long_documents = LongDocuments(self)
+        self.background = BackgroundInference(self)
 
     # -- API side ------------------------------------------------------------------------------
     def accept(
@@ -215,6 +217,10 @@ class JobService:
         record = self.store.cancel(tenant_id, job_id)
         self._publish_terminal(record)
         logger.info("job cancelled", extra={"job_id": job_id})
+        call = record.provider_call
+        if call is not None and call.mode == "background" and call.step == record.step_key:
+            # The infer stage (which holds the provider's key) cancels the response at once.
+            self.background.wake(record, "cancel")
         return record
 
     def public_view(self, record: JobRecord) -> dict[str, Any]:
@@ -275,9 +281,17 @@ class JobService:
     def run_infer(self, command: StageCommand, *, remaining_ms: int) -> dict[str, Any]:
         if command.chunk is not None:
             return self.long_documents.run_chunk(command, remaining_ms=remaining_ms)
+        if command.poll is not None or command.wake is not None:
+            return self.background.resume(command)
         record = self._runnable(command)
         if record is None:
             return {"outcome": "skipped"}
+        background = self.settings.inference_mode == "background" and self.background.supported()
+        call = record.provider_call
+        if background and call is not None and call.mode == "background" and call.step == record.step_key:
+            # A retry after a crash (or a copy of the command): the response exists and is paid
+            # for. Find it instead of creating another.
+            return self.background.resume(command)
         messages = self._messages(record)
         parameters = dict(record.request.get("parameters", {}))
         if parameters.get("tools"):
@@ -285,6 +299,16 @@ class JobService:
         # No capacity at the provider: Deferred (the command comes back later), still pending.
         ticket = self._admit(command, record, messages, parameters)
         record = self.store.start_step(record, Step.INFER, progress=PROGRESS[Step.INFER])
+        if background:
+            try:
+                started = self.background.start(command, record, messages, parameters, ticket)
+            except ModelError as error:
+                if error.retryable:
+                    raise
+                self._fail(record, error.type, error.message, retryable=False)
+                return {"outcome": "failed", "error": error.type}
+            if started is not None:
+                return started
         try:
             completion = self._call_model(record, messages, parameters, remaining_ms, ticket)
         except ModelError as error:
@@ -293,6 +317,18 @@ class JobService:
             self._fail(record, error.type, error.message, retryable=False)
             return {"outcome": "failed", "error": error.type}
         return self._record_completion(record, messages, completion)
+
+    # What the background mode (baton.background) shares with the sync path.
+    def messages(self, record: JobRecord) -> list[dict[str, Any]]:
+        return self._messages(record)
+
+    def record_completion(
+        self, record: JobRecord, messages: list[dict[str, Any]], completion: llm.Completion
+    ) -> dict[str, Any]:
+        return self._record_completion(record, messages, completion)
+
+    def fail(self, record: JobRecord, error_type: str, message: str) -> None:
+        self._fail(record, error_type, message, retryable=False)
 
     def defer(self, command: StageCommand, deferred: Deferred) -> dict[str, Any]:
         """Send the command back to its queue, delayed until the provider has room for it (with the
@@ -340,19 +376,36 @@ class JobService:
         remaining_ms: int,
         ticket: Ticket | None,
     ) -> llm.Completion:
-        try:
-            completion = llm.complete(
+        return self.metered(
+            ticket,
+            lambda: llm.complete(
                 self.settings,
                 model=record.model,
                 messages=messages,
                 parameters=parameters,
                 # Below the function's remaining time, and never past the job's own deadline.
                 timeout=min(llm.model_timeout(self.settings, remaining_ms), self._seconds_left(record)),
-                extra_headers={
-                    "X-Baton-Job-Id": record.job_id,
-                    "X-Baton-Step-Key": f"{record.job_id}:{record.version}:{record.depth}",
-                },
-            )
+                extra_headers=self.model_headers(record),
+            ),
+            settle=lambda completion: (completion.usage.total_tokens or None, completion.headers),
+        )
+
+    @staticmethod
+    def model_headers(record: JobRecord) -> dict[str, str]:
+        """Sent with every model call: the simulator's log (and a proxy's) ties calls to steps."""
+        return {"X-Baton-Job-Id": record.job_id, "X-Baton-Step-Key": f"{record.job_id}:{record.step_key}"}
+
+    def metered[T](
+        self,
+        ticket: Ticket | None,
+        call: Callable[[], T],
+        *,
+        settle: Callable[[T], tuple[int | None, dict[str, str]]],
+    ) -> T:
+        """A provider call under the limiter's ticket: a 429 defers the command (not an attempt),
+        another failure gives the slot back, success settles it with (used tokens, headers)."""
+        try:
+            result = call()
         except ModelError as error:
             if ticket is not None and self.limiter is not None:
                 if error.type == "rate_limited":
@@ -368,13 +421,11 @@ class JobService:
                 self.limiter.abandon(ticket)
             raise
         if ticket is not None and self.limiter is not None:
+            used_tokens, headers = settle(result)
             self.limiter.settle(
-                ticket,
-                used_tokens=completion.usage.total_tokens or None,
-                headers=RateLimitHeaders.parse(completion.headers),
-                now_ms=now_ms(),
+                ticket, used_tokens=used_tokens, headers=RateLimitHeaders.parse(headers), now_ms=now_ms()
             )
-        return completion
+        return result
 
     def _record_completion(
         self, record: JobRecord, messages: list[dict[str, Any]], completion: llm.Completion

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -90,17 +92,44 @@ def complete(
     problem = endpoint_problem(settings)
     if problem is not None:
         raise ModelError(problem, retryable=False, type_="model_not_configured")
-    import openai
-
     request: dict[str, Any] = {"model": model, "messages": messages}
     for name in ("temperature", "max_tokens", "response_format", "tools"):
         if parameters.get(name) is not None:
             request[name] = parameters[name]
-    try:
+    with provider_errors(model, timeout):
         raw = _client(settings.openai_base_url, _api_key(settings)).chat.completions.with_raw_response.create(
             **request, timeout=timeout, extra_headers=extra_headers or {}
         )
         response = raw.parse()
+    choice = response.choices[0]
+    tool_calls = (
+        [call.model_dump(mode="json") for call in choice.message.tool_calls]
+        if choice.message.tool_calls
+        else None
+    )
+    usage = Usage()
+    if response.usage is not None:
+        usage = Usage(
+            prompt_tokens=response.usage.prompt_tokens,
+            completion_tokens=response.usage.completion_tokens,
+            total_tokens=response.usage.total_tokens,
+        )
+    return Completion(
+        text=choice.message.content,
+        finish_reason=choice.finish_reason,
+        tool_calls=tool_calls,
+        usage=usage,
+        headers=dict(raw.headers),
+    )
+
+
+@contextmanager
+def provider_errors(model: str, timeout: float) -> Iterator[None]:
+    """The openai client's exceptions as ModelError: retryable or not, typed for the job's error."""
+    import openai
+
+    try:
+        yield
     except openai.APITimeoutError as error:
         raise ModelError(
             f"model call timed out after {timeout:.0f}s", retryable=True, type_="timeout"
@@ -135,26 +164,6 @@ def complete(
         raise ModelError(
             f"the model endpoint answered {error.status_code}", retryable=retryable, type_="model_error"
         ) from error
-    choice = response.choices[0]
-    tool_calls = (
-        [call.model_dump(mode="json") for call in choice.message.tool_calls]
-        if choice.message.tool_calls
-        else None
-    )
-    usage = Usage()
-    if response.usage is not None:
-        usage = Usage(
-            prompt_tokens=response.usage.prompt_tokens,
-            completion_tokens=response.usage.completion_tokens,
-            total_tokens=response.usage.total_tokens,
-        )
-    return Completion(
-        text=choice.message.content,
-        finish_reason=choice.finish_reason,
-        tool_calls=tool_calls,
-        usage=usage,
-        headers=dict(raw.headers),
-    )
 
 
 def retry_after_seconds(headers: Any) -> float | None:

@@ -269,6 +269,10 @@ class StageCommand(BaseModel):
     level: int = Field(0, ge=0)
     # infer: the provider slot this command reserved before it was delayed to it (epoch ms).
     not_before_ms: int | None = None
+    # infer, background mode: resume the step's stored provider response (poll n of its schedule,
+    # or woken by the provider's webhook event / a cancel), instead of creating one.
+    poll: int | None = Field(None, ge=0)
+    wake: str | None = Field(None, max_length=200)
 
 
 class LifecycleDetail(BaseModel):

@@ -17,6 +17,11 @@ def job_key(tenant_id: str, job_id: str) -> dict[str, str]:
     return {"pk": f"TENANT#{tenant_id}", "sk": f"JOB#{job_id}"}
 
 
+def response_key(response_id: str) -> dict[str, str]:
+    """The item pointing from a provider response id to its job (see JobStore.attach_response)."""
+    return {"pk": f"RESPONSE#{response_id}", "sk": "RESPONSE"}
+
+
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -63,6 +68,21 @@ class DocumentInfo(BaseModel):
     truncated: bool = False
 
 
+class ProviderCall(BaseModel):
+    """The model call of the job's current step at the provider. In background mode it is a
+    response id, stored before anything else can fail, so a retry finds the response instead
+    of paying for another; `cancelled` says the provider was told to stop generating."""
+
+    mode: str  # "background" | "sync"
+    step: str  # "<version>:<depth>": the step this call answers
+    response_id: str | None = None
+    status: str | None = None
+    cancelled: bool = False
+
+    def view(self) -> dict[str, Any]:
+        return {"mode": self.mode, "response_id": self.response_id, "cancelled": self.cancelled}
+
+
 class JobRecord(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -97,6 +117,9 @@ class JobRecord(BaseModel):
     idempotency_key: str | None = None
     # Set once the first stage command is queued; a retried submission re-queues only without it.
     handed_off: bool = False
+    provider_call: ProviderCall | None = None
+    # The step (version:depth) whose response id is stored: the attach write is conditioned on it.
+    provider_step: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -114,6 +137,7 @@ class JobRecord(BaseModel):
         "metadata",
         "document",
         "chunk_levels",
+        "provider_call",
     )
 
     def to_item(self) -> dict[str, Any]:
@@ -163,4 +187,10 @@ class JobRecord(BaseModel):
             view["result"] = result
         if self.error is not None:
             view["error"] = self.error.model_dump()
+        if self.provider_call is not None:
+            view["provider_call"] = self.provider_call.view()
         return view
+
+    @property
+    def step_key(self) -> str:
+        return f"{self.version}:{self.depth}"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_WEBHOOK_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"
+DEFAULT_POLL_SCHEDULE = "2s,5s,10s,30s,1m,2m,5m,10m,15m"
+MAX_SQS_DELAY_SECONDS = 900
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400}
 
@@ -60,6 +63,14 @@ class Settings(BaseSettings):
     provider_tokens_per_minute: int = Field(0, alias="BATON_PROVIDER_TPM", ge=0)
     tenant_max_in_flight: int = Field(0, alias="BATON_TENANT_MAX_IN_FLIGHT", ge=0)
 
+    # InferenceMode: "sync" waits on /chat/completions; "background" creates a background response
+    # (Responses API), stores its id and returns; a delayed poll or the provider's webhook resumes.
+    inference_mode: Literal["sync", "background"] = Field("sync", alias="BATON_INFERENCE_MODE")
+    # Delays between polls of a background response (the last repeats; SQS delays cap at 900 s).
+    background_poll_schedule: str = Field(DEFAULT_POLL_SCHEDULE, alias="BATON_BACKGROUND_POLL_SCHEDULE")
+    # Secrets Manager secret holding the provider's webhook secret (whsec_...): POST
+    # /v1/provider-webhooks/openai verifies with it; "" refuses every provider webhook.
+    provider_webhook_secret_arn: str = Field("", alias="PROVIDER_WEBHOOK_SECRET_ARN")
     max_depth: int = Field(8, alias="BATON_MAX_DEPTH", ge=1, le=15)
     max_total_tokens: int = Field(200_000, alias="BATON_MAX_TOTAL_TOKENS", ge=1)
     # Retryable failures (429, 5xx, timeouts, throttling) back off with full jitter, SQS-natively.
@@ -93,6 +104,21 @@ class Settings(BaseSettings):
     def _valid_schedule(cls, value: str) -> str:
         parse_schedule(value)
         return value
+
+    @field_validator("background_poll_schedule")
+    @classmethod
+    def _valid_poll_schedule(cls, value: str) -> str:
+        delays = parse_schedule(value)
+        if not delays or any(delay > MAX_SQS_DELAY_SECONDS for delay in delays):
+            raise ValueError(
+                f"a poll schedule needs at least one delay, each at most {MAX_SQS_DELAY_SECONDS} s"
+            )
+        return value
+
+    def poll_delay(self, poll: int) -> float:
+        """Seconds before poll number `poll` (1 = the first) of a background response."""
+        delays = parse_schedule(self.background_poll_schedule)
+        return delays[min(poll, len(delays)) - 1]
 
     @property
     def webhook_retry_delays(self) -> list[float]:

@@ -17,7 +17,16 @@ from baton.aws import client, from_dynamo, to_dynamo
 from baton.clock import now_ms
 from baton.errors import JobConflictError, JobNotFoundError, StaleWriteError
 from baton.models import JobStatus, Step
-from baton.records import DocumentInfo, JobError, JobRecord, JobResult, Usage, job_key
+from baton.records import (
+    DocumentInfo,
+    JobError,
+    JobRecord,
+    JobResult,
+    ProviderCall,
+    Usage,
+    job_key,
+    response_key,
+)
 
 _OPEN = (JobStatus.PENDING.value, JobStatus.PROCESSING.value)
 OPEN_JOBS_INDEX = "open-jobs"
@@ -319,6 +328,79 @@ class JobStore:
             if latest.is_terminal:
                 raise JobConflictError(f"job {job_id} is already {latest.status.value}") from None
             return self.cancel(tenant_id, job_id)
+
+    # -- background responses ------------------------------------------------------------------
+    def attach_response(self, record: JobRecord, call: ProviderCall) -> bool:
+        """Store the provider's response id on the job's current step (one conditional write).
+        A pointer from the id to the job goes first (the provider's webhook carries only the id;
+        a pointer whose job never took the id is harmless: the webhook finds the job advanced).
+        False when the job moved on (cancelled, superseded) or this step already has a response:
+        then the caller's response is surplus and must be cancelled."""
+        assert call.response_id is not None
+        pointer = {
+            **response_key(call.response_id),
+            "tenant_id": record.tenant_id,
+            "job_id": record.job_id,
+            "step": call.step,
+            "expires_at": record.expires_at,
+        }
+        # Not one transaction: moto's IAM asks for dynamodb:TransactWriteItems, which AWS has no
+        # such action for; two plain writes need only what DynamoDBCrudPolicy grants everywhere.
+        self._ddb.put_item(TableName=self.table_name, Item=to_dynamo(pointer))
+        try:
+            self._ddb.update_item(
+                TableName=self.table_name,
+                Key=to_dynamo(job_key(record.tenant_id, record.job_id)),
+                UpdateExpression="SET provider_call = :call, provider_step = :step, updated_ms = :now",
+                ConditionExpression=(
+                    "attribute_exists(pk) AND #status IN (:pending, :processing)"
+                    " AND #version = :version AND #depth = :depth"
+                    " AND (attribute_not_exists(provider_step) OR provider_step <> :step)"
+                ),
+                ExpressionAttributeNames={"#status": "status", "#version": "version", "#depth": "depth"},
+                ExpressionAttributeValues=to_dynamo(
+                    {
+                        ":call": call.model_dump_json(),
+                        ":step": call.step,
+                        ":now": now_ms(),
+                        ":pending": _OPEN[0],
+                        ":processing": _OPEN[1],
+                        ":version": record.version,
+                        ":depth": record.depth,
+                    }
+                ),
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def job_of_response(self, response_id: str) -> tuple[str, str] | None:
+        """(tenant_id, job_id) of a stored provider response; None when it is not Baton's."""
+        answer = self._ddb.get_item(
+            TableName=self.table_name, Key=to_dynamo(response_key(response_id)), ConsistentRead=True
+        )
+        item = answer.get("Item")
+        if not item:
+            return None
+        pointer = from_dynamo(item)
+        return str(pointer["tenant_id"]), str(pointer["job_id"])
+
+    def record_provider_call(self, record: JobRecord, call: ProviderCall) -> None:
+        """What became of the provider call (cancelled at the provider...), written onto the job
+        whatever its state (a cancelled job learns that its response was cancelled too)."""
+        try:
+            self._ddb.update_item(
+                TableName=self.table_name,
+                Key=to_dynamo(job_key(record.tenant_id, record.job_id)),
+                UpdateExpression="SET provider_call = :call",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues=to_dynamo({":call": call.model_dump_json()}),
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
 
     def mark_handed_off(self, record: JobRecord) -> None:
         """Note that the first stage command is queued (not a state change: no version bump)."""

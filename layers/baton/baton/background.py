@@ -1,0 +1,183 @@
+"""InferenceMode=background: no function waits while the model thinks.
+
+The infer step creates a background response (Responses API), stores its id on the job (one
+conditional transaction, before anything else can fail) and returns. The step resumes from a
+delayed poll command (each poll one GET; delays from BackgroundPollSchedule, at most SQS's 15
+minutes) or from the provider's webhook, which enqueues a wake-up command at once. Whichever
+arrives first records the answer through the same conditional writes as sync mode; the other
+finds the job advanced. A retry after a crash finds the stored id instead of paying for another
+response; a cancelled or timed-out job has its response cancelled at the provider.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from baton import responses
+from baton.clock import now_ms
+from baton.errors import JobNotFoundError, ModelError
+from baton.limiter import Ticket
+from baton.models import JobStatus, StageCommand, Step
+from baton.records import JobRecord, ProviderCall
+
+if TYPE_CHECKING:
+    from baton.jobs import JobService
+
+logger = Logger(child=True)
+metrics = Metrics()
+
+# Endpoints found without background responses in this process: their calls go sync at once.
+_unsupported: set[str] = set()
+
+
+class BackgroundInference:
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
+        self.settings = jobs.settings
+
+    def supported(self) -> bool:
+        return (self.settings.openai_base_url or "") not in _unsupported
+
+    # -- the first command of a step: create, store the id, return ------------------------------
+    def start(
+        self,
+        command: StageCommand,
+        record: JobRecord,
+        messages: list[dict[str, Any]],
+        parameters: dict[str, Any],
+        ticket: Ticket | None,
+    ) -> dict[str, Any] | None:
+        """The step's background response, created and stored; None when the provider has no
+        background mode (the caller then makes the call in sync mode)."""
+        try:
+            state = self.jobs.metered(
+                ticket,
+                lambda: responses.create_background(
+                    self.settings,
+                    model=record.model,
+                    messages=messages,
+                    parameters=parameters,
+                    extra_headers=self.jobs.model_headers(record),
+                ),
+                settle=lambda created: (None, created.headers or {}),
+            )
+        except responses.BackgroundUnsupported as why:
+            _unsupported.add(self.settings.openai_base_url or "")
+            logger.warning(
+                "the provider has no background responses: falling back to sync mode",
+                extra={"job_id": record.job_id, "endpoint": self.settings.openai_base_url, "why": str(why)},
+            )
+            return None
+        call = ProviderCall(
+            mode="background", step=record.step_key, response_id=state.response_id, status=state.status
+        )
+        try:
+            attached = self.jobs.store.attach_response(record, call)
+        except Exception:
+            # The id could not be stored (an AWS error): the retry would not find this response,
+            # so stop it now rather than pay for it and another.
+            self._cancel_at_provider(record, call, reason="surplus")
+            raise
+        if not attached:
+            # Cancelled or superseded meanwhile, or a copy of this command stored its own response
+            # first: this one is surplus, so it stops generating now.
+            self._cancel_at_provider(record, call, reason="surplus")
+            return {"outcome": "skipped", "reason": "job moved on; its response was cancelled"}
+        metrics.add_metric(name="BackgroundResponses", unit=MetricUnit.Count, value=1)
+        logger.info(
+            "background response created",
+            extra={"job_id": record.job_id, "response_id": state.response_id, "step": call.step},
+        )
+        self._schedule_poll(command, record, 1)
+        return {"outcome": "response_created", "response_id": state.response_id}
+
+    # -- a poll, a webhook wake-up, a cancel wake-up, or a retry that finds the stored id --------
+    def resume(self, command: StageCommand) -> dict[str, Any]:
+        try:
+            record = self.jobs.store.get(command.tenant_id, command.job_id)
+        except JobNotFoundError:
+            return {"outcome": "skipped"}
+        call = record.provider_call
+        step = f"{command.version}:{command.depth}"
+        if call is None or call.mode != "background" or call.step != step or call.response_id is None:
+            logger.info("no response stored for this step", extra={"job_id": record.job_id, "step": step})
+            return {"outcome": "skipped", "reason": "no response stored for this step"}
+        if record.is_terminal or record.step_key != step:
+            # The job was cancelled or failed (timed out) while the model worked: stop the
+            # provider generating tokens nobody will read.
+            ended = record.status in (JobStatus.CANCELLED, JobStatus.FAILED)
+            if ended and call.status in responses.PENDING and not call.cancelled:
+                self._cancel_at_provider(record, call, reason=record.status.value)
+            return {"outcome": "skipped", "reason": f"job is {record.status.value}"}
+        if now_ms() > record.deadline_ms:
+            self._cancel_at_provider(record, call, reason="timeout")
+            self.jobs.fail(record, "timeout", "the job ran past its timeout_seconds")
+            return {"outcome": "failed", "error": "timeout"}
+        try:
+            state = responses.retrieve(self.settings, call.response_id, model=record.model)
+        except ModelError as error:
+            if error.retryable:
+                raise
+            self.jobs.fail(record, error.type, error.message)
+            return {"outcome": "failed", "error": error.type}
+        logger.debug("background response polled", extra={"job_id": record.job_id, "status": state.status})
+        if state.pending:
+            if command.wake is None:  # polls chain; a webhook or cancel wake-up does not start one
+                self._schedule_poll(command, record, (command.poll or 0) + 1)
+            return {"outcome": "waiting", "status": state.status}
+        if state.status == "failed":
+            self.jobs.fail(record, "model_error", state.error or "the provider's response failed")
+            return {"outcome": "failed", "error": "model_error"}
+        if state.completion is None:  # cancelled at the provider, not by Baton
+            self.jobs.fail(record, "provider_cancelled", f"the provider's response is {state.status}")
+            return {"outcome": "failed", "error": "provider_cancelled"}
+        logger.info(
+            "background response finished",
+            extra={"job_id": record.job_id, "response_id": call.response_id, "by": command.wake or "poll"},
+        )
+        return self.jobs.record_completion(record, self.jobs.messages(record), state.completion)
+
+    def wake(self, record: JobRecord, reason: str) -> None:
+        """Resume the job's current step now (the provider's webhook, or a cancel)."""
+        command = StageCommand(
+            job_id=record.job_id,
+            tenant_id=record.tenant_id,
+            step=Step.INFER,
+            version=record.version,
+            depth=record.depth,
+            wake=reason[:200],
+        )
+        self.jobs.queues[Step.INFER].send(command)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _schedule_poll(self, command: StageCommand, record: JobRecord, poll: int) -> None:
+        # Never sleep past the job's deadline: the poll after it fails the job and cancels the call.
+        left_s = max(1, (record.deadline_ms - now_ms()) // 1000 + 1)
+        delay = int(min(self.settings.poll_delay(poll), left_s))
+        self.jobs.queues[Step.INFER].send(
+            command.model_copy(update={"poll": poll, "wake": None, "not_before_ms": None}),
+            delay_seconds=delay,
+        )
+
+    def _cancel_at_provider(self, record: JobRecord, call: ProviderCall, *, reason: str) -> None:
+        assert call.response_id is not None
+        try:
+            state = responses.cancel(self.settings, call.response_id, model=record.model)
+        except ModelError as error:
+            logger.warning(
+                "could not cancel the provider's response",
+                extra={"job_id": record.job_id, "response_id": call.response_id, "error": error.message},
+            )
+            return
+        cancelled = state.status == "cancelled"
+        logger.info(
+            "provider response cancelled" if cancelled else "provider response had already finished",
+            extra={"job_id": record.job_id, "response_id": call.response_id, "reason": reason},
+        )
+        if reason != "surplus":
+            updated = call.model_copy(update={"status": state.status, "cancelled": cancelled})
+            self.jobs.store.record_provider_call(record, updated)
+        metrics.add_metric(name="ProviderResponsesCancelled", unit=MetricUnit.Count, value=int(cancelled))
