@@ -6,7 +6,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -15,7 +17,7 @@ from standardwebhooks import Webhook
 
 logger = logging.getLogger("baton.webhooks.receiver")
 
-__all__ = ["WebhookEvent", "WebhookReceiver"]
+__all__ = ["Refusal", "WebhookEvent", "WebhookReceiver"]
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 
@@ -30,6 +32,16 @@ class WebhookEvent(NamedTuple):
     path: str = ""  # with the query string
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """One way to fail a delivery: a status (with headers), answered `delay_s` late (a delay beyond
+    the sender's timeout makes it a timeout)."""
+
+    status: int = 503
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
 class WebhookReceiver:
     """A ThreadingHTTPServer on 127.0.0.1 (a free port) in a daemon thread.
 
@@ -38,6 +50,8 @@ class WebhookReceiver:
     are answered `fail_status` (503 by default, with `fail_headers`, e.g. a Retry-After) and
     counted in `failed_ids` (their times in `failed_at`), not `events`, so senders' retries can be
     tested; `fail_first=-1` fails every delivery (a receiver that stays down, or 410 Gone).
+    With `refuse_each`, every webhook id is refused that way on its first attempts, one refusal
+    per attempt in order, then accepted (a flaky receiver, whatever the number of events).
     """
 
     def __init__(
@@ -47,11 +61,14 @@ class WebhookReceiver:
         *,
         fail_status: int = 503,
         fail_headers: dict[str, str] | None = None,
+        refuse_each: Sequence[Refusal] = (),
     ) -> None:
         self._webhook = Webhook(secret)
         self._fail_remaining = fail_first
         self._fail_status = fail_status
         self._fail_headers = dict(fail_headers or {})
+        self._refuse_each = tuple(refuse_each)
+        self._seen: Counter[str] = Counter()  # requests per webhook id
         self._lock = threading.Condition()
         self._events: list[WebhookEvent] = []
         self.failed_ids: list[str] = []
@@ -138,14 +155,23 @@ class WebhookReceiver:
         except Exception as error:  # a verification failure, or headers too malformed to check
             logger.warning("webhook %r failed verification: %s", webhook_id, error)
             verified = False
+        delay_s = 0.0
         with self._lock:
             extra: dict[str, str] = {}
-            if self._fail_remaining != 0:
+            self._seen[webhook_id] += 1
+            refusal = (
+                self._refuse_each[self._seen[webhook_id] - 1]
+                if self._seen[webhook_id] <= len(self._refuse_each)
+                else None
+            )
+            if refusal is None and self._fail_remaining != 0:
                 self._fail_remaining -= 1 if self._fail_remaining > 0 else 0
+                refusal = Refusal(self._fail_status, self._fail_headers)
+            if refusal is not None:
                 self.failed_ids.append(webhook_id)
                 self.failed_at.append(time.time())
                 self._lock.notify_all()
-                status, extra = self._fail_status, self._fail_headers
+                status, extra, delay_s = refusal.status, refusal.headers, refusal.delay_s
             else:
                 try:
                     payload = json.loads(body)
@@ -154,6 +180,8 @@ class WebhookReceiver:
                 self._events.append(WebhookEvent(webhook_id, verified, payload, headers, request.path))
                 self._lock.notify_all()
                 status = 204 if verified else 401
+        if delay_s:
+            time.sleep(delay_s)  # this request's own thread: a late answer, not a stalled receiver
         logger.info("webhook %r (verified=%s) answered %d", webhook_id, verified, status)
         self._answer(request, status, extra)
 

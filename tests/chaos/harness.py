@@ -9,9 +9,10 @@ Three separate processes, so that killing one leaves the others standing:
   with SIGKILL mid-flight and restarted on the same stack, state dir and port.
 
 The workload (`build_workload`) mixes plain prompts, per-prompt faults, poison prompts, webhooks to
-receivers that fail before they recover, agent loops and duplicated stage commands. `ChaosRun`
-drives it with a few client threads and a bounded number of jobs in flight (moto's SQS slows down
-with deep queues), and `analyse` turns what was observed into figures and a list of problems:
+receivers that are flaky, slow, busy, out for a while, gone or down for good (receivers.py), agent
+loops and duplicated stage commands. `ChaosRun` drives it with a few client threads and a bounded
+number of jobs in flight (moto's SQS slows down with deep queues), and `analyse` turns what was
+observed into figures and a list of problems:
 an empty list means every job ended in exactly one honest terminal state.
 """
 
@@ -47,7 +48,9 @@ from rich.table import Table
 from baton.jobs import keyed_job_id
 from baton.models import StageCommand, Step
 from baton_dev.runtime.local import free_port, wait_for_port
-from baton_dev.webhook_receiver import WebhookEvent, WebhookReceiver
+from baton_dev.webhook_receiver import WebhookEvent
+
+from .receivers import ChaosReceiver, ReceiverKind, account_deliveries, settled, start_receivers
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -112,12 +115,17 @@ class ChaosConfig:
     webhook_share: float = 0.20
     duplicate_share: float = 0.10
     agent_share: float = 0.02
-    webhook_fail_first: tuple[int, ...] = (1, 2, 3, 5)  # one receiver per entry
+    # One receiver per entry (tests/chaos/receivers.py), given to the jobs with a webhook in turn.
+    webhook_receivers: tuple[ReceiverKind, ...] = tuple(ReceiverKind)
+    # The default 5s,5m,30m,2h,5h,10h,10h scaled to seconds: same number of attempts.
+    webhook_schedule: str = "1s,2s,2s,3s,3s,5s,5s"
     kill_at_share: float = 0.4  # SIGKILL the runtime once this share of jobs was accepted
     outage_s: float = 1.0  # extra time the runtime stays down before its restart begins
     kill_window_s: float = 5.0  # a 200 this long before the kill may be lost with its worker
     deadline_s: float | None = None  # default: 120 s + 0.6 s per job
-    webhook_grace_s: float = 60.0  # after the last terminal state, for the last deliveries
+    # After the last terminal state, for the last deliveries to end; it covers a lost delivery
+    # message too (the sweeper sends it again once overdue: an attempt's hold plus a minute).
+    webhook_grace_s: float = 180.0
     stall_s: float = 240.0  # no job changed state for this long: fail fast, naming them
     sample_every_s: float | None = None  # soak samples (memory, queue depths); default by size
     poison_latency_s: float = 60.0  # a poison job fails as dead_lettered this soon after its last attempt
@@ -157,8 +165,8 @@ class ChaosConfig:
             f"ExtractVisibilityTimeout={other} ToolVisibilityTimeout={other} "
             f"NotifyVisibilityTimeout={other} IngestVisibilityTimeout={other} "
             f"DeliverVisibilityTimeout={other} "
-            # Receivers fail up to 5 times before they recover: a schedule of seconds, not hours.
-            "WebhookRetrySchedule=1s,2s,2s,3s,3s,5s,5s"
+            # Receivers fail for the whole schedule: seconds, not hours.
+            f"WebhookRetrySchedule={self.webhook_schedule}"
         )
 
 
@@ -524,7 +532,9 @@ def build_workload(config: ChaosConfig, run_id: str) -> list[JobSpec]:
     with_webhook = set(rng.sample(range(n), _count(config.webhook_share, n)))
     with_webhook.add(kinds.index(JobKind.POISON))  # a dead-lettered job's webhook must fire too
     duplicated = set(rng.sample(range(n), _count(config.duplicate_share, n)))
-    receivers = len(config.webhook_fail_first)
+    receivers = len(config.webhook_receivers)
+    # The receivers in turn over the jobs with a webhook: each kind gets its share, even in a small run.
+    receiver_of = {index: turn % receivers for turn, index in enumerate(sorted(with_webhook))}
     specs: list[JobSpec] = []
     for index, kind in enumerate(kinds):
         if kind is JobKind.AGENT:
@@ -538,7 +548,7 @@ def build_workload(config: ChaosConfig, run_id: str) -> list[JobSpec]:
                 kind=kind,
                 prompt=prompt,
                 idempotency_key=f"chaos-{run_id}-{index}",
-                webhook=(index % receivers) if index in with_webhook else None,
+                webhook=receiver_of.get(index),
                 duplicate=index in duplicated,
             )
         )
@@ -624,6 +634,7 @@ class Observations:
     stalled: bool = False
     webhook_events: list[WebhookEvent] = field(default_factory=list)
     webhook_refused: list[str] = field(default_factory=list)
+    delivery_logs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # job id -> deliveries
     clean_stops: dict[str, bool] = field(default_factory=dict)
     harness_errors: list[str] = field(default_factory=list)
 
@@ -666,7 +677,7 @@ class ChaosRun:
         self._states: dict[str, str] = {}  # job id -> "status/step" as last read by the tracker
         self._last_change = time.monotonic()
         self._restarted = False
-        self.receivers: list[WebhookReceiver] = []
+        self.receivers: list[ChaosReceiver] = []
         self._sim_log = _SimLogCollector(stack)
 
     # -- the run --------------------------------------------------------------------------------
@@ -676,7 +687,7 @@ class ChaosRun:
         obs = self.obs
         obs.started_at = time.time()
         self._deadline = time.monotonic() + self.config.run_deadline_s
-        self.receivers = [WebhookReceiver(secret, fail_first=k) for k in self.config.webhook_fail_first]
+        self.receivers = start_receivers(self.config.webhook_receivers, secret)
         threads = [
             threading.Thread(target=self._guard(self._client_loop), name=f"chaos-client-{i}", daemon=True)
             for i in range(self.config.clients)
@@ -695,7 +706,7 @@ class ChaosRun:
                 thread.join(timeout=60)
             for receiver in self.receivers:
                 obs.webhook_events.extend(receiver.events)
-                obs.webhook_refused.extend(receiver.failed_ids)
+                obs.webhook_refused.extend(receiver.refused)
                 receiver.stop()
         obs.finished_at = time.time()
         return obs
@@ -956,23 +967,28 @@ class ChaosRun:
             logger.warning("could not read the simulator's log: %s", error)
 
     def _wait_for_webhooks(self) -> None:
-        """Every job with a webhook: its terminal event delivered (2xx) at least once."""
-        expected: dict[int, set[str]] = defaultdict(set)
-        for spec in self.specs:
-            status = self.obs.terminal_seen.get(spec.job_id)
-            if spec.webhook is not None and status is not None:
-                expected[spec.webhook].add(f"msg_{spec.job_id}_{status}")
+        """Every terminal event with a webhook: its delivery ended (delivered, failed or exhausted),
+        as the delivery log (`GET /v1/jobs/{id}/deliveries`) shows; the logs are kept for the
+        analysis. Only deliveries still open are read again."""
+        expected = {
+            spec.job_id: f"msg_{spec.job_id}_{status}"
+            for spec in self.specs
+            if spec.webhook is not None and (status := self.obs.terminal_seen.get(spec.job_id))
+        }
+        open_ids = sorted(expected)
         deadline = time.monotonic() + self.config.webhook_grace_s
-        for index, ids in expected.items():
-
-            def all_delivered(events: list[WebhookEvent], ids: set[str] = ids) -> bool:
-                return ids <= {event.webhook_id for event in events}
-
-            try:
-                self.receivers[index].wait_until(all_delivered, timeout=max(0.1, deadline - time.monotonic()))
-            except TimeoutError:
-                break  # the analysis names the missing ones
+        while open_ids:
+            logs = self._read_delivery_logs(open_ids)
+            self.obs.delivery_logs.update(logs)
+            open_ids = [job_id for job_id in open_ids if not settled(logs.get(job_id, []), expected[job_id])]
+            if not open_ids or time.monotonic() > deadline:
+                break  # the analysis names the ones still open
+            time.sleep(2.0)
         self.obs.webhooks_done_at = time.time()
+
+    def _read_delivery_logs(self, job_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        answers = self._get_each(job_ids, "/v1/jobs/{}/deliveries")
+        return {job_id: list(answer["data"]) for job_id, answer in answers.items()}
 
     # -- reading back ---------------------------------------------------------------------------
     def _read_back(self) -> None:
@@ -986,20 +1002,23 @@ class ChaosRun:
         self._read_dead_letter_archive("infer")
 
     def _get_all(self) -> None:
-        ids = [spec.job_id for spec in self.specs]
+        self.obs.jobs_via_get = self._get_each([spec.job_id for spec in self.specs], "/v1/jobs/{}")
+
+    def _get_each(self, ids: list[str], path: str) -> dict[str, dict[str, Any]]:
+        """GET `path` for each id through the API (a few client threads); the 200 answers by id."""
         results: dict[str, dict[str, Any]] = {}
 
         def fetch(chunk: list[str]) -> None:
             with self.stack.api_client() as client:
-                for job_id in chunk:
+                for item_id in chunk:
                     for _ in range(20):
                         try:
-                            answer = client.get(f"/v1/jobs/{job_id}")
+                            answer = client.get(path.format(item_id))
                         except httpx.TransportError:
                             time.sleep(0.5)
                             continue
                         if answer.status_code == 200:
-                            results[job_id] = answer.json()
+                            results[item_id] = answer.json()
                         elif answer.status_code >= 500:
                             time.sleep(0.5)
                             continue
@@ -1013,7 +1032,7 @@ class ChaosRun:
             worker.start()
         for worker in workers:
             worker.join(timeout=600)
-        self.obs.jobs_via_get = results
+        return results
 
     def _scan_table(self) -> None:
         ddb = self.stack.dynamodb()
@@ -1357,15 +1376,11 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
             problems.append(
                 f"webhook {webhook_id!r} for a job whose final status is {final_status.get(job_id)}"
             )
-    missing = []
     redelivered_after_success = 0
     for job_id in sorted(webhook_jobs):
         status = final_status.get(job_id, "missing")
-        if status not in TERMINAL:
-            continue
         events = delivered.get(f"msg_{job_id}_{status}", [])
-        if not events:
-            missing.append(job_id)
+        if status not in TERMINAL or not events:
             continue
         # A redelivery carries the same event: same type, job, status and outcome (timings may have
         # gained notify_ms in between).
@@ -1377,10 +1392,21 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
         if first.get("type") != f"job.{status}" or data.get("id") != job_id or data.get("status") != status:
             problems.append(f"webhook msg_{job_id}_{status} carries {first.get('type')} for {data.get('id')}")
         redelivered_after_success += len(events) - 1
-    if missing:
-        problems.append(
-            f"{len(missing)} terminal event(s) never delivered to their webhook: {_limit(missing)}"
-        )
+    # Every terminal event with a webhook: delivered once, or exhausted / stopped by 410 with its reason.
+    account = account_deliveries(
+        events={
+            f"msg_{spec.job_id}_{final_status[spec.job_id]}": (
+                spec.job_id,
+                config.webhook_receivers[spec.webhook],
+            )
+            for spec in specs
+            if spec.webhook is not None and final_status.get(spec.job_id) in TERMINAL
+        },
+        logs=obs.delivery_logs,
+        received=obs.webhook_events,
+        schedule_len=len(config.webhook_schedule.split(",")),
+    )
+    problems.extend(account.problems)
 
     # -- figures ---------------------------------------------------------------------------------
     faults = Counter(str(entry.get("fault")) for entry in chat if entry.get("fault"))
@@ -1428,9 +1454,10 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
             f"{max((v for v, _ in poison_latency), default=float('nan')):.1f}s",
         ),
         ("webhook jobs", str(len(webhook_jobs))),
+        *account.figures,
         (
             "webhook deliveries",
-            f"{deliveries} ({len(obs.webhook_refused)} refused 503, {distinct_ids} distinct ids, "
+            f"{deliveries} received ({len(obs.webhook_refused)} refused, {distinct_ids} distinct ids, "
             f"{deliveries - distinct_ids} redeliveries, {redelivered_after_success} after a 2xx)",
         ),
         (
@@ -1502,6 +1529,7 @@ def save_evidence(workdir: Path, config: ChaosConfig, obs: Observations, report:
         "sim_log": obs.sim_log,
         "webhooks_delivered": [event._asdict() for event in obs.webhook_events],
         "webhooks_refused": obs.webhook_refused,
+        "delivery_logs": obs.delivery_logs,
         "figures": dict(report.figures),
         "samples": [sample.to_dict() for sample in obs.samples],
         "dead_lettered_at": obs.dead_lettered_at,
