@@ -32,6 +32,7 @@ BLOCKED_LITERALS = {
     "private 172.16/12": "http://172.16.5.4/hook",
     "private 192.168/16": "http://192.168.0.1/hook",
     "instance metadata (link-local)": "http://169.254.169.254/latest/meta-data/",
+    "link-local": "http://169.254.1.1/hook",
     "carrier-grade NAT": "http://100.64.0.1/hook",
     "multicast": "http://224.0.0.1/hook",
     "unspecified": "http://0.0.0.0/hook",
@@ -43,6 +44,10 @@ BLOCKED_LITERALS = {
     "IPv6 multicast": "http://[ff02::1]/hook",
     "IPv4-mapped loopback": "http://[::ffff:127.0.0.1]/hook",
     "IPv4-mapped metadata": "http://[::ffff:169.254.169.254]/hook",
+    "IPv4-mapped private": "http://[::ffff:10.0.0.1]/hook",
+    "IPv4-mapped carrier-grade NAT": "http://[::ffff:100.64.0.1]/hook",
+    "NAT64 metadata": "http://[64:ff9b::a9fe:a9fe]/hook",
+    "6to4 loopback": "http://[2002:7f00:1::]/hook",
 }
 
 
@@ -77,7 +82,11 @@ def test_blocked_literals_are_refused_on_submit(locked_api: httpx.Client, url: s
 
 
 def test_public_literal_and_names_are_accepted_on_submit(locked_api: httpx.Client) -> None:
-    for url in ("http://93.184.216.34/hook", "http://localhost:9/hook"):
+    for url in (
+        "http://93.184.216.34/hook",
+        "http://[2606:2800:220:1:248:1893:25c8:1946]/hook",  # public IPv6
+        "http://localhost:9/hook",  # a name: checked when it is resolved, at delivery
+    ):
         answer = submit(locked_api, {"url": url})
         assert answer.status_code == 202, answer.text
 
