@@ -18,7 +18,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from baton_dev.webhook_receiver import WebhookReceiver
+from baton_dev.webhook_receiver import Refusal, WebhookReceiver
 
 pytestmark = pytest.mark.e2e
 
@@ -230,3 +230,17 @@ def test_webhook_receiver_verifies_signatures_and_can_fail_first_deliveries() ->
     assert events[0].payload == {"type": "job.completed", "data": {"id": "job_1"}}
     with pytest.raises(TimeoutError):
         receiver.wait_for(3, timeout=0.1)
+
+
+def test_webhook_receiver_refuses_each_event_its_own_way_then_accepts_it() -> None:
+    body = json.dumps({"type": "job.completed", "data": {"id": "job_1"}})
+    refusals = (Refusal(429, {"Retry-After": "4"}), Refusal(503, delay_s=0.3))
+    with WebhookReceiver(SECRET, refuse_each=refusals) as receiver:
+        for message_id in ("msg_1", "msg_2"):  # every event, not only the first ones received
+            assert deliver(receiver.url, body, message_id=message_id) == 429
+            started = time.monotonic()
+            assert deliver(receiver.url, body, message_id=message_id) == 503
+            assert time.monotonic() - started >= 0.3  # answered late
+            assert deliver(receiver.url, body, message_id=message_id) == 204
+    assert receiver.failed_ids == ["msg_1", "msg_1", "msg_2", "msg_2"]
+    assert [event.webhook_id for event in receiver.events] == ["msg_1", "msg_2"]
