@@ -1315,7 +1315,7 @@ class _Handler(BaseHTTPRequestHandler):
         reply = build_reply(body, digest)
         if token_entry is not None:
             sim._token_limiter.settle(token_entry, reply.prompt_tokens + reply.completion_tokens)
-        if slow_ms:
+        if slow_ms and not body.get("stream"):
             sim._sleep(slow_ms / 1000)
         response_id = f"chatcmpl-{digest[:24]}"
         created = int(time.time())
@@ -1326,7 +1326,11 @@ class _Handler(BaseHTTPRequestHandler):
             **limit_headers,
         }
         if body.get("stream"):
-            self._stream(path, model, body, reply, response_id, created, fault, config, headers)
+            # A streamed answer's headers go out at once; the model's slowness delays its first token.
+            first_delay_s = (slow_ms or 0) / 1000
+            self._stream(
+                path, model, body, reply, response_id, created, fault, config, headers, first_delay_s
+            )
             return
         sim._sleep((config.latency_ms + config.ms_per_token * reply.completion_tokens) / 1000)
         message: dict[str, Any] = {"role": "assistant", "content": reply.content, "refusal": None}
@@ -1440,6 +1444,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault: str | None,
         config: SimulatorConfig,
         headers: Mapping[str, str],
+        first_delay_s: float = 0.0,
     ) -> None:
         options = body.get("stream_options")
         include_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
@@ -1474,13 +1479,16 @@ class _Handler(BaseHTTPRequestHandler):
                             "function": {"name": fn["name"], "arguments": ""},
                         }
                     )
-                yield chunk(first), config.latency_ms / 1000
+                yield chunk(first), config.latency_ms / 1000 + first_delay_s
                 for i, call in enumerate(reply.tool_calls):
                     arguments = call["function"]["arguments"]
                     delta = {"tool_calls": [{"index": i, "function": {"arguments": arguments}}]}
                     yield chunk(delta), per_token * count_tokens(arguments)
             else:
-                yield chunk({"role": "assistant", "content": "", "refusal": None}), config.latency_ms / 1000
+                yield (
+                    chunk({"role": "assistant", "content": "", "refusal": None}),
+                    config.latency_ms / 1000 + first_delay_s,
+                )
                 for piece in stream_pieces(reply.content or ""):
                     yield chunk({"content": piece}), per_token
             yield chunk({}, reply.finish_reason), 0.0

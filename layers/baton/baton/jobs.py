@@ -31,6 +31,7 @@ from baton.errors import (
 )
 from baton.extract import extract_text
 from baton.limiter import (
+    DEFAULT_COMPLETION_TOKENS,
     Deferred,
     Limits,
     ProviderLimiter,
@@ -52,7 +53,7 @@ from baton.models import (
     UploadMetadata,
     WebhookSpec,
 )
-from baton.records import JobError, JobRecord, JobResult, Usage
+from baton.records import JobError, JobRecord, JobResult, ProviderCall, Usage
 from baton.retries import Failure
 from baton.settings import Settings
 from baton.store import JobStore
@@ -311,12 +312,31 @@ class JobService:
                 return started
         try:
             completion = self._call_model(record, messages, parameters, remaining_ms, ticket)
+        except llm.CallCancelled as stopped:
+            return self._record_cancelled_call(record, stopped.completion)
         except ModelError as error:
             if error.retryable:
                 raise  # the retry policy backs off through SQS and gives up after max attempts
             self._fail(record, error.type, error.message, retryable=False)
             return {"outcome": "failed", "error": error.type}
         return self._record_completion(record, messages, completion)
+
+    def _is_cancelled(self, record: JobRecord) -> bool:
+        try:
+            return self.store.get(record.tenant_id, record.job_id).status is JobStatus.CANCELLED
+        except JobNotFoundError:
+            return True
+
+    def _record_cancelled_call(self, record: JobRecord, received: llm.Completion) -> dict[str, Any]:
+        """The job was cancelled mid-call and the stream closed: its usage counts the tokens that
+        were received (the provider bills those), and its view says the call was cancelled."""
+        call = ProviderCall(mode="sync", step=record.step_key, status="cancelled", cancelled=True)
+        self.store.record_provider_call(record, call, usage=record.usage.plus(received.usage))
+        logger.info(
+            "model call cancelled with its job",
+            extra={"job_id": record.job_id, "received_tokens": received.usage.completion_tokens},
+        )
+        return {"outcome": "cancelled", "completion_tokens": received.usage.completion_tokens}
 
     # What the background mode (baton.background) shares with the sync path.
     def messages(self, record: JobRecord) -> list[dict[str, Any]]:
@@ -386,6 +406,9 @@ class JobService:
                 # Below the function's remaining time, and never past the job's own deadline.
                 timeout=min(llm.model_timeout(self.settings, remaining_ms), self._seconds_left(record)),
                 extra_headers=self.model_headers(record),
+                # Streamed: a cancel closes the stream, so the provider stops generating.
+                cancelled=lambda: self._is_cancelled(record),
+                prompt_tokens_estimate=estimate_tokens(messages, None) - DEFAULT_COMPLETION_TOKENS,
             ),
             settle=lambda completion: (completion.usage.total_tokens or None, completion.headers),
         )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -33,6 +36,19 @@ class Completion:
     usage: Usage = field(default_factory=Usage)
     # The answer's HTTP headers (x-ratelimit-*: what the provider limiter learns from).
     headers: dict[str, str] = field(default_factory=dict)
+
+
+class CallCancelled(Exception):
+    """The job was cancelled while its model call streamed: the stream was closed (the provider
+    stops generating) and `completion` holds what was received, usage counted from it."""
+
+    def __init__(self, completion: Completion) -> None:
+        super().__init__("the job was cancelled during the model call")
+        self.completion = completion
+
+
+# How often a streamed call asks whether its job was cancelled (the contract says every 2 s).
+CANCEL_CHECK_SECONDS = 2.0
 
 
 def model_timeout(settings: Settings, remaining_ms: int) -> float:
@@ -88,7 +104,11 @@ def complete(
     parameters: dict[str, Any],
     timeout: float,
     extra_headers: dict[str, str] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    prompt_tokens_estimate: int = 0,
 ) -> Completion:
+    """One chat completion. With `cancelled`, the call is streamed and that check runs every
+    CANCEL_CHECK_SECONDS: once it says yes the stream is closed and CallCancelled raised."""
     problem = endpoint_problem(settings)
     if problem is not None:
         raise ModelError(problem, retryable=False, type_="model_not_configured")
@@ -96,6 +116,10 @@ def complete(
     for name in ("temperature", "max_tokens", "response_format", "tools"):
         if parameters.get(name) is not None:
             request[name] = parameters[name]
+    if cancelled is not None:
+        return _streamed(
+            settings, model, request, timeout, extra_headers or {}, cancelled, prompt_tokens_estimate
+        )
     with provider_errors(model, timeout):
         raw = _client(settings.openai_base_url, _api_key(settings)).chat.completions.with_raw_response.create(
             **request, timeout=timeout, extra_headers=extra_headers or {}
@@ -121,6 +145,126 @@ def complete(
         usage=usage,
         headers=dict(raw.headers),
     )
+
+
+class _StreamedAnswer:
+    """A streamed chat completion put back together chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self.pieces = 0  # content or argument pieces received: about one token each
+
+    def add(self, chunk: Any) -> None:
+        if chunk.usage is not None:
+            self.usage = Usage(
+                prompt_tokens=chunk.usage.prompt_tokens,
+                completion_tokens=chunk.usage.completion_tokens,
+                total_tokens=chunk.usage.total_tokens,
+            )
+        for choice in chunk.choices:
+            delta = choice.delta
+            if delta.content:
+                self.text.append(delta.content)
+                self.pieces += 1
+            for call in delta.tool_calls or []:
+                slot = self.calls.setdefault(
+                    call.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                )
+                if call.id:
+                    slot["id"] = call.id
+                if call.function is not None:
+                    if call.function.name:
+                        slot["function"]["name"] += call.function.name
+                    if call.function.arguments:
+                        slot["function"]["arguments"] += call.function.arguments
+                        self.pieces += 1
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+
+    def completion(self, headers: dict[str, str], prompt_tokens_estimate: int) -> Completion:
+        usage = self.usage
+        if usage is None:  # cut short (or a server without stream usage): count what arrived
+            usage = Usage(
+                prompt_tokens=prompt_tokens_estimate,
+                completion_tokens=self.pieces,
+                total_tokens=prompt_tokens_estimate + self.pieces,
+            )
+        calls = [self.calls[index] for index in sorted(self.calls)]
+        return Completion(
+            text="".join(self.text) if self.text else None,
+            finish_reason=self.finish_reason,
+            tool_calls=calls or None,
+            usage=usage,
+            headers=headers,
+        )
+
+
+def _streamed(
+    settings: Settings,
+    model: str,
+    request: dict[str, Any],
+    timeout: float,
+    extra_headers: dict[str, str],
+    cancelled: Callable[[], bool],
+    prompt_tokens_estimate: int,
+) -> Completion:
+    answer = _StreamedAnswer()
+    stop = threading.Event()
+    closed_for_cancel = threading.Event()
+    started = time.monotonic()
+    with provider_errors(model, timeout):
+        raw = _client(settings.openai_base_url, _api_key(settings)).chat.completions.with_raw_response.create(
+            **request,
+            stream=True,
+            stream_options={"include_usage": True},
+            timeout=timeout,
+            extra_headers=extra_headers,
+        )
+        stream = raw.parse()
+        headers = dict(raw.headers)
+        connection = raw.http_response.extensions.get("network_stream")
+        sock = connection.get_extra_info("socket") if connection is not None else None
+
+        def hang_up() -> None:
+            # Closing the response alone does not wake a read blocked on a silent model (a long
+            # time to first token): shutting the socket down does, and the provider sees the
+            # client gone. Then the response is closed for the connection pool.
+            if sock is not None:
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            stream.close()
+
+        def watch() -> None:
+            # Closing the response from here unblocks the reading thread at once.
+            while not stop.wait(CANCEL_CHECK_SECONDS):
+                timed_out = time.monotonic() - started > timeout
+                if timed_out or cancelled():
+                    if not timed_out:
+                        closed_for_cancel.set()
+                    hang_up()
+                    return
+
+        watcher = threading.Thread(target=watch, name="cancel-watch", daemon=True)
+        watcher.start()
+        try:
+            for chunk in stream:
+                answer.add(chunk)
+        except Exception:
+            if not closed_for_cancel.is_set():
+                if time.monotonic() - started > timeout:
+                    raise ModelError(
+                        f"model call timed out after {timeout:.0f}s", retryable=True, type_="timeout"
+                    ) from None
+                raise
+        finally:
+            stop.set()
+            stream.close()
+    if closed_for_cancel.is_set():
+        raise CallCancelled(answer.completion(headers, prompt_tokens_estimate))
+    return answer.completion(headers, prompt_tokens_estimate)
 
 
 @contextmanager

@@ -387,16 +387,25 @@ class JobStore:
         pointer = from_dynamo(item)
         return str(pointer["tenant_id"]), str(pointer["job_id"])
 
-    def record_provider_call(self, record: JobRecord, call: ProviderCall) -> None:
+    def record_provider_call(
+        self, record: JobRecord, call: ProviderCall, *, usage: Usage | None = None
+    ) -> None:
         """What became of the provider call (cancelled at the provider...), written onto the job
-        whatever its state (a cancelled job learns that its response was cancelled too)."""
+        whatever its state (a cancelled job learns that its response was cancelled too), with
+        the usage of a call cut short when given."""
+        values: dict[str, Any] = {":call": call.model_dump_json()}
+        update = "SET provider_call = :call"
+        if usage is not None:
+            values[":usage"] = usage.model_dump_json()
+            update += ", #usage = :usage"
         try:
             self._ddb.update_item(
                 TableName=self.table_name,
                 Key=to_dynamo(job_key(record.tenant_id, record.job_id)),
-                UpdateExpression="SET provider_call = :call",
+                UpdateExpression=update,
                 ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeValues=to_dynamo({":call": call.model_dump_json()}),
+                ExpressionAttributeValues=to_dynamo(values),
+                **({"ExpressionAttributeNames": {"#usage": "usage"}} if usage is not None else {}),
             )
         except ClientError as error:
             if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
