@@ -3,7 +3,7 @@ keeps messages, tools, response_format and usage the same as sync mode."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from openai._models import construct_type
 from openai.types.responses import Response
@@ -17,8 +17,13 @@ CALC: dict[str, Any] = {
 }
 
 
+def built(value: dict[str, Any]) -> Response:
+    """A Response as the openai client builds one from the provider's JSON."""
+    return cast(Response, construct_type(type_=Response, value=value))
+
+
 def test_the_agent_loop_conversation_becomes_input_items() -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": [{"type": "text", "text": "What is 6*7?"}]},
         {
@@ -54,9 +59,8 @@ def test_the_agent_loop_conversation_becomes_input_items() -> None:
 
 
 def test_a_finished_response_becomes_the_same_completion_as_chat() -> None:
-    text = construct_type(
-        type_=Response,
-        value={
+    text = built(
+        {
             "id": "resp_1",
             "object": "response",
             "status": "completed",
@@ -75,9 +79,8 @@ def test_a_finished_response_becomes_the_same_completion_as_chat() -> None:
     completion = completion_of(text)
     assert (completion.text, completion.finish_reason, completion.tool_calls) == ("Forty-two.", "stop", None)
     assert completion.usage.model_dump() == {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
-    call = construct_type(
-        type_=Response,
-        value={
+    call = built(
+        {
             "id": "resp_2",
             "object": "response",
             "status": "completed",
@@ -97,9 +100,8 @@ def test_a_finished_response_becomes_the_same_completion_as_chat() -> None:
     assert called.tool_calls == [
         {"id": "call_9", "type": "function", "function": {"name": "calculator", "arguments": "{}"}}
     ]
-    cut = construct_type(
-        type_=Response,
-        value={
+    cut = built(
+        {
             "id": "r",
             "object": "response",
             "status": "incomplete",
