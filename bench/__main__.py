@@ -1,7 +1,7 @@
 """`make bench` / `python -m bench [--quick] [--only a,b]`: every scenario, one table, JSON history.
 
-Scenarios 1, 2, 3 and 7 share one local stack (each resets what it measures); 4 (cost) and 6 (rate
-limit) start their own, configured for them; 5 (cold start) needs none. Results go to
+Scenarios 1, 2, 3 and 7 share one local stack (each resets what it measures); 4 (cost), 6 (rate
+limit) and 8 (background cost: a sync and a background stack) start their own, configured for them; 5 (cold start) needs none. Results go to
 bench/results/<timestamp>.json and bench/results/latest.json.
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 from bench import (
     accept_latency,
     async_vs_sync,
+    background_cost,
     cold_start,
     cost,
     pipeline_overhead,
@@ -36,6 +37,7 @@ OWN: dict[str, Runner] = {
     "cold_start": cold_start.run,
     "cost": cost.run,
     "rate_limit_goodput": rate_limit_goodput.run,
+    "background_cost": background_cost.run,
 }
 ORDER = [
     "accept_latency",
@@ -45,6 +47,7 @@ ORDER = [
     "cold_start",
     "rate_limit_goodput",
     "throughput",
+    "background_cost",
 ]
 
 
