@@ -1,8 +1,9 @@
 """`make bench` / `python -m bench [--quick] [--only a,b]`: every scenario, one table, JSON history.
 
 Scenarios 1, 2, 3 and 7 share one local stack (each resets what it measures); 4 (cost), 6 (rate
-limit) and 8 (background cost: a sync and a background stack) start their own, configured for them; 5 (cold start) needs none. Results go to
-bench/results/<timestamp>.json and bench/results/latest.json.
+limit) and 8 (background cost: a sync and a background stack) start their own, configured for
+them; 5 (cold start) needs none. Results go to bench/results/<timestamp>.json and
+bench/results/latest.json.
 """
 
 from __future__ import annotations
