@@ -10,6 +10,8 @@ import boto3
 import pytest
 
 from baton import chunking
+from baton.clock import now_ms
+from baton.errors import ModelError
 from baton.jobs import JobService
 from baton.llm import Completion
 from baton.models import StageCommand
@@ -17,13 +19,19 @@ from baton.records import Usage
 from baton.settings import get_settings
 from baton.store import JobStore
 
-from .test_infer_handler import FakeModel, model  # noqa: F401 (the fixture)
+from .test_infer_handler import FakeModel, delayed_messages, model, provider_item  # noqa: F401 (the fixture)
 
 if TYPE_CHECKING:
     from conftest import AwsStack, LoadedFunction
 
 CONTEXT = "2048"  # tokens: room for ~6,700 characters of text per call with max_tokens 100
 SENTENCE = "The quarterly logistics review found that shipping delays fell by a third. "
+
+
+def load_infer(aws: AwsStack) -> LoadedFunction:
+    # Chunk calls go through the provider limiter: a known, high limit, as the infer fixture sets
+    # (learned limits send the first calls one probe at a time, deferring the rest).
+    return aws.load("InferFunction", MODEL_CONTEXT_TOKENS=CONTEXT, BATON_PROVIDER_RPM="60000")
 
 
 def test_split_covers_the_text_in_overlapping_chunks_that_fit() -> None:
@@ -85,7 +93,7 @@ def test_map_reduce_answers_each_chunk_then_combines_once(
     model: FakeModel,  # noqa: F811
 ) -> None:
     extract = aws.load("ExtractFunction", MODEL_CONTEXT_TOKENS=CONTEXT)
-    infer = aws.load("InferFunction", MODEL_CONTEXT_TOKENS=CONTEXT)
+    infer = load_infer(aws)
     job_id = long_job(aws, api, 30_000)
     extract(aws.take_event("ExtractQueue"))
     record = JobStore(aws.jobs_table).get("acme", job_id)
@@ -124,7 +132,7 @@ def test_answers_too_long_to_combine_at_once_make_a_tree(
         text="x" * 2500, finish_reason="stop", tool_calls=None, usage=Usage(total_tokens=1)
     )
     extract = aws.load("ExtractFunction", MODEL_CONTEXT_TOKENS=CONTEXT)
-    infer = aws.load("InferFunction", MODEL_CONTEXT_TOKENS=CONTEXT)
+    infer = load_infer(aws)
     job_id = long_job(aws, api, 30_000)
     extract(aws.take_event("ExtractQueue"))
     rounds = run_infer_until_idle(aws, infer)
@@ -142,7 +150,7 @@ def test_a_redelivered_chunk_neither_calls_the_model_again_nor_counts_twice(
     model: FakeModel,  # noqa: F811
 ) -> None:
     extract = aws.load("ExtractFunction", MODEL_CONTEXT_TOKENS=CONTEXT)
-    aws.load("InferFunction", MODEL_CONTEXT_TOKENS=CONTEXT)
+    load_infer(aws)
     job_id = long_job(aws, api, 30_000)
     extract(aws.take_event("ExtractQueue"))
     commands, _ = queued_commands(aws)
@@ -163,7 +171,7 @@ def test_cancel_stops_the_remaining_chunks(
     model: FakeModel,  # noqa: F811
 ) -> None:
     extract = aws.load("ExtractFunction", MODEL_CONTEXT_TOKENS=CONTEXT)
-    infer = aws.load("InferFunction", MODEL_CONTEXT_TOKENS=CONTEXT)
+    infer = load_infer(aws)
     job_id = long_job(aws, api, 30_000)
     extract(aws.take_event("ExtractQueue"))
     JobStore(aws.jobs_table).cancel("acme", job_id)
@@ -185,7 +193,7 @@ def test_truncate_says_so_and_fail_refuses(
     error_type: str | None,
 ) -> None:
     extract = aws.load("ExtractFunction", MODEL_CONTEXT_TOKENS=CONTEXT)
-    infer = aws.load("InferFunction", MODEL_CONTEXT_TOKENS=CONTEXT)
+    infer = load_infer(aws)
     job_id = long_job(aws, api, 30_000, long_document=strategy)
     extract(aws.take_event("ExtractQueue"))
     run_infer_until_idle(aws, infer)
@@ -199,3 +207,29 @@ def test_truncate_says_so_and_fail_refuses(
         assert record.document is not None and record.document.truncated
         [call] = model.calls
         assert len(call["messages"][0]["content"]) < 8_000
+
+
+def test_chunk_calls_go_through_the_provider_limiter(
+    aws: AwsStack,
+    api: LoadedFunction,
+    model: FakeModel,  # noqa: F811
+) -> None:
+    """A 429 on a chunk call blocks the limiter for every caller and defers the chunk's command
+    (a delayed copy, no attempt spent, the job still open), as for any model call."""
+    extract = aws.load("ExtractFunction", MODEL_CONTEXT_TOKENS=CONTEXT)
+    infer = load_infer(aws)
+    job_id = long_job(aws, api, 30_000)
+    extract(aws.take_event("ExtractQueue"))
+    chunks = JobStore(aws.jobs_table).get("acme", job_id).chunk_levels[0]
+    model.answer = ModelError(
+        "rate limited", retryable=True, type_="rate_limited", retry_after=3.0, headers={"retry-after": "3"}
+    )
+    commands, event = queued_commands(aws)
+    assert event is not None and all(command.chunk is not None for command in commands)
+    before_ms = now_ms()
+    assert infer(event) == {"batchItemFailures": []}
+    assert provider_item(aws)["blocked_until"] >= before_ms + 3000
+    assert 1 <= len(model.calls) <= len(commands)  # the first 429 blocks the calls not yet made
+    assert delayed_messages(aws, "InferQueue") == len(commands)
+    record = JobStore(aws.jobs_table).get("acme", job_id)
+    assert not record.is_terminal and record.chunk_levels == [chunks]

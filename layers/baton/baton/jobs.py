@@ -371,13 +371,17 @@ class JobService:
         record: JobRecord,
         messages: list[dict[str, Any]],
         parameters: dict[str, Any],
+        *,
+        lease_id: str | None = None,
     ) -> Ticket | None:
+        """Wait for the provider's capacity (RPM/TPM, the tenant's calls in flight), or raise
+        Deferred. `lease_id`: the call's own id (a long document's chunks run concurrently)."""
         if self.limiter is None:
             return None
         ticket = self.limiter.admit(
             provider_key(self.settings.openai_base_url, record.model),
             tenant_id=record.tenant_id,
-            lease_id=f"{record.job_id}:{record.version}:{record.depth}",
+            lease_id=lease_id or f"{record.job_id}:{record.version}:{record.depth}",
             tokens=estimate_tokens(messages, parameters.get("max_tokens")),
             now_ms=now_ms(),
             held_slot_ms=command.not_before_ms,

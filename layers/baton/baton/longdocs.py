@@ -170,16 +170,22 @@ class LongDocuments:
         request: dict[str, Any] = {"max_tokens": room.answer_tokens}
         if parameters.get("temperature") is not None:
             request["temperature"] = parameters["temperature"]
-        completion = llm.complete(
-            service.settings,
-            model=record.model,
-            messages=self.messages(record, note, text),
-            parameters=request,
-            timeout=min(llm.model_timeout(service.settings, remaining_ms), service._seconds_left(record)),
-            extra_headers={
-                "X-Baton-Job-Id": record.job_id,
-                "X-Baton-Step-Key": f"{record.job_id}:{record.version}:{command.level}:{command.chunk}",
-            },
+        messages = self.messages(record, note, text)
+        # Through the provider limiter like any model call: no capacity (or a 429) defers the
+        # chunk's command (Deferred), its own lease counting against the tenant's calls in flight.
+        step_key = f"{record.job_id}:{record.version}:{command.level}:{command.chunk}"
+        ticket = service._admit(command, record, messages, request, lease_id=step_key)
+        completion = service.metered(
+            ticket,
+            lambda: llm.complete(
+                service.settings,
+                model=record.model,
+                messages=messages,
+                parameters=request,
+                timeout=min(llm.model_timeout(service.settings, remaining_ms), service._seconds_left(record)),
+                extra_headers={"X-Baton-Job-Id": record.job_id, "X-Baton-Step-Key": step_key},
+            ),
+            settle=lambda completion: (completion.usage.total_tokens or None, completion.headers),
         )
         service.blobs.write_json(key, {"text": completion.text or "", "usage": completion.usage.model_dump()})
 
