@@ -9,7 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import LocalStack
+from baton_dev.webhook_receiver import WebhookReceiver
+
+from .conftest import LocalStack, Tenant
 
 pytestmark = pytest.mark.integration
 
@@ -68,3 +70,33 @@ def test_a_cancelled_batch_stops(api: httpx.Client) -> None:
     errors = [json.loads(raw) for raw in httpx.get(batch["errors_url"]).text.splitlines()]
     output = [json.loads(raw) for raw in httpx.get(batch["output_url"]).text.splitlines()]
     assert sorted(entry["custom_id"] for entry in errors + output) == sorted(str(i) for i in range(30))
+
+
+def test_a_finished_batch_is_delivered_to_its_webhook_and_logged(api: httpx.Client, tenant: Tenant) -> None:
+    """batch.completed goes through the delivery machinery: signed, retried after a failure, logged."""
+    lines = [{"custom_id": f"w{i}", "input": {"prompt": f"Summarize: parcel {i} arrived."}} for i in range(3)]
+    with WebhookReceiver(tenant.webhook_secret, fail_first=1) as receiver:
+        answer = api.post("/v1/batches", json={"requests": lines, "webhook": {"url": receiver.url}})
+        assert answer.status_code == 202, answer.text
+        batch_id = answer.json()["id"]
+        batch = wait_for_batch(api, batch_id)
+        [event] = receiver.wait_until(lambda events: len(events) >= 1, timeout=120)
+    assert batch["status"] == "completed"
+    assert event.verified and event.webhook_id == f"msg_{batch_id}_completed"
+    assert receiver.failed_ids == [event.webhook_id]  # the same webhook-id on the retry
+    assert event.payload["type"] == "batch.completed"
+    assert event.payload["data"]["id"] == batch_id
+    assert event.payload["data"]["request_counts"]["completed"] == 3
+    # The attempt is recorded just after the receiver answered it: wait for the log to say so.
+    deadline = time.monotonic() + 60
+    deliveries: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        logged = api.get(f"/v1/batches/{batch_id}/deliveries")
+        assert logged.status_code == 200, logged.text
+        deliveries = logged.json()["data"]
+        if deliveries and deliveries[0]["status"] != "pending":
+            break
+        time.sleep(0.3)
+    [delivery] = deliveries
+    assert delivery["status"] == "delivered", delivery
+    assert [attempt["status_code"] for attempt in delivery["attempts"]] == [503, 204]
