@@ -10,7 +10,7 @@ from standardwebhooks import Webhook
 
 from baton.errors import ModelError
 
-from .test_documents import call
+from .test_documents import call, route_event
 from .test_infer_handler import FakeModel, model  # noqa: F401 (the fixture)
 from .test_notify_handler import HOOK, Receiver, receiver, secret  # noqa: F401 (fixtures)
 
@@ -21,18 +21,7 @@ if TYPE_CHECKING:
 def batch_event(
     aws: AwsStack, method: str, *, body: Any = None, batch_id: str | None = None
 ) -> dict[str, Any]:
-    event = aws.api_event("api-create-job.json", body=body, drop_headers=("Idempotency-Key", "Prefer"))
-    path = "/v1/batches" + (f"/{batch_id}" if batch_id else "")
-    event["httpMethod"] = method
-    event["path"] = path
-    event["resource"] = "/v1/batches/{batch_id}" if batch_id else "/v1/batches"
-    event["pathParameters"] = {"batch_id": batch_id} if batch_id else None
-    event["requestContext"]["path"] = f"/{event['requestContext']['stage']}{path}"
-    event["requestContext"]["httpMethod"] = method
-    event["requestContext"]["resourcePath"] = event["resource"]
-    if body is None:
-        event["body"] = None
-    return event
+    return route_event(aws, method, "batches", "batch_id", item_id=batch_id, body=body)
 
 
 def line(custom_id: str, prompt: str = "Summarize: queues decouple work.") -> dict[str, Any]:

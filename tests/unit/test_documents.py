@@ -48,14 +48,29 @@ def make_docx(paragraphs: list[str]) -> bytes:
 def document_event(
     aws: AwsStack, method: str, *, body: Any = None, document_id: str | None = None, tenant: str = "acme"
 ) -> dict[str, Any]:
+    return route_event(aws, method, "documents", "document_id", item_id=document_id, body=body, tenant=tenant)
+
+
+def route_event(
+    aws: AwsStack,
+    method: str,
+    collection: str,
+    parameter: str,
+    *,
+    item_id: str | None = None,
+    body: Any = None,
+    tenant: str = "acme",
+) -> dict[str, Any]:
+    """An API Gateway event for /v1/<collection> or /v1/<collection>/{<parameter>} (`item_id`,
+    which may carry a sub-path such as "<id>/deliveries")."""
     event = aws.api_event(
         "api-create-job.json", body=body, tenant=tenant, drop_headers=("Idempotency-Key", "Prefer")
     )
-    path = "/v1/documents" + (f"/{document_id}" if document_id else "")
+    path = f"/v1/{collection}" + (f"/{item_id}" if item_id else "")
     event["httpMethod"] = method
     event["path"] = path
-    event["resource"] = "/v1/documents/{document_id}" if document_id else "/v1/documents"
-    event["pathParameters"] = {"document_id": document_id} if document_id else None
+    event["resource"] = f"/v1/{collection}/{{{parameter}}}" if item_id else f"/v1/{collection}"
+    event["pathParameters"] = {parameter: item_id} if item_id else None
     event["requestContext"]["path"] = f"/{event['requestContext']['stage']}{path}"
     event["requestContext"]["httpMethod"] = method
     event["requestContext"]["resourcePath"] = event["resource"]

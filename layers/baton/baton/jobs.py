@@ -399,7 +399,10 @@ class JobService:
         parameters: dict[str, Any],
         remaining_ms: int,
         ticket: Ticket | None,
+        *,
+        step_key: str | None = None,
     ) -> llm.Completion:
+        """`step_key`: the call's own step (a long document's chunk), else the job's hop."""
         return self.metered(
             ticket,
             lambda: llm.complete(
@@ -409,7 +412,7 @@ class JobService:
                 parameters=parameters,
                 # Below the function's remaining time, and never past the job's own deadline.
                 timeout=min(llm.model_timeout(self.settings, remaining_ms), self._seconds_left(record)),
-                extra_headers=self.model_headers(record),
+                extra_headers=self.model_headers(record, step_key),
                 # Streamed: a cancel closes the stream, so the provider stops generating.
                 cancelled=lambda: self._is_cancelled(record),
                 prompt_tokens_estimate=estimate_tokens(messages, None) - DEFAULT_COMPLETION_TOKENS,
@@ -418,9 +421,10 @@ class JobService:
         )
 
     @staticmethod
-    def model_headers(record: JobRecord) -> dict[str, str]:
+    def model_headers(record: JobRecord, step_key: str | None = None) -> dict[str, str]:
         """Sent with every model call: the simulator's log (and a proxy's) ties calls to steps."""
-        return {"X-Baton-Job-Id": record.job_id, "X-Baton-Step-Key": f"{record.job_id}:{record.step_key}"}
+        step = step_key or f"{record.job_id}:{record.step_key}"
+        return {"X-Baton-Job-Id": record.job_id, "X-Baton-Step-Key": step}
 
     def metered[T](
         self,

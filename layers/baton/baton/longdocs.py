@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
-from baton import chunking, llm
+from baton import chunking
 from baton.errors import DocumentTooLongError
 from baton.models import StageCommand, Step
 from baton.records import DocumentInfo, JobRecord, Usage
@@ -175,18 +175,7 @@ class LongDocuments:
         # chunk's command (Deferred), its own lease counting against the tenant's calls in flight.
         step_key = f"{record.job_id}:{record.version}:{command.level}:{command.chunk}"
         ticket = service._admit(command, record, messages, request, lease_id=step_key)
-        completion = service.metered(
-            ticket,
-            lambda: llm.complete(
-                service.settings,
-                model=record.model,
-                messages=messages,
-                parameters=request,
-                timeout=min(llm.model_timeout(service.settings, remaining_ms), service._seconds_left(record)),
-                extra_headers={"X-Baton-Job-Id": record.job_id, "X-Baton-Step-Key": step_key},
-            ),
-            settle=lambda completion: (completion.usage.total_tokens or None, completion.headers),
-        )
+        completion = service._call_model(record, messages, request, remaining_ms, ticket, step_key=step_key)
         service.blobs.write_json(key, {"text": completion.text or "", "usage": completion.usage.model_dump()})
 
     def _combine(self, record: JobRecord, level: int) -> dict[str, Any]:
