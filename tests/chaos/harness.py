@@ -65,6 +65,7 @@ TENANT = "chaos"
 REGION = "us-east-1"
 TERMINAL = frozenset({"completed", "failed", "cancelled", "needs_review"})
 CHAT_PATH_SUFFIX = "/chat/completions"
+READ_BACK_S = 120.0  # at most for reading every submitted job back through the API
 KILL_AIM_S = 15.0  # how long the kill may wait for a moment with a job in its infer step
 # Errors a step may honestly give up on once its retry budget (MaxAttempts) is spent.
 RETRYABLE_MODEL_ERRORS = frozenset({"rate_limited", "model_unavailable", "timeout", "model_error"})
@@ -978,7 +979,7 @@ class ChaosRun:
         open_ids = sorted(expected)
         deadline = time.monotonic() + self.config.webhook_grace_s
         while open_ids:
-            logs = self._read_delivery_logs(open_ids)
+            logs = self._read_delivery_logs(open_ids, max(5.0, deadline - time.monotonic()))
             self.obs.delivery_logs.update(logs)
             open_ids = [job_id for job_id in open_ids if not settled(logs.get(job_id, []), expected[job_id])]
             if not open_ids or time.monotonic() > deadline:
@@ -986,8 +987,8 @@ class ChaosRun:
             time.sleep(2.0)
         self.obs.webhooks_done_at = time.time()
 
-    def _read_delivery_logs(self, job_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-        answers = self._get_each(job_ids, "/v1/jobs/{}/deliveries")
+    def _read_delivery_logs(self, job_ids: list[str], within_s: float) -> dict[str, list[dict[str, Any]]]:
+        answers, _ = self._get_each(job_ids, "/v1/jobs/{}/deliveries", within_s=within_s)
         return {job_id: list(answer["data"]) for job_id, answer in answers.items()}
 
     # -- reading back ---------------------------------------------------------------------------
@@ -1002,15 +1003,28 @@ class ChaosRun:
         self._read_dead_letter_archive("infer")
 
     def _get_all(self) -> None:
-        self.obs.jobs_via_get = self._get_each([spec.job_id for spec in self.specs], "/v1/jobs/{}")
+        # Jobs never submitted (a run stopped at its deadline) have nothing to read: the analysis
+        # counts them apart. Bounded, so that a starved stack still gets its report printed.
+        submitted = [spec.job_id for spec in self.specs if spec.job_id in self.obs.submissions]
+        self.obs.jobs_via_get, unread = self._get_each(submitted, "/v1/jobs/{}", within_s=READ_BACK_S)
+        if unread:
+            self.obs.harness_errors.append(f"{unread} job(s) not read back within {READ_BACK_S:.0f}s")
 
-    def _get_each(self, ids: list[str], path: str) -> dict[str, dict[str, Any]]:
-        """GET `path` for each id through the API (a few client threads); the 200 answers by id."""
+    def _get_each(
+        self, ids: list[str], path: str, *, within_s: float
+    ) -> tuple[dict[str, dict[str, Any]], int]:
+        """GET `path` for each id through the API (a few client threads) until `within_s` has
+        passed: the 200 answers by id, and how many ids were not asked for in time."""
         results: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + within_s
+        asked: set[str] = set()
 
         def fetch(chunk: list[str]) -> None:
             with self.stack.api_client() as client:
                 for item_id in chunk:
+                    if time.monotonic() > deadline:
+                        return
+                    asked.add(item_id)
                     for _ in range(20):
                         try:
                             answer = client.get(path.format(item_id))
@@ -1031,8 +1045,8 @@ class ChaosRun:
         for worker in workers:
             worker.start()
         for worker in workers:
-            worker.join(timeout=600)
-        return results
+            worker.join(timeout=within_s + 60)
+        return results, len(set(ids) - asked)
 
     def _scan_table(self) -> None:
         ddb = self.stack.dynamodb()
