@@ -8,7 +8,7 @@ UV_VERSION := 0.13.8
 PYTHON313 ?= $(shell for c in python3.13 "$$HOME/.pyenv/versions/3.13.0/bin/python3.13" $$(ls -d $$HOME/.pyenv/versions/3.13*/bin/python3.13 /usr/local/bin/python3.13 2>/dev/null); do \
 	if PYENV_VERSION=3.13.0 "$$c" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1; then echo "$$c"; break; fi; done)
 
-.PHONY: help install demo dev test test-unit test-integration chaos lint typecheck lint-template lock layer-lock clean bench build tools
+.PHONY: help install demo dev openapi test test-unit test-integration chaos lint typecheck lint-template lock layer-lock clean bench build tools
 
 help:
 	@echo "make demo    start the local stack, submit real jobs, show them finish"
@@ -55,6 +55,10 @@ demo: install
 
 dev: install
 	$(VENV)/bin/baton dev
+
+# The OpenAPI document, generated from the API's routes and models (a unit test fails on drift).
+openapi: install
+	$(PY) -m baton_dev.openapi
 
 lint: install
 	$(VENV)/bin/ruff check .

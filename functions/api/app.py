@@ -1,20 +1,35 @@
-"""Jobs API: routes only hand off to baton.api; errors are mapped in baton.http_errors."""
+"""Jobs API: routes only hand off to baton.api; errors are mapped in baton.http_errors.
+
+Each route declares its parameters, headers and answers with the pydantic models that validate
+them, so `GET /v1/openapi.json` (and `make openapi`, docs/openapi.json) is generated from the code.
+"""
 
 from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
-from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.event_handler.openapi.params import Header, Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from baton.api import JobsHttp, WebhooksHttp, base_path, tenant_of
 from baton.batches import BatchService
 from baton.documents import DocumentService
-from baton.http_errors import register_error_handlers
+from baton.http_errors import error_responses, register_error_handlers
 from baton.idempotency import persistence_layer, submission_config
 from baton.jobs import JobService
-from baton.models import CreateBatchRequest, CreateDocumentRequest, CreateJobRequest, DeliveryList
+from baton.models import (
+    CreateBatchRequest,
+    CreateDocumentRequest,
+    CreateJobRequest,
+    DeliveryList,
+    DeliveryView,
+    JobAccepted,
+    JobStatus,
+    RotatedWebhookSecret,
+)
+from baton.openapi import OPENAPI_PATH, SWAGGER_PATH, openapi_info
+from baton.records import JobList, JobView
 from baton.settings import get_settings
 
 logger = Logger()
@@ -30,23 +45,99 @@ batches = BatchService(settings, service)
 
 app = APIGatewayRestResolver(enable_validation=True)
 register_error_handlers(app)
+app.enable_swagger(path=SWAGGER_PATH, **openapi_info())
+
+JOB_ID_ERRORS = error_responses(401, 404)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Same key + same body within the retention window gives the same job; "
+        "a different body is 422, the first request still in flight is 409.",
+    ),
+]
+Prefer = Annotated[
+    str | None,
+    Header(
+        description="`respond-async` (default) or `wait=N`: answer 200 with the finished job if it "
+        "completes within N seconds (capped), else 202. `Preference-Applied` says what was honoured.",
+    ),
+]
 
 
-@app.post("/v1/jobs")
+# -- jobs -----------------------------------------------------------------------------------------
+@app.post(
+    "/v1/jobs",
+    summary="Submit a job",
+    responses={
+        200: {
+            "description": "`Prefer: wait=N` and the job finished in time",
+            "content": {"application/json": {"model": JobView}},
+        },
+        202: {
+            "description": "Accepted; poll `Location` (or wait for the webhook)",
+            "content": {"application/json": {"model": JobAccepted}},
+        },
+        **error_responses(400, 401, 409, 415, 422),
+    },
+)
 @tracer.capture_method
-def create_job(body: CreateJobRequest) -> Response[str]:
-    return jobs.create(app.current_event, body)
+def create_job(
+    body: CreateJobRequest, idempotency_key: IdempotencyKey = None, prefer: Prefer = None
+) -> Response[JobView | JobAccepted]:
+    return jobs.create(app.current_event, body, idempotency_key=idempotency_key, prefer=prefer)
 
 
-@app.get("/v1/jobs/<job_id>")
+@app.get(
+    "/v1/jobs",
+    summary="List the tenant's jobs, newest first",
+    responses={
+        200: {"description": "One page of jobs", "content": {"application/json": {"model": JobList}}},
+        **error_responses(401, 422),
+    },
+)
 @tracer.capture_method
-def get_job(job_id: str, wait: Annotated[float | None, Query(ge=0, le=600)] = None) -> Response[str]:
+def list_jobs(
+    status: Annotated[JobStatus | None, Query(description="only jobs in this state")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="jobs per page")] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="`next_cursor` of the previous page")
+    ] = None,
+) -> Response[JobList]:
+    return jobs.list_jobs(app.current_event, status=status, limit=limit, cursor=cursor)
+
+
+@app.get(
+    "/v1/jobs/<job_id>",
+    summary="Get a job",
+    responses={
+        200: {"description": "The job", "content": {"application/json": {"model": JobView}}},
+        **JOB_ID_ERRORS,
+        **error_responses(422),
+    },
+)
+@tracer.capture_method
+def get_job(
+    job_id: str,
+    wait: Annotated[
+        float | None, Query(ge=0, le=600, description="long-poll up to N seconds for a change")
+    ] = None,
+) -> Response[JobView]:
     return jobs.get(app.current_event, job_id, wait)
 
 
-@app.delete("/v1/jobs/<job_id>")
+@app.delete(
+    "/v1/jobs/<job_id>",
+    summary="Cancel a job that is not terminal",
+    responses={
+        200: {"description": "The cancelled job", "content": {"application/json": {"model": JobView}}},
+        **JOB_ID_ERRORS,
+        **error_responses(409),
+    },
+)
 @tracer.capture_method
-def cancel_job(job_id: str) -> Response[str]:
+def cancel_job(job_id: str) -> Response[JobView]:
     return jobs.cancel(app.current_event, job_id)
 
 
@@ -64,22 +155,47 @@ def get_document(document_id: str) -> Response[str]:
     return Response(200, content_types.APPLICATION_JSON, view.model_dump_json())
 
 
-# -- webhook deliveries and secret rotation
-@app.get("/v1/jobs/<job_id>/deliveries")
+# -- webhook deliveries and secret rotation -------------------------------------------------------
+@app.get(
+    "/v1/jobs/<job_id>/deliveries",
+    summary="The job's webhook deliveries, with every attempt",
+    responses={
+        200: {"description": "Deliveries", "content": {"application/json": {"model": DeliveryList}}},
+        **JOB_ID_ERRORS,
+    },
+)
 @tracer.capture_method
-def list_deliveries(job_id: str) -> Response[str]:
+def list_deliveries(job_id: str) -> Response[DeliveryList]:
     return webhooks.deliveries(app.current_event, job_id)
 
 
-@app.post("/v1/jobs/<job_id>/deliveries/<webhook_id>/redeliver")
+@app.post(
+    "/v1/jobs/<job_id>/deliveries/<webhook_id>/redeliver",
+    summary="Deliver a webhook again (a new schedule of attempts)",
+    responses={
+        202: {"description": "Queued again", "content": {"application/json": {"model": DeliveryView}}},
+        **JOB_ID_ERRORS,
+        **error_responses(409),
+    },
+)
 @tracer.capture_method
-def redeliver(job_id: str, webhook_id: str) -> Response[str]:
+def redeliver(job_id: str, webhook_id: str) -> Response[DeliveryView]:
     return webhooks.redeliver(app.current_event, job_id, webhook_id)
 
 
-@app.post("/v1/webhook-secret/rotate")
+@app.post(
+    "/v1/webhook-secret/rotate",
+    summary="Rotate the tenant's webhook signing secret (the previous one keeps signing for 24 h)",
+    responses={
+        200: {
+            "description": "The new secret",
+            "content": {"application/json": {"model": RotatedWebhookSecret}},
+        },
+        **error_responses(401),
+    },
+)
 @tracer.capture_method
-def rotate_webhook_secret() -> Response[str]:
+def rotate_webhook_secret() -> Response[RotatedWebhookSecret]:
     return webhooks.rotate_secret(app.current_event)
 
 
@@ -121,6 +237,14 @@ def cancel_batch(batch_id: str) -> Response[str]:
 def list_batch_deliveries(batch_id: str) -> Response[str]:
     found = DeliveryList(data=batches.deliveries(tenant_of(app.current_event), batch_id))
     return Response(200, content_types.APPLICATION_JSON, found.model_dump_json())
+# -- the API's own description (no API key: template.yaml sets Auth NONE on this route) -----------
+@app.get(OPENAPI_PATH, include_in_schema=False)
+def openapi_document() -> Response[str]:
+    return Response(
+        status_code=200,
+        content_type=content_types.APPLICATION_JSON,
+        body=app.get_openapi_json_schema(**openapi_info()),
+    )
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)

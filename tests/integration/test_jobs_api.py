@@ -256,3 +256,40 @@ def test_a_form_encoded_body_gets_415_not_a_confusing_422(api: httpx.Client) -> 
     )
     assert answer.status_code == 415
     assert answer.json()["error"]["field"] == "Content-Type"
+
+
+# -- listing and the API's own description ------------------------------------------------------
+def test_list_pages_through_jobs_newest_first_and_filters_by_status(
+    local_stack: LocalStack, api: httpx.Client, other_tenant: Tenant
+) -> None:
+    ids = [api.post("/v1/jobs", json={"input": {"prompt": ARTICLE}}).json()["id"] for _ in range(3)]
+    for job_id in ids:
+        assert wait_for_terminal(api, job_id)["status"] == "completed"
+
+    seen: list[str] = []
+    cursor = None
+    while len(seen) < 3:
+        params: dict[str, str | int] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = api.get("/v1/jobs", params=params).json()
+        seen += [job["id"] for job in page["data"]]
+        cursor = page["next_cursor"]
+        assert cursor, page
+    assert seen[:3] == list(reversed(ids))  # these three were the newest, newest first
+
+    completed = api.get("/v1/jobs", params={"status": "completed", "limit": 100}).json()["data"]
+    assert set(ids) <= {job["id"] for job in completed}
+    assert all(job["status"] == "completed" for job in completed)
+    with local_stack.client(other_tenant) as other:
+        assert not set(ids) & {job["id"] for job in other.get("/v1/jobs").json()["data"]}
+    assert api.get("/v1/jobs", params={"limit": 101}).json()["error"]["field"] == "limit"
+
+
+def test_openapi_document_and_swagger_ui_need_no_key(local_stack: LocalStack) -> None:
+    document = httpx.get(f"{local_stack.api_url}/v1/openapi.json", timeout=30)
+    assert document.status_code == 200
+    spec = document.json()
+    assert {"/v1/jobs", "/v1/jobs/{job_id}"} <= set(spec["paths"])
+    docs = httpx.get(f"{local_stack.api_url}/docs", timeout=30)
+    assert docs.status_code == 200
+    assert docs.headers["Content-Type"].startswith("text/html")
+    assert "swagger" in docs.text.lower()

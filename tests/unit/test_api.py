@@ -58,12 +58,15 @@ def jobs_in_table(aws: AwsStack) -> list[dict[str, Any]]:
     return [item for item in items if item["sk"]["S"].startswith("JOB#")]
 
 
-def assert_error(response: dict[str, Any], status: int, error_type: str, field: str | None = None) -> str:
+def assert_error(
+    response: dict[str, Any], status: int, error_type: str | None, field: str | None = None
+) -> str:
     assert response["statusCode"] == status, response["body"]
     assert header(response, "Content-Type") == "application/json"
     error = body_of(response)["error"]
     assert set(error) <= {"type", "message", "field"}
-    assert error["type"] == error_type
+    if error_type is not None:
+        assert error["type"] == error_type
     if field is not None:
         assert error["field"] == field
     assert "Traceback" not in error["message"]
@@ -400,3 +403,80 @@ def test_idempotency_key_still_in_flight_is_409(
     assert len(jobs_in_table(aws)) == 1
     retried = other_instance(aws.api_event(CREATE))
     assert body_of(retried)["id"] == body_of(first)["id"]
+
+
+# -- GET /v1/jobs --------------------------------------------------------------------------------
+def list_event(aws: AwsStack, tenant: str = "acme", **query: str) -> dict[str, Any]:
+    event = aws.api_event(GET, tenant=tenant, query=query or None)
+    event["path"] = event["resource"] = "/v1/jobs"
+    event["requestContext"]["path"] = f"/{event['requestContext']['stage']}/v1/jobs"
+    event["requestContext"]["resourcePath"] = "/v1/jobs"
+    event["pathParameters"] = None
+    if not query:
+        event["queryStringParameters"] = event["multiValueQueryStringParameters"] = None
+    return event
+
+
+def test_list_pages_through_the_tenants_jobs_newest_first(
+    aws: AwsStack, api: LoadedFunction, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = iter(range(1_900_000_000_000, 1_900_000_100_000, 1000))
+    monkeypatch.setattr(baton.jobs, "now_ms", lambda: next(clock))  # one created_ms per job
+    created = [create_job(aws, api) for _ in range(5)]
+    create_job(aws, api, tenant="globex")
+
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        query = {"limit": "2", **({"cursor": cursor} if cursor else {})}
+        response = api(list_event(aws, **query))
+        assert response["statusCode"] == 200, response["body"]
+        page = body_of(response)
+        assert set(page) == {"data", "next_cursor"}
+        assert len(page["data"]) <= 2
+        seen += [job["id"] for job in page["data"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(created))  # newest first, each once, no other tenant's
+    assert pages == 3
+    first = body_of(api(list_event(aws)))["data"][0]
+    assert first == body_of(api(aws.api_event(GET, job_id=created[-1])))  # the same job view as GET
+
+
+def test_list_filters_by_status(aws: AwsStack, api: LoadedFunction) -> None:
+    kept, cancelled = create_job(aws, api), create_job(aws, api)
+    assert api(aws.api_event(CANCEL, job_id=cancelled))["statusCode"] == 200
+    only_cancelled = body_of(api(list_event(aws, status="cancelled")))
+    assert [job["id"] for job in only_cancelled["data"]] == [cancelled]
+    assert only_cancelled["next_cursor"] is None
+    assert [job["id"] for job in body_of(api(list_event(aws, status="pending")))["data"]] == [kept]
+    assert body_of(api(list_event(aws, tenant="globex")))["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "101"}, "limit"),
+        ({"status": "sleeping"}, "status"),
+        ({"cursor": "not-a-cursor"}, "cursor"),
+    ],
+)
+def test_list_rejects_bad_parameters_naming_them(
+    aws: AwsStack, api: LoadedFunction, query: dict[str, str], field: str
+) -> None:
+    assert_error(api(list_event(aws, **query)), 422, None, field)
+
+
+def test_a_cursor_cannot_reach_another_tenant(aws: AwsStack, api: LoadedFunction) -> None:
+    for _ in range(2):
+        create_job(aws, api, tenant="globex")
+    create_job(aws, api)
+    globex_cursor = body_of(api(list_event(aws, tenant="globex", limit="1")))["next_cursor"]
+    assert globex_cursor
+    page = body_of(api(list_event(aws, cursor=globex_cursor)))
+    tenants = {JobStore(aws.jobs_table).get("acme", job["id"]).tenant_id for job in page["data"]}
+    assert tenants <= {"acme"}

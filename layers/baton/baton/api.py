@@ -1,8 +1,8 @@
-"""HTTP behaviour of the jobs API: 202 + Location, Prefer (RFC 7240), Idempotency-Key, long-poll."""
+"""HTTP behaviour of the jobs API: 202 + Location, Prefer (RFC 7240), Idempotency-Key, long-poll,
+listing. Bodies are the pydantic models the OpenAPI document is generated from."""
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -15,8 +15,15 @@ from baton.clock import iso_from_ms
 from baton.errors import InvalidRequestError, JobNotFoundError, UnauthorizedError
 from baton.idempotency import idempotency_prefix
 from baton.jobs import JobService
-from baton.models import CreateJobRequest, DeliveryList, DeliveryView, RotatedWebhookSecret
-from baton.records import JobRecord
+from baton.models import (
+    CreateJobRequest,
+    DeliveryList,
+    DeliveryView,
+    JobAccepted,
+    JobStatus,
+    RotatedWebhookSecret,
+)
+from baton.records import JobList, JobRecord, JobView
 from baton.webhook_auth import forwarded_value
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -53,12 +60,12 @@ def base_path(event: APIGatewayProxyEvent) -> str:
     return full[: -len(event.path)] if full.endswith(event.path) else ""
 
 
-def _json(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response[str]:
+def json_response[Body: JobView | JobAccepted | JobList | DeliveryList | DeliveryView | RotatedWebhookSecret](
+    status: int, body: Body, headers: dict[str, str] | None = None
+) -> Response[Body]:
+    """The route's declared model is the body; Powertools validates and serialises it."""
     return Response(
-        status_code=status,
-        content_type=content_types.APPLICATION_JSON,
-        body=json.dumps(body),
-        headers=headers,
+        status_code=status, content_type=content_types.APPLICATION_JSON, body=body, headers=headers
     )
 
 
@@ -75,7 +82,14 @@ class JobsHttp:
             key_prefix=idempotency_prefix("submission"),
         )(self._accept_submission)
 
-    def create(self, event: APIGatewayProxyEvent, body: CreateJobRequest) -> Response[str]:
+    def create(
+        self,
+        event: APIGatewayProxyEvent,
+        body: CreateJobRequest,
+        *,
+        idempotency_key: str | None,
+        prefer: str | None,
+    ) -> Response[JobView | JobAccepted]:
         tenant_id = tenant_of(event)
         if (
             body.webhook is not None
@@ -85,11 +99,14 @@ class JobsHttp:
             # Forwarded as received: the value is sealed with the rest of the credentials.
             auth = forwarded_value(body.webhook.auth, dict(event.headers))
             body = body.model_copy(update={"webhook": body.webhook.model_copy(update={"auth": auth})})
-        key = event.headers.get("idempotency-key") or event.headers.get("Idempotency-Key")
-        submission = {"tenant_id": tenant_id, "body": body.model_dump(mode="json"), "idempotency_key": key}
-        if key is None:
+        submission = {
+            "tenant_id": tenant_id,
+            "body": body.model_dump(mode="json"),
+            "idempotency_key": idempotency_key,
+        }
+        if idempotency_key is None:
             accepted = self._accept_submission(submission=submission)
-        elif not IDEMPOTENCY_KEY_PATTERN.match(key):
+        elif not IDEMPOTENCY_KEY_PATTERN.match(idempotency_key):
             raise InvalidRequestError(
                 "Idempotency-Key must be 1-255 visible ASCII characters", field="Idempotency-Key"
             )
@@ -98,30 +115,35 @@ class JobsHttp:
         job_id = accepted["job_id"]
         location = f"{base_path(event)}/v1/jobs/{job_id}"
         headers = {"Location": location, "Retry-After": str(self.service.settings.retry_after_seconds)}
+        status = JobStatus(accepted["status"])
 
-        wait = requested_wait(event.headers.get("prefer") or event.headers.get("Prefer"))
+        wait = requested_wait(prefer)
         if wait is not None:
             wait = min(wait, self.service.settings.max_wait_seconds)
             headers["Preference-Applied"] = f"wait={wait:g}"
             record = self.service.wait(tenant_id, job_id, wait, until_terminal=True)
             if record.is_terminal:
                 headers.pop("Retry-After")
-                return _json(200, self.service.public_view(record), headers)
+                return json_response(200, self.service.view(record), headers)
+            status = record.status
         else:
             headers["Preference-Applied"] = "respond-async"
+            if idempotency_key is not None:
+                # A replay answers with the job as it is now, not as the first answer saw it.
+                status = self.service.get(tenant_id, job_id).status
         host = event.headers.get("host") or event.headers.get("Host")
         proto = event.headers.get("x-forwarded-proto") or event.headers.get("X-Forwarded-Proto") or "https"
         poll_url = f"{proto}://{host}{location}" if host else location
-        body_out = {
-            "id": job_id,
-            "status": "pending",
-            "created_at": accepted["created_at"],
-            "poll_url": poll_url,
-            "delivery": accepted["delivery"],
-        }
-        return _json(202, body_out, headers)
+        body_out = JobAccepted(
+            id=job_id,
+            status=status,
+            created_at=accepted["created_at"],
+            poll_url=poll_url,
+            delivery=accepted["delivery"],
+        )
+        return json_response(202, body_out, headers)
 
-    def get(self, event: APIGatewayProxyEvent, job_id: str, wait: float | None) -> Response[str]:
+    def get(self, event: APIGatewayProxyEvent, job_id: str, wait: float | None) -> Response[JobView]:
         tenant_id = tenant_of(event)
         job_id = known_job_id(job_id)
         if wait is not None and wait > 0:
@@ -130,15 +152,23 @@ class JobsHttp:
             record = self.service.get(tenant_id, job_id)
         return self._job_response(record)
 
-    def cancel(self, event: APIGatewayProxyEvent, job_id: str) -> Response[str]:
+    def cancel(self, event: APIGatewayProxyEvent, job_id: str) -> Response[JobView]:
         record = self.service.cancel(tenant_of(event), known_job_id(job_id))
         return self._job_response(record)
 
-    def _job_response(self, record: JobRecord) -> Response[str]:
+    def list_jobs(
+        self, event: APIGatewayProxyEvent, *, status: JobStatus | None, limit: int, cursor: str | None
+    ) -> Response[JobList]:
+        page = self.service.list_jobs(tenant_of(event), status=status, limit=limit, cursor=cursor)
+        return json_response(
+            200, JobList(data=[self.service.view(record) for record in page.jobs], next_cursor=page.cursor)
+        )
+
+    def _job_response(self, record: JobRecord) -> Response[JobView]:
         headers = (
             {} if record.is_terminal else {"Retry-After": str(self.service.settings.retry_after_seconds)}
         )
-        return _json(200, self.service.public_view(record), headers)
+        return json_response(200, self.service.view(record), headers)
 
     def _accept_submission(self, submission: dict[str, Any]) -> dict[str, Any]:
         request = CreateJobRequest.model_validate(submission["body"])
@@ -147,6 +177,7 @@ class JobsHttp:
         )
         return {
             "job_id": record.job_id,
+            "status": record.status.value,
             "created_at": iso_from_ms(record.created_ms),
             "delivery": "webhook" if record.webhook else "polling",
         }
@@ -163,18 +194,20 @@ class WebhooksHttp:
     def __init__(self, service: JobService) -> None:
         self.service = service
 
-    def deliveries(self, event: APIGatewayProxyEvent, job_id: str) -> Response[str]:
+    def deliveries(self, event: APIGatewayProxyEvent, job_id: str) -> Response[DeliveryList]:
         found = self.service.webhooks.list(tenant_of(event), known_job_id(job_id))
         body = DeliveryList(data=[DeliveryView.model_validate(d.public_view()) for d in found])
-        return _json(200, body.model_dump(), {})
+        return json_response(200, body)
 
-    def redeliver(self, event: APIGatewayProxyEvent, job_id: str, webhook_id: str) -> Response[str]:
+    def redeliver(
+        self, event: APIGatewayProxyEvent, job_id: str, webhook_id: str
+    ) -> Response[DeliveryView]:
         if not WEBHOOK_ID_PATTERN.fullmatch(webhook_id):
             raise JobNotFoundError(f"delivery {webhook_id[:80]} not found")
         delivery = self.service.webhooks.redeliver(tenant_of(event), known_job_id(job_id), webhook_id)
-        return _json(202, DeliveryView.model_validate(delivery.public_view()).model_dump(), {})
+        return json_response(202, DeliveryView.model_validate(delivery.public_view()))
 
-    def rotate_secret(self, event: APIGatewayProxyEvent) -> Response[str]:
+    def rotate_secret(self, event: APIGatewayProxyEvent) -> Response[RotatedWebhookSecret]:
         rotated = self.service.tenants.rotate_webhook_secret(
             tenant_of(event), overlap_seconds=SECRET_OVERLAP_SECONDS
         )
@@ -182,4 +215,4 @@ class WebhooksHttp:
             webhook_secret=rotated.webhook_secret,
             previous_valid_until=iso_from_ms(rotated.previous_valid_until_ms),
         )
-        return _json(200, body.model_dump(), {})
+        return json_response(200, body)

@@ -12,6 +12,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
     RequestValidationError,
 )
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyValidationError,
@@ -26,6 +27,7 @@ from baton.errors import (
     JobNotFoundError,
     UnauthorizedError,
 )
+from baton.models import ErrorBody, ErrorDetail
 
 logger = Logger(child=True)
 
@@ -40,12 +42,31 @@ STATUS_FOR_ERROR: dict[type[BatonError], int] = {
 
 
 def error_response(status: int, error_type: str, message: str, field: str | None = None) -> Response[str]:
-    error: dict[str, Any] = {"type": error_type, "message": message}
-    if field:
-        error["field"] = field
+    body = ErrorBody(error=ErrorDetail(type=error_type, message=message, field=field or None))
     return Response(
-        status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps({"error": error})
+        status_code=status, content_type=content_types.APPLICATION_JSON, body=body.model_dump_json()
     )
+
+
+def error_responses(*statuses: int) -> dict[int, OpenAPIResponse]:
+    """The OpenAPI `responses` entries of the errors a route can answer, all with ErrorBody."""
+    return {
+        status: {
+            "description": ERROR_DESCRIPTIONS[status],
+            "content": {"application/json": {"model": ErrorBody}},
+        }
+        for status in statuses
+    }
+
+
+ERROR_DESCRIPTIONS = {
+    400: "The body is not valid JSON",
+    401: "Missing or invalid API key",
+    404: "No such job for this tenant (unknown, expired or another tenant's)",
+    409: "The job's state forbids this, or the first request with this Idempotency-Key is in flight",
+    415: "The body is not JSON",
+    422: "A field is invalid; `error.field` names it",
+}
 
 
 _MISSING = object()

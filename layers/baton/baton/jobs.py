@@ -53,10 +53,10 @@ from baton.models import (
     UploadMetadata,
     WebhookSpec,
 )
-from baton.records import JobError, JobRecord, JobResult, ProviderCall, Usage
+from baton.records import JobError, JobRecord, JobResult, JobView, ProviderCall, Usage
 from baton.retries import Failure
 from baton.settings import Settings
-from baton.store import JobStore
+from baton.store import JobPage, JobStore
 from baton.tenants import TenantStore
 from baton.tools import ToolContext, expand_tools, run_tool_calls, runs_builtin_tools
 from baton.webhook_auth import seal
@@ -225,9 +225,18 @@ class JobService:
         return record
 
     def public_view(self, record: JobRecord) -> dict[str, Any]:
-        return record.public_view(
-            lambda key: self.blobs.presigned_url(key, expires_in=self.settings.result_url_expiry_seconds)
-        )
+        return record.public_view(self._result_url)
+
+    def view(self, record: JobRecord) -> JobView:
+        return record.view(self._result_url)
+
+    def list_jobs(
+        self, tenant_id: str, *, status: JobStatus | None, limit: int, cursor: str | None
+    ) -> JobPage:
+        return self.store.page(tenant_id, status=status, limit=limit, cursor=cursor)
+
+    def _result_url(self, key: str) -> str:
+        return self.blobs.presigned_url(key, expires_in=self.settings.result_url_expiry_seconds)
 
     # -- stages --------------------------------------------------------------------------------
     def run_extract(self, command: StageCommand) -> dict[str, Any]:

@@ -430,3 +430,29 @@ class BatchList(BaseModel):
 
     data: list[BatchView]
     next_cursor: str | None
+
+
+# -- API responses (besides the job itself: baton.records.JobView) ------------------------------
+class JobAccepted(BaseModel):
+    """Body of `202 Accepted`: where to poll, and the job's status right now (a replayed
+    Idempotency-Key or an expired `Prefer: wait` may find it already under way or finished)."""
+
+    id: str
+    status: JobStatus
+    created_at: str
+    poll_url: str
+    delivery: Literal["webhook", "polling"]
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="stable machine-readable name, e.g. validation_error, not_found")
+    message: str
+    field: str | None = Field(
+        None, exclude_if=lambda value: value is None, description="the offending field, when one is to blame"
+    )
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx body."""
+
+    error: ErrorDetail

@@ -120,6 +120,8 @@ class JobRecord(BaseModel):
     provider_call: ProviderCall | None = None
     # The step (version:depth) whose response id is stored: the attach write is conditioned on it.
     provider_step: str | None = None
+    # The job this one re-runs (POST /v1/jobs/{id}/rerun).
+    rerun_of: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -161,36 +163,113 @@ class JobRecord(BaseModel):
                 data[name] = value
         return cls.model_validate(data)
 
-    def public_view(self, result_url: Callable[[str], str] | None = None) -> dict[str, Any]:
+    def view(self, result_url: Callable[[str], str] | None = None) -> JobView:
         """The job as `GET /v1/jobs/{id}` returns it (also the body of terminal events/webhooks)."""
-        view: dict[str, Any] = {
-            "id": self.job_id,
-            "status": self.status.value,
-            "current_step": self.current_step.value if self.current_step else None,
-            "progress": self.progress,
-            "created_at": iso_from_ms(self.created_ms),
-            "updated_at": iso_from_ms(self.updated_ms),
-            "metadata": self.metadata,
-            "model": self.model,
-            "depth": self.depth,
-            "usage": self.usage.model_dump(),
-            "timings": self.timings.model_dump(),
-        }
-        if self.document is not None:
-            view["document"] = self.document.model_dump()
+        result = None
         if self.result is not None:
-            result: dict[str, Any] = {"text": self.result.text, "finish_reason": self.result.finish_reason}
-            if self.result.tool_calls:
-                result["tool_calls"] = self.result.tool_calls
-            if self.result.result_key and result_url is not None:
-                result["result_url"] = result_url(self.result.result_key)
-            view["result"] = result
-        if self.error is not None:
-            view["error"] = self.error.model_dump()
-        if self.provider_call is not None:
-            view["provider_call"] = self.provider_call.view()
-        return view
+            result = ResultView(
+                text=self.result.text,
+                finish_reason=self.result.finish_reason,
+                tool_calls=self.result.tool_calls or None,
+                result_url=(
+                    result_url(self.result.result_key)
+                    if self.result.result_key and result_url is not None
+                    else None
+                ),
+            )
+        return JobView(
+            id=self.job_id,
+            status=self.status,
+            current_step=self.current_step,
+            progress=self.progress,
+            created_at=iso_from_ms(self.created_ms),
+            updated_at=iso_from_ms(self.updated_ms),
+            metadata=self.metadata,
+            model=self.model,
+            version=self.version,
+            depth=self.depth,
+            usage=self.usage,
+            cost=CostView(),
+            timings=self.timings,
+            document=self.document,
+            rerun_of=self.rerun_of,
+            result=result,
+            error=self.error,
+            provider_call=(
+                ProviderCallView.model_validate(self.provider_call.view()) if self.provider_call else None
+            ),
+        )
 
     @property
     def step_key(self) -> str:
         return f"{self.version}:{self.depth}"
+
+    def public_view(self, result_url: Callable[[str], str] | None = None) -> dict[str, Any]:
+        """`view()` as plain JSON data, for events and webhooks."""
+        data: dict[str, Any] = self.view(result_url).model_dump(mode="json")
+        return data
+
+
+# -- the public job (GET /v1/jobs/{id}, list pages, terminal events, webhooks) -------------------
+def _absent(value: Any) -> bool:
+    """Optional parts are left out rather than sent as null (clients test `"result" in job`)."""
+    return value is None
+
+
+class ResultView(BaseModel):
+    """What the model answered; a large result is cut to a preview and linked by `result_url`."""
+
+    text: str | None
+    finish_reason: str | None
+    tool_calls: list[dict[str, Any]] | None = Field(None, exclude_if=_absent)
+    result_url: str | None = Field(
+        None, exclude_if=_absent, description="short-lived URL of the whole result (large results)"
+    )
+
+
+class ProviderCallView(BaseModel):
+    """The provider's side of the current model call (background mode: its response id)."""
+
+    mode: str
+    response_id: str | None
+    cancelled: bool
+
+
+class CostView(BaseModel):
+    """What the job cost in US dollars; null when it cannot be known (e.g. a model with no price)."""
+
+    model_usd: float | None = None
+    aws_usd: float | None = None
+
+
+class JobView(BaseModel):
+    """A job as clients see it. `result` or `error` appear once the job has one; `rerun_of` only
+    on re-runs. Webhook credentials are never part of it."""
+
+    id: str
+    status: JobStatus
+    current_step: Step | None
+    progress: int = Field(ge=0, le=100)
+    created_at: str
+    updated_at: str
+    metadata: dict[str, str]
+    model: str
+    version: int
+    depth: int
+    usage: Usage
+    cost: CostView
+    timings: Timings
+    document: DocumentInfo | None = Field(None, exclude_if=_absent, description="the document the job reads")
+    rerun_of: str | None = Field(None, exclude_if=_absent, description="the job this one re-runs")
+    result: ResultView | None = Field(None, exclude_if=_absent)
+    error: JobError | None = Field(None, exclude_if=_absent)
+    provider_call: ProviderCallView | None = Field(
+        None, exclude_if=_absent, description="the model call at the provider (InferenceMode=background)"
+    )
+
+
+class JobList(BaseModel):
+    """A page of `GET /v1/jobs`, newest first; `next_cursor` fetches the next page (null: no more)."""
+
+    data: list[JobView]
+    next_cursor: str | None

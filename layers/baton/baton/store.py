@@ -6,16 +6,18 @@ the caller was scheduled for, so a terminal state is never overwritten and stale
 
 from __future__ import annotations
 
+import base64
 import json
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from baton.aws import client, from_dynamo, to_dynamo
 from baton.clock import now_ms
-from baton.errors import JobConflictError, JobNotFoundError, StaleWriteError
+from baton.errors import InvalidRequestError, JobConflictError, JobNotFoundError, StaleWriteError
 from baton.models import JobStatus, Step
 from baton.records import (
     DocumentInfo,
@@ -82,6 +84,54 @@ def due_in_shards(
 
 _JSON_FIELDS = set(JobRecord.JSON_FIELDS)
 
+# GET /v1/jobs reads two sparse indexes (only job items carry their keys), newest first:
+# every job of a tenant, and a tenant's jobs in one status (kept in step with each status change).
+JOBS_BY_TENANT_INDEX = "jobs-by-tenant"
+JOBS_BY_TENANT_STATUS_INDEX = "jobs-by-tenant-status"
+
+
+def tenant_status(tenant_id: str, status: JobStatus | str) -> str:
+    return f"{tenant_id}#{JobStatus(status).value}"
+
+
+def listing_keys(record: JobRecord) -> dict[str, str]:
+    """The index attributes a job item carries so that GET /v1/jobs finds it."""
+    return {
+        "job_tenant": record.tenant_id,
+        "job_tenant_status": tenant_status(record.tenant_id, record.status),
+    }
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[JobRecord]
+    cursor: str | None
+
+
+def encode_cursor(last_key: dict[str, Any]) -> str:
+    plain = from_dynamo(last_key)
+    position = {"job_id": str(plain["sk"]).removeprefix("JOB#"), "created_ms": int(plain["created_ms"])}
+    return base64.urlsafe_b64encode(json.dumps(position, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, tenant_id: str, status: JobStatus | None) -> dict[str, Any]:
+    """The index position a cursor stands for, rebuilt for this tenant only: a cursor cannot reach
+    another tenant's partition, and a tampered one is a 422, never a DynamoDB error."""
+    try:
+        position = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        job_id = str(position["job_id"])
+        created_ms = int(position["created_ms"])
+        if not job_id.startswith("job_") or len(job_id) > 64 or created_ms < 0:
+            raise ValueError(job_id)
+    except (ValueError, TypeError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidRequestError("cursor: not a cursor from a previous page", field="cursor") from error
+    start: dict[str, Any] = {**job_key(tenant_id, job_id), "created_ms": created_ms}
+    if status is None:
+        start["job_tenant"] = tenant_id
+    else:
+        start["job_tenant_status"] = tenant_status(tenant_id, status)
+    return to_dynamo(start)
+
 
 class JobStore:
     def __init__(self, table_name: str) -> None:
@@ -105,10 +155,35 @@ class JobStore:
             raise JobNotFoundError(f"job {job_id} not found")
         return record
 
+    def page(self, tenant_id: str, *, status: JobStatus | None, limit: int, cursor: str | None) -> JobPage:
+        """A page of the tenant's jobs, newest first, from an index (never a scan)."""
+        query: dict[str, Any] = {
+            "TableName": self.table_name,
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if status is None:
+            query["IndexName"] = JOBS_BY_TENANT_INDEX
+            query["KeyConditionExpression"] = "job_tenant = :key"
+            query["ExpressionAttributeValues"] = to_dynamo({":key": tenant_id})
+        else:
+            query["IndexName"] = JOBS_BY_TENANT_STATUS_INDEX
+            query["KeyConditionExpression"] = "job_tenant_status = :key"
+            query["ExpressionAttributeValues"] = to_dynamo({":key": tenant_status(tenant_id, status)})
+        if cursor:
+            query["ExclusiveStartKey"] = decode_cursor(cursor, tenant_id, status)
+        answer = self._ddb.query(**query)
+        now = now_ms()
+        jobs = [JobRecord.from_item(from_dynamo(item)) for item in answer.get("Items", [])]
+        # TTL deletes lag (and never happen in moto): an expired job is gone, as GET says.
+        jobs = [job for job in jobs if job.expires_at * 1000 >= now]
+        last = answer.get("LastEvaluatedKey")
+        return JobPage(jobs=jobs, cursor=encode_cursor(last) if last else None)
+
     # -- writes ------------------------------------------------------------------------------
     def create(self, record: JobRecord) -> bool:
         """Put a new job; False if a job with this id already exists (idempotent replays)."""
-        item = {**record.to_item(), "open_shard": open_shard(record.job_id)}
+        item = {**record.to_item(), "open_shard": open_shard(record.job_id), **listing_keys(record)}
         try:
             self._ddb.put_item(
                 TableName=self.table_name,
@@ -448,6 +523,8 @@ class JobStore:
     def _transition(self, record: JobRecord, changes: dict[str, Any]) -> JobRecord:
         now = now_ms()
         values: dict[str, Any] = {"updated_ms": now, **changes}
+        if "status" in values:
+            values["job_tenant_status"] = tenant_status(record.tenant_id, values["status"])
         names = {f"#{name}": name for name in values}
         names.update({"#status": "status", "#version": "version"})
         attribute_values = {
