@@ -39,6 +39,10 @@ dlq_app = typer.Typer(
 app.add_typer(dlq_app, name="dlq")
 batch_app = typer.Typer(help="Submit many requests at once (JSONL, one job per line).", no_args_is_help=True)
 app.add_typer(batch_app, name="batch")
+review_app = typer.Typer(
+    help="Jobs a guard stopped (needs_review): list, approve, reject.", no_args_is_help=True
+)
+app.add_typer(review_app, name="review")
 logger = logging.getLogger("baton.cli")
 
 # The user interface: results and JSON on stdout, progress and errors on stderr.
@@ -679,6 +683,65 @@ def _age(seconds: float | None) -> str:
         if value >= size:
             return f"{value // size}{unit} {value % size // next_size}{next_unit}"
     return f"{value}s"
+
+
+# -- review ----------------------------------------------------------------------------------------
+@review_app.command("list")
+def review_list(
+    limit: Annotated[int, typer.Option(min=1, max=100, help="Jobs to show.")] = 20,
+    api_key: ApiKeyOption = None,
+    state_dir: StateDirOption = Path(".baton"),
+    api_url: ApiUrlOption = None,
+) -> None:
+    """The tenant's jobs waiting for review (newest first): id, why it stopped, depth, tokens."""
+    client, _ = _client(api_key, state_dir, api_url)
+    with client:
+        page = _call(lambda: client.list_jobs(status="needs_review", limit=limit))
+    for job in page["data"]:
+        error = job.get("error") or {}
+        out.print(
+            f"{job['id']}  {error.get('type', '?')}  depth {job['depth']}  "
+            f"{job['usage']['total_tokens']} tokens  {escape(error.get('message', ''))}"
+        )
+    if not page["data"]:
+        err.print("no jobs waiting for review")
+
+
+@review_app.command("approve")
+def review_approve(
+    job_id: Annotated[str, typer.Argument(help="The job id (job_...).")],
+    max_depth: Annotated[int | None, typer.Option(help="New tool-hop limit (default: the cap).")] = None,
+    max_total_tokens: Annotated[int | None, typer.Option(help="New token budget (default: the cap).")] = None,
+    api_key: ApiKeyOption = None,
+    state_dir: StateDirOption = Path(".baton"),
+    api_url: ApiUrlOption = None,
+) -> None:
+    """Let a job in needs_review run on (as version + 1); prints it."""
+    decision: dict[str, Any] = {"decision": "approve"}
+    if max_depth is not None:
+        decision["max_depth"] = max_depth
+    if max_total_tokens is not None:
+        decision["max_total_tokens"] = max_total_tokens
+    client, _ = _client(api_key, state_dir, api_url)
+    with client:
+        job = _call(lambda: client.review(job_id, decision))
+    out.print_json(data=job)
+
+
+@review_app.command("reject")
+def review_reject(
+    job_id: Annotated[str, typer.Argument(help="The job id (job_...).")],
+    reason: Annotated[str | None, typer.Option(help="Why; kept in error.message.")] = None,
+    api_key: ApiKeyOption = None,
+    state_dir: StateDirOption = Path(".baton"),
+    api_url: ApiUrlOption = None,
+) -> None:
+    """Fail a job in needs_review (error.type review_rejected); prints it."""
+    decision: dict[str, Any] = {"decision": "reject", **({"reason": reason} if reason else {})}
+    client, _ = _client(api_key, state_dir, api_url)
+    with client:
+        job = _call(lambda: client.review(job_id, decision))
+    out.print_json(data=job)
 
 
 # -- batches -----------------------------------------------------------------------------------------

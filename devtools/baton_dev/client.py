@@ -163,6 +163,22 @@ class BatonClient:
         """POST /v1/webhook-secret/rotate: {"webhook_secret", "previous_valid_until"}."""
         return _json_object(self._request("POST", "/v1/webhook-secret/rotate"))
 
+
+    def list_jobs(
+        self, *, status: str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """GET /v1/jobs: one page, newest first, `{"data": [...], "next_cursor"}`."""
+        params: dict[str, str | int] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if cursor:
+            params["cursor"] = cursor
+        return _json_object(self._request("GET", "/v1/jobs", params=params))
+
+    def review(self, job_id: str, decision: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/jobs/{id}/review: approve or reject a job in needs_review."""
+        return _json_object(self._request("POST", f"/v1/jobs/{job_id}/review", json=decision))
+
     # -- plumbing -----------------------------------------------------------------------------------
     def _request(
         self,

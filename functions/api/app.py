@@ -12,13 +12,15 @@ from aws_lambda_powertools.event_handler.openapi.params import Header, Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from baton.api import JobsHttp, WebhooksHttp, base_path, tenant_of
+from baton.api import JobsHttp, WebhooksHttp, base_path, json_response, tenant_of
 from baton.batches import BatchService
 from baton.documents import DocumentService
 from baton.http_errors import error_responses, register_error_handlers
 from baton.idempotency import persistence_layer, submission_config
 from baton.jobs import JobService
 from baton.models import (
+    BatchList,
+    BatchView,
     CreateBatchRequest,
     CreateDocumentRequest,
     CreateJobRequest,
@@ -26,6 +28,8 @@ from baton.models import (
     DeliveryView,
     JobAccepted,
     JobStatus,
+    RerunRequest,
+    ReviewRequest,
     RotatedWebhookSecret,
 )
 from baton.openapi import OPENAPI_PATH, SWAGGER_PATH, openapi_info
@@ -199,44 +203,115 @@ def rotate_webhook_secret() -> Response[RotatedWebhookSecret]:
     return webhooks.rotate_secret(app.current_event)
 
 
-# -- batches
-@app.post("/v1/batches")
+# -- review and re-run ---------------------------------------------------------------------------
+@app.post(
+    "/v1/jobs/<job_id>/review",
+    summary="Approve or reject a job in needs_review",
+    responses={
+        200: {
+            "description": "The job: running again (approved, version + 1) or failed (rejected)",
+            "content": {"application/json": {"model": JobView}},
+        },
+        **JOB_ID_ERRORS,
+        **error_responses(409, 415, 422),
+    },
+)
 @tracer.capture_method
-def create_batch(body: CreateBatchRequest) -> Response[str]:
+def review_job(job_id: str, body: ReviewRequest) -> Response[JobView]:
+    return jobs.review(app.current_event, job_id, body)
+
+
+@app.post(
+    "/v1/jobs/<job_id>/rerun",
+    summary="Run a stored job again as a new job, with overrides",
+    responses={
+        202: {
+            "description": "The new job (its `rerun_of` names the original)",
+            "content": {"application/json": {"model": JobAccepted}},
+        },
+        **JOB_ID_ERRORS,
+        **error_responses(415, 422),
+    },
+)
+@tracer.capture_method
+def rerun_job(job_id: str, body: RerunRequest | None = None) -> Response[JobAccepted]:
+    return jobs.rerun(app.current_event, job_id, body or RerunRequest())
+
+
+# -- batches -------------------------------------------------------------------------------------
+@app.post(
+    "/v1/batches",
+    summary="Submit a batch (a JSONL document or inline requests); each line becomes a job",
+    responses={
+        202: {
+            "description": "Accepted; poll `Location`",
+            "content": {"application/json": {"model": BatchView}},
+        },
+        **error_responses(400, 401, 415, 422),
+    },
+)
+@tracer.capture_method
+def create_batch(body: CreateBatchRequest) -> Response[BatchView]:
     event = app.current_event
     batch = batches.create(tenant_of(event), body, headers=dict(event.headers))
-    headers = {"Location": f"{base_path(event)}/v1/batches/{batch.id}"}
-    return Response(202, content_types.APPLICATION_JSON, batch.model_dump_json(), headers)
+    return json_response(202, batch, {"Location": f"{base_path(event)}/v1/batches/{batch.id}"})
 
 
-@app.get("/v1/batches")
+@app.get(
+    "/v1/batches",
+    summary="List the tenant's batches, newest first",
+    responses={
+        200: {"description": "One page of batches", "content": {"application/json": {"model": BatchList}}},
+        **error_responses(401, 422),
+    },
+)
 @tracer.capture_method
 def list_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: Annotated[str | None, Query()] = None
-) -> Response[str]:
-    page = batches.list_page(tenant_of(app.current_event), limit=limit, cursor=cursor)
-    return Response(200, content_types.APPLICATION_JSON, page.model_dump_json())
+) -> Response[BatchList]:
+    return json_response(200, batches.list_page(tenant_of(app.current_event), limit=limit, cursor=cursor))
 
 
-@app.get("/v1/batches/<batch_id>")
+@app.get(
+    "/v1/batches/<batch_id>",
+    summary="Get a batch",
+    responses={
+        200: {"description": "The batch", "content": {"application/json": {"model": BatchView}}},
+        **error_responses(401, 404),
+    },
+)
 @tracer.capture_method
-def get_batch(batch_id: str) -> Response[str]:
-    batch = batches.get(tenant_of(app.current_event), batch_id)
-    return Response(200, content_types.APPLICATION_JSON, batch.model_dump_json())
+def get_batch(batch_id: str) -> Response[BatchView]:
+    return json_response(200, batches.get(tenant_of(app.current_event), batch_id))
 
 
-@app.delete("/v1/batches/<batch_id>")
+@app.delete(
+    "/v1/batches/<batch_id>",
+    summary="Cancel a batch: lines not yet started never start, running jobs are cancelled",
+    responses={
+        200: {"description": "The batch", "content": {"application/json": {"model": BatchView}}},
+        **error_responses(401, 404, 409),
+    },
+)
 @tracer.capture_method
-def cancel_batch(batch_id: str) -> Response[str]:
-    batch = batches.cancel(tenant_of(app.current_event), batch_id)
-    return Response(200, content_types.APPLICATION_JSON, batch.model_dump_json())
+def cancel_batch(batch_id: str) -> Response[BatchView]:
+    return json_response(200, batches.cancel(tenant_of(app.current_event), batch_id))
 
 
-@app.get("/v1/batches/<batch_id>/deliveries")
+@app.get(
+    "/v1/batches/<batch_id>/deliveries",
+    summary="The batch's webhook deliveries",
+    responses={
+        200: {"description": "Deliveries", "content": {"application/json": {"model": DeliveryList}}},
+        **error_responses(401, 404),
+    },
+)
 @tracer.capture_method
-def list_batch_deliveries(batch_id: str) -> Response[str]:
+def list_batch_deliveries(batch_id: str) -> Response[DeliveryList]:
     found = DeliveryList(data=batches.deliveries(tenant_of(app.current_event), batch_id))
-    return Response(200, content_types.APPLICATION_JSON, found.model_dump_json())
+    return json_response(200, found)
+
+
 # -- the API's own description (no API key: template.yaml sets Auth NONE on this route) -----------
 @app.get(OPENAPI_PATH, include_in_schema=False)
 def openapi_document() -> Response[str]:

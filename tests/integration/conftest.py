@@ -18,6 +18,7 @@ import boto3
 import httpx
 import pytest
 
+from baton.models import SETTLED_STATUSES
 from baton_dev.runtime.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +28,8 @@ MAX_ATTEMPTS = 3
 MAX_RECEIVE_COUNT = 4
 WEBHOOK_SCHEDULE = "1s,2s,3s"
 WEBHOOK_OVERRIDES = f"WebhookRetrySchedule={WEBHOOK_SCHEDULE}"
+# A job left in needs_review fails as review_expired this long after it stopped (default: retention).
+REVIEW_EXPIRY_S = 20
 
 
 @dataclass
@@ -114,7 +117,8 @@ def running_stack(state_dir: Path, overrides: str = "") -> Iterator[LocalStack]:
                 "--schedule-every",
                 str(SWEEP_EVERY_S),
                 "--parameter-overrides",
-                f"MaxAttempts={MAX_ATTEMPTS} MaxReceiveCount={MAX_RECEIVE_COUNT} {overrides}".strip(),
+                f"MaxAttempts={MAX_ATTEMPTS} MaxReceiveCount={MAX_RECEIVE_COUNT}"
+                f" ReviewExpirySeconds={REVIEW_EXPIRY_S} {overrides}".strip(),
             ],
             cwd=ROOT,
             stdout=log,
@@ -165,7 +169,8 @@ def api(local_stack: LocalStack, tenant: Tenant) -> Iterator[httpx.Client]:
         yield client
 
 
-TERMINAL = {"completed", "failed", "cancelled", "needs_review"}
+# Settled: terminal, or stopped for review (no stage works on it until someone decides).
+TERMINAL = {status.value for status in SETTLED_STATUSES}
 
 
 def wait_for_terminal(client: httpx.Client, job_id: str, timeout_s: float = 60) -> dict[str, Any]:

@@ -204,7 +204,13 @@ def test_stage_command_round_trips_and_is_strict() -> None:
 
 
 def test_terminal_statuses() -> None:
+    # The contract's terminal states never change again; needs_review waits for a person.
     assert {status for status in JobStatus if status.is_terminal} == {
+        JobStatus.COMPLETED,
+        JobStatus.FAILED,
+        JobStatus.CANCELLED,
+    }
+    assert {status for status in JobStatus if status.is_settled} == {
         JobStatus.COMPLETED,
         JobStatus.FAILED,
         JobStatus.CANCELLED,

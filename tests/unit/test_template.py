@@ -95,8 +95,9 @@ def test_api_routes_and_authorizer(app_template: AppTemplate) -> None:
     # The provider's webhook authenticates by its Standard Webhooks signature, not an API key.
     provider = routes.pop(("POST", "/v1/provider-webhooks/openai"))
     assert (provider.function, provider.authorizer) == ("ProviderWebhookFunction", None)
-    assert set(routes) == {
+    jobs_routes = {
         ("POST", "/v1/jobs"),
+        ("GET", "/v1/jobs"),
         ("GET", "/v1/jobs/{job_id}"),
         ("DELETE", "/v1/jobs/{job_id}"),
         ("POST", "/v1/documents"),
@@ -109,9 +110,15 @@ def test_api_routes_and_authorizer(app_template: AppTemplate) -> None:
         ("GET", "/v1/jobs/{job_id}/deliveries"),
         ("POST", "/v1/jobs/{job_id}/deliveries/{webhook_id}/redeliver"),
         ("POST", "/v1/webhook-secret/rotate"),
+        ("POST", "/v1/jobs/{job_id}/review"),
+        ("POST", "/v1/jobs/{job_id}/rerun"),
     }
-    assert {route.function for route in routes.values()} == {"ApiFunction"}
-    assert {route.authorizer for route in routes.values()} == {"ApiKeyAuthorizer"}
+    # The API's description needs no key; every other route does.
+    public = {("GET", "/v1/openapi.json"), ("GET", "/docs")}
+    assert set(routes) == jobs_routes | public
+    assert {routes[key].function for key in jobs_routes | public} == {"ApiFunction"}
+    assert {route.authorizer for key, route in routes.items() if key not in public} == {"ApiKeyAuthorizer"}
+    assert {routes[key].authorizer for key in public} == {None}
     authorizer = app_template.authorizers["ApiKeyAuthorizer"]
     assert (authorizer.function, authorizer.kind) == ("AuthorizerFunction", "request")
     assert authorizer.identity_headers == ("Authorization",)

@@ -10,6 +10,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.config import IdempotencyConfig
+from pydantic import BaseModel
 
 from baton.clock import iso_from_ms
 from baton.errors import InvalidRequestError, JobNotFoundError, UnauthorizedError
@@ -21,6 +22,8 @@ from baton.models import (
     DeliveryView,
     JobAccepted,
     JobStatus,
+    RerunRequest,
+    ReviewRequest,
     RotatedWebhookSecret,
 )
 from baton.records import JobList, JobRecord, JobView
@@ -60,7 +63,13 @@ def base_path(event: APIGatewayProxyEvent) -> str:
     return full[: -len(event.path)] if full.endswith(event.path) else ""
 
 
-def json_response[Body: JobView | JobAccepted | JobList | DeliveryList | DeliveryView | RotatedWebhookSecret](
+def poll_url(event: APIGatewayProxyEvent, location: str) -> str:
+    host = event.headers.get("host") or event.headers.get("Host")
+    proto = event.headers.get("x-forwarded-proto") or event.headers.get("X-Forwarded-Proto") or "https"
+    return f"{proto}://{host}{location}" if host else location
+
+
+def json_response[Body: BaseModel](
     status: int, body: Body, headers: dict[str, str] | None = None
 ) -> Response[Body]:
     """The route's declared model is the body; Powertools validates and serialises it."""
@@ -122,7 +131,7 @@ class JobsHttp:
             wait = min(wait, self.service.settings.max_wait_seconds)
             headers["Preference-Applied"] = f"wait={wait:g}"
             record = self.service.wait(tenant_id, job_id, wait, until_terminal=True)
-            if record.is_terminal:
+            if record.is_settled:
                 headers.pop("Retry-After")
                 return json_response(200, self.service.view(record), headers)
             status = record.status
@@ -131,15 +140,32 @@ class JobsHttp:
             if idempotency_key is not None:
                 # A replay answers with the job as it is now, not as the first answer saw it.
                 status = self.service.get(tenant_id, job_id).status
-        host = event.headers.get("host") or event.headers.get("Host")
-        proto = event.headers.get("x-forwarded-proto") or event.headers.get("X-Forwarded-Proto") or "https"
-        poll_url = f"{proto}://{host}{location}" if host else location
         body_out = JobAccepted(
             id=job_id,
             status=status,
             created_at=accepted["created_at"],
-            poll_url=poll_url,
+            poll_url=poll_url(event, location),
             delivery=accepted["delivery"],
+        )
+        return json_response(202, body_out, headers)
+
+    # -- review and re-run ---------------------------------------------------------------------
+    def review(self, event: APIGatewayProxyEvent, job_id: str, decision: ReviewRequest) -> Response[JobView]:
+        record = self.service.review(tenant_of(event), known_job_id(job_id), decision)
+        return self._job_response(record)
+
+    def rerun(
+        self, event: APIGatewayProxyEvent, job_id: str, overrides: RerunRequest
+    ) -> Response[JobAccepted]:
+        record = self.service.rerun(tenant_of(event), known_job_id(job_id), overrides)
+        location = f"{base_path(event)}/v1/jobs/{record.job_id}"
+        headers = {"Location": location, "Retry-After": str(self.service.settings.retry_after_seconds)}
+        body_out = JobAccepted(
+            id=record.job_id,
+            status=record.status,
+            created_at=iso_from_ms(record.created_ms),
+            poll_url=poll_url(event, location),
+            delivery="webhook" if record.webhook else "polling",
         )
         return json_response(202, body_out, headers)
 
@@ -165,9 +191,7 @@ class JobsHttp:
         )
 
     def _job_response(self, record: JobRecord) -> Response[JobView]:
-        headers = (
-            {} if record.is_terminal else {"Retry-After": str(self.service.settings.retry_after_seconds)}
-        )
+        headers = {} if record.is_settled else {"Retry-After": str(self.service.settings.retry_after_seconds)}
         return json_response(200, self.service.view(record), headers)
 
     def _accept_submission(self, submission: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from baton.errors import (
     DocumentError,
     DocumentTooLongError,
     InvalidRequestError,
+    JobConflictError,
     JobNotFoundError,
     ModelError,
     StaleWriteError,
@@ -48,6 +49,8 @@ from baton.models import (
     EventType,
     JobStatus,
     LifecycleDetail,
+    RerunRequest,
+    ReviewRequest,
     StageCommand,
     Step,
     UploadMetadata,
@@ -207,7 +210,7 @@ class JobService:
         """Long-poll: return as soon as the job changes (or is terminal), or when time is up."""
         deadline = time.monotonic() + min(seconds, self.settings.max_wait_seconds)
         first = record = self.store.get(tenant_id, job_id)
-        while not record.is_terminal and time.monotonic() < deadline:
+        while not record.is_settled and time.monotonic() < deadline:
             if not until_terminal and record.updated_ms != first.updated_ms:
                 break
             time.sleep(POLL_INTERVAL_SECONDS)
@@ -223,6 +226,85 @@ class JobService:
             # The infer stage (which holds the provider's key) cancels the response at once.
             self.background.wake(record, "cancel")
         return record
+
+    # -- review and re-run ---------------------------------------------------------------------
+    def review(self, tenant_id: str, job_id: str, decision: ReviewRequest) -> JobRecord:
+        """Resolve a job in needs_review: approve (it runs on as version + 1, with limits raised up
+        to the review caps) or reject (failed, review_rejected). Any other state: 409."""
+        record = self.store.get(tenant_id, job_id)
+        if record.status is not JobStatus.NEEDS_REVIEW:
+            raise JobConflictError(f"job {job_id} is {record.status.value}, not needs_review")
+        if decision.decision == "reject":
+            reason = decision.reason or "no reason given"
+            self._fail(record, "review_rejected", f"rejected in review: {reason}", retryable=False)
+        else:
+            self._approve(record, decision)
+        return self.store.get(tenant_id, job_id)
+
+    def _approve(self, record: JobRecord, decision: ReviewRequest) -> None:
+        caps = {
+            "max_depth": self.settings.review_max_depth,
+            "max_total_tokens": self.settings.review_max_total_tokens,
+        }
+        for field, cap in caps.items():
+            asked = getattr(decision, field)
+            if asked is not None and asked > cap:
+                raise InvalidRequestError(f"{field}: at most {cap} (the review cap)", field=field)
+        max_depth = decision.max_depth or self.settings.review_max_depth
+        max_total_tokens = decision.max_total_tokens or self.settings.review_max_total_tokens
+        try:
+            if record.resume_step is None:
+                # The budget guard stopped a final answer: approving it accepts the answer.
+                completed = self.store.complete_after_review(record)
+                self._publish_terminal(completed)
+                return
+            timeout = record.request.get("parameters", {}).get("timeout_seconds")
+            resumed = self.store.resume_after_review(
+                record,
+                max_depth=max_depth,
+                max_total_tokens=max_total_tokens,
+                deadline_ms=now_ms() + (timeout or self.settings.default_timeout_seconds) * 1000,
+            )
+        except StaleWriteError:
+            raise JobConflictError(f"job {record.job_id} changed while it was being reviewed") from None
+        self._schedule(resumed, resumed.resume_step or Step.TOOL)
+        logger.info("job approved in review", extra={"job_id": record.job_id, "version": resumed.version})
+
+    def rerun(self, tenant_id: str, job_id: str, overrides: RerunRequest) -> JobRecord:
+        """The stored job again as a new job (`rerun_of` says which); the original never changes."""
+        original = self.store.get(tenant_id, job_id)
+        body = dict(original.request)
+        given = overrides.model_dump(mode="json", exclude_none=True, exclude={"parameters", "webhook"})
+        body.update(given)
+        if overrides.parameters is not None:
+            body["parameters"] = {
+                **body.get("parameters", {}),
+                **overrides.parameters.model_dump(mode="json", exclude_unset=True),
+            }
+        webhook = (
+            overrides.webhook.model_dump(mode="json", exclude_none=True)
+            if overrides.webhook
+            else original.webhook
+        )
+        if webhook is not None:
+            body["webhook"] = webhook
+        try:
+            request = CreateJobRequest.model_validate(body)
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "body"
+            raise InvalidRequestError(f"{field}: {first['msg']}", field=field) from None
+        # The original's document is read again where it is stored (no second existence check:
+        # if it expired meanwhile, extract fails the new job naming it).
+        record = self._new_record(
+            tenant_id,
+            job_id=new_job_id(),
+            request=request,
+            document_key=original.document_key,
+            source="rerun",
+        ).model_copy(update={"rerun_of": original.job_id})
+        _check_stored_size(record)
+        return self._store_and_start(record)
 
     def public_view(self, record: JobRecord) -> dict[str, Any]:
         return record.public_view(self._result_url)
@@ -480,6 +562,13 @@ class JobService:
         result = self._store_result(record, completion)
         # A stale write below (cancelled or superseded while the model answered) raises
         # StaleWriteError: the retry policy drops the result, never writing it over the new state.
+        calls_tools = bool(
+            completion.tool_calls
+            and completion.finish_reason == "tool_calls"
+            and runs_builtin_tools(completion.tool_calls)
+        )
+        # A job stopped for review keeps its conversation, so an approval continues from here.
+        pending = [*messages, _assistant_message(completion)] if calls_tools else None
         budget = self._token_budget(record)
         if guarded.total_tokens > budget:
             return self._needs_review(
@@ -488,12 +577,9 @@ class JobService:
                 f"the job used {usage.total_tokens} tokens; its budget is {budget}",
                 usage=usage,
                 result=result,
+                pending_conversation=pending,
             )
-        if (
-            completion.tool_calls
-            and completion.finish_reason == "tool_calls"
-            and runs_builtin_tools(completion.tool_calls)
-        ):
+        if pending is not None:
             limit = self._max_depth(record)
             if record.depth + 1 >= limit:
                 return self._needs_review(
@@ -502,15 +588,13 @@ class JobService:
                     f"the model kept calling tools; depth {record.depth + 1} reached max_depth {limit}",
                     usage=usage,
                     result=result,
+                    pending_conversation=pending,
                 )
-            self.blobs.write_json(
-                self.blobs.conversation_key(record.tenant_id, record.job_id),
-                [*messages, _assistant_message(completion)],
-            )
+            self.blobs.write_json(self.blobs.conversation_key(record.tenant_id, record.job_id), pending)
             record = self.store.schedule_tools(record, usage=usage)
             self.events.publish(EventType.STEP_COMPLETED, record, step=Step.INFER.value)
             self._schedule(record, Step.TOOL)
-            return {"outcome": "tool_calls", "calls": len(completion.tool_calls)}
+            return {"outcome": "tool_calls", "calls": len(completion.tool_calls or [])}
         record = self.store.mark_completed(record, result=result, usage=usage)
         self._publish_terminal(record)
         logger.info("job completed", extra={"job_id": record.job_id, "usage": usage.model_dump()})
@@ -556,7 +640,7 @@ class JobService:
             record = self.store.get(command.tenant_id, command.job_id)
         except JobNotFoundError:
             return
-        if record.is_terminal or record.version != command.version:
+        if record.is_settled or record.version != command.version:
             return
         self._fail(record, error_type, message, retryable=retryable)
 
@@ -567,7 +651,7 @@ class JobService:
             record = self.store.get(command.tenant_id, command.job_id)
         except JobNotFoundError:
             return "job_not_found"
-        if record.is_terminal:
+        if record.is_settled:
             ended_by_us = record.error is not None and record.error.type == "dead_lettered"
             return "job_failed" if ended_by_us else "job_already_ended"
         if record.version != command.version or record.depth != command.depth:
@@ -596,13 +680,21 @@ class JobService:
                 continue
             if record.is_terminal or record.deadline_ms >= now:
                 continue
-            self._fail(record, "timeout", "the job ran past its timeout_seconds", retryable=False)
+            if record.status is JobStatus.NEEDS_REVIEW:
+                self._fail(
+                    record,
+                    "review_expired",
+                    "nobody approved or rejected the job within the review window",
+                    retryable=False,
+                )
+            else:
+                self._fail(record, "timeout", "the job ran past its timeout_seconds", retryable=False)
             failed += 1
         return failed
 
     def notify(self, detail: LifecycleDetail) -> dict[str, Any]:
         """A terminal event becomes a webhook delivery (attempted from the delivery queue)."""
-        if not detail.status.is_terminal or detail.job is None:
+        if not detail.status.is_settled or detail.job is None:
             return {"outcome": "ignored"}
         try:
             record = self.store.get(detail.tenant_id, detail.job_id)
@@ -705,7 +797,7 @@ class JobService:
         except JobNotFoundError:
             logger.warning("command for an unknown or expired job dropped", extra=command.model_dump())
             return None
-        if record.is_terminal or record.version != command.version or record.depth != command.depth:
+        if record.is_settled or record.version != command.version or record.depth != command.depth:
             logger.info(
                 "stale command dropped",
                 extra={
@@ -714,7 +806,7 @@ class JobService:
                     "current_version": record.version,
                 },
             )
-            if record.is_terminal and _ended_by(record, command):
+            if record.is_settled and _ended_by(record, command):
                 self._announce_again(record)
             return None
         if now_ms() > record.deadline_ms:
@@ -762,19 +854,40 @@ class JobService:
         return max(1.0, (record.deadline_ms - now_ms()) / 1000)
 
     def _max_depth(self, record: JobRecord) -> int:
-        # A client may lower the guard, never raise it above the deployment's limit.
+        # A client may lower the guard, never raise it above the deployment's limit; a reviewer
+        # may raise it up to the review cap.
+        if record.approved_max_depth is not None:
+            return min(record.approved_max_depth, self.settings.review_max_depth)
         requested = record.request.get("parameters", {}).get("max_depth")
         return min(requested or self.settings.max_depth, self.settings.max_depth)
 
     def _token_budget(self, record: JobRecord) -> int:
+        if record.approved_max_total_tokens is not None:
+            return min(record.approved_max_total_tokens, self.settings.review_max_total_tokens)
         requested = record.request.get("parameters", {}).get("max_total_tokens")
         return min(requested or self.settings.max_total_tokens, self.settings.max_total_tokens)
 
     def _needs_review(
-        self, record: JobRecord, reason: str, message: str, *, usage: Usage, result: JobResult
+        self,
+        record: JobRecord,
+        reason: str,
+        message: str,
+        *,
+        usage: Usage,
+        result: JobResult,
+        pending_conversation: list[dict[str, Any]] | None,
     ) -> dict[str, Any]:
+        if pending_conversation is not None:
+            self.blobs.write_json(
+                self.blobs.conversation_key(record.tenant_id, record.job_id), pending_conversation
+            )
         record = self.store.mark_needs_review(
-            record, JobError(type=reason, message=message, retryable=False), usage=usage, result=result
+            record,
+            JobError(type=reason, message=message, retryable=False),
+            usage=usage,
+            result=result,
+            resume_step=Step.TOOL if pending_conversation is not None else None,
+            review_window_ms=self.settings.review_window_ms,
         )
         self._publish_terminal(record)
         logger.warning(
@@ -783,9 +896,18 @@ class JobService:
         return {"outcome": "needs_review", "reason": reason}
 
     def _fail(self, record: JobRecord, error_type: str, message: str, *, retryable: bool) -> None:
+        # Only a job still at the state it was read in (same version) fails; one waiting for
+        # review fails only from review (rejected or expired).
+        from_statuses = (
+            (JobStatus.NEEDS_REVIEW,)
+            if record.status is JobStatus.NEEDS_REVIEW
+            else (JobStatus.PENDING, JobStatus.PROCESSING)
+        )
         try:
             failed = self.store.mark_failed(
-                record, JobError(type=error_type, message=message, retryable=retryable)
+                record,
+                JobError(type=error_type, message=message, retryable=retryable),
+                from_statuses=from_statuses,
             )
         except StaleWriteError:
             logger.info("job already finished; failure not recorded", extra={"job_id": record.job_id})

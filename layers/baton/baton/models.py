@@ -28,12 +28,18 @@ class JobStatus(StrEnum):
 
     @property
     def is_terminal(self) -> bool:
+        """Terminal states never change again (the contract's `completed | failed | cancelled`)."""
         return self in TERMINAL_STATUSES
 
+    @property
+    def is_settled(self) -> bool:
+        """No stage works on the job: it is terminal, or it waits for a person (needs_review)."""
+        return self in SETTLED_STATUSES
 
-TERMINAL_STATUSES = frozenset(
-    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.NEEDS_REVIEW}
-)
+
+# The one set of terminal statuses; clients and tools import it rather than keep their own.
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+SETTLED_STATUSES = TERMINAL_STATUSES | {JobStatus.NEEDS_REVIEW}
 
 
 class Step(StrEnum):
@@ -53,6 +59,7 @@ class EventType(StrEnum):
     NEEDS_REVIEW = "Job Needs Review"
 
 
+# The event a settled job announces (needs_review too: a person must hear of it).
 TERMINAL_EVENT_FOR_STATUS = {
     JobStatus.COMPLETED: EventType.COMPLETED,
     JobStatus.FAILED: EventType.FAILED,
@@ -456,3 +463,41 @@ class ErrorBody(BaseModel):
     """Every 4xx/5xx body."""
 
     error: ErrorDetail
+
+
+# -- review and re-run (POST /v1/jobs/{id}/review, /rerun) ----------------------------------------
+class ReviewRequest(BaseModel):
+    """Resolve a job a guard stopped: approve (continue, optionally with raised limits, up to the
+    deployment's caps) or reject (it fails as `review_rejected`)."""
+
+    model_config = _STRICT
+
+    decision: Literal["approve", "reject"]
+    max_depth: int | None = Field(
+        None, ge=1, le=15, strict=True, description="approve: the new tool-hop limit (cap ReviewMaxDepth)"
+    )
+    max_total_tokens: int | None = Field(
+        None, ge=1, strict=True, description="approve: the new token budget (cap ReviewMaxTotalTokens)"
+    )
+    reason: str | None = Field(None, max_length=1000, description="reject: why, kept in error.message")
+
+    @model_validator(mode="after")
+    def _fields_fit_the_decision(self) -> ReviewRequest:
+        if self.decision == "reject" and (self.max_depth is not None or self.max_total_tokens is not None):
+            raise ValueError("max_depth and max_total_tokens go with decision approve")
+        if self.decision == "approve" and self.reason is not None:
+            raise ValueError("reason goes with decision reject")
+        return self
+
+
+class RerunRequest(BaseModel):
+    """Run a stored job again as a new job; what is given replaces the original's (parameters are
+    merged key by key), the rest is the original's. Body of POST /v1/jobs/{id}/rerun."""
+
+    model_config = _STRICT
+
+    input: JobInput | None = None
+    model: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    parameters: JobParameters | None = None
+    webhook: WebhookSpec | None = None
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(None, max_length=16)

@@ -122,10 +122,20 @@ class JobRecord(BaseModel):
     provider_step: str | None = None
     # The job this one re-runs (POST /v1/jobs/{id}/rerun).
     rerun_of: str | None = None
+    # Limits a reviewer approved (they replace the request's and the deployment's defaults).
+    approved_max_depth: int | None = None
+    approved_max_total_tokens: int | None = None
+    # Where a job stopped for review continues when approved: the tool step (its calls are in the
+    # stored conversation), or nowhere (the answer stands: approval completes it).
+    resume_step: Step | None = None
 
     @property
     def is_terminal(self) -> bool:
         return self.status.is_terminal
+
+    @property
+    def is_settled(self) -> bool:
+        return self.status.is_settled
 
     # DynamoDB mapping. Nested free-form maps travel as JSON strings: no float/Decimal surprises.
     JSON_FIELDS: ClassVar[tuple[str, ...]] = (

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     provider_webhook_secret_arn: str = Field("", alias="PROVIDER_WEBHOOK_SECRET_ARN")
     max_depth: int = Field(8, alias="BATON_MAX_DEPTH", ge=1, le=15)
     max_total_tokens: int = Field(200_000, alias="BATON_MAX_TOTAL_TOKENS", ge=1)
+    # What a reviewer's approval may raise a job's limits to (never past 15 hops: Lambda stops
+    # recursive chains at 16), and how long a job waits for review (0: RetentionDays).
+    review_max_depth: int = Field(15, alias="BATON_REVIEW_MAX_DEPTH", ge=1, le=15)
+    review_max_total_tokens: int = Field(1_000_000, alias="BATON_REVIEW_MAX_TOTAL_TOKENS", ge=1)
+    review_expiry_seconds: int = Field(0, alias="BATON_REVIEW_EXPIRY_SECONDS", ge=0)
     # Retryable failures (429, 5xx, timeouts, throttling) back off with full jitter, SQS-natively.
     max_attempts: int = Field(5, alias="BATON_MAX_ATTEMPTS", ge=1, le=50)
     # The queues' redrive policy (MaxReceiveCount): how many deliveries a dead letter had.
@@ -124,6 +129,10 @@ class Settings(BaseSettings):
     def webhook_retry_delays(self) -> list[float]:
         """Seconds to wait before each retry of a failed delivery (after the first attempt)."""
         return parse_schedule(self.webhook_retry_schedule)
+
+    @property
+    def review_window_ms(self) -> int:
+        return (self.review_expiry_seconds or self.retention_days * 86_400) * 1000
 
 
 @lru_cache(maxsize=1)

@@ -30,7 +30,9 @@ from baton.records import (
     response_key,
 )
 
-_OPEN = (JobStatus.PENDING.value, JobStatus.PROCESSING.value)
+# What a state change may start from: a running job, or (review, cancel) one waiting for review.
+_RUNNING = (JobStatus.PENDING, JobStatus.PROCESSING)
+_NOT_TERMINAL = (*_RUNNING, JobStatus.NEEDS_REVIEW)
 OPEN_JOBS_INDEX = "open-jobs"
 OPEN_SHARDS = 8
 OVERDUE_PAGE = 100  # index entries per query page (keys only: small)
@@ -314,19 +316,72 @@ class JobStore:
         return self._transition(record, {"depth": record.depth + 1, "current_step": Step.INFER.value})
 
     def mark_needs_review(
-        self, record: JobRecord, error: JobError, *, usage: Usage, result: JobResult | None
+        self,
+        record: JobRecord,
+        error: JobError,
+        *,
+        usage: Usage,
+        result: JobResult | None,
+        resume_step: Step | None,
+        review_window_ms: int,
     ) -> JobRecord:
+        """Stop for a person. The job stays in the open-jobs index with the review's deadline, so
+        the sweeper fails it as review_expired if nobody resolves it; its item outlives that."""
+        now = now_ms()
         timings = record.timings.model_copy()
-        timings.total_ms = now_ms() - record.created_ms
+        timings.total_ms = now - record.created_ms
+        review_deadline = now + review_window_ms
+        retention_s = record.expires_at - record.created_ms // 1000
         changes: dict[str, Any] = {
             "status": JobStatus.NEEDS_REVIEW.value,
             "error": error.model_dump(),
             "usage": usage.model_dump(),
             "timings": timings.model_dump(),
+            "deadline_ms": review_deadline,
+            # Kept a full retention past the review's end, like any job past its end.
+            "expires_at": max(record.expires_at, review_deadline // 1000 + retention_s),
         }
+        if resume_step is not None:
+            changes["resume_step"] = resume_step.value
         if result is not None:
             changes["result"] = result.model_dump(exclude_none=True)
         return self._transition(record, changes)
+
+    def resume_after_review(
+        self,
+        record: JobRecord,
+        *,
+        max_depth: int,
+        max_total_tokens: int,
+        deadline_ms: int,
+    ) -> JobRecord:
+        """Approved: running again from where it stopped, as a new version (commands issued for the
+        old one are discarded)."""
+        assert record.resume_step is not None
+        return self._transition(
+            record,
+            {
+                "status": JobStatus.PROCESSING.value,
+                "current_step": record.resume_step.value,
+                "version": record.version + 1,
+                "approved_max_depth": max_depth,
+                "approved_max_total_tokens": max_total_tokens,
+                "deadline_ms": deadline_ms,
+            },
+            from_statuses=(JobStatus.NEEDS_REVIEW,),
+            remove=("error", "resume_step"),
+        )
+
+    def complete_after_review(self, record: JobRecord) -> JobRecord:
+        """Approved, and nothing was left to run (the budget guard stopped a final answer)."""
+        timings = record.timings.model_copy()
+        timings.total_ms = now_ms() - record.created_ms
+        return self._transition(
+            record,
+            {"status": JobStatus.COMPLETED.value, "progress": 100, "timings": timings.model_dump()},
+            from_statuses=(JobStatus.NEEDS_REVIEW,),
+            remove=("error",),
+        )
 
     def overdue(self, now: int, *, limit: int, page_size: int | None = None) -> Iterator[tuple[str, str]]:
         """(tenant_id, job_id) of open jobs whose deadline has passed, from the sparse index: at
@@ -373,12 +428,15 @@ class JobStore:
             },
         )
 
-    def mark_failed(self, record: JobRecord, error: JobError) -> JobRecord:
+    def mark_failed(
+        self, record: JobRecord, error: JobError, *, from_statuses: tuple[JobStatus, ...] = _RUNNING
+    ) -> JobRecord:
         timings = record.timings.model_copy()
         timings.total_ms = now_ms() - record.created_ms
         return self._transition(
             record,
             {"status": JobStatus.FAILED.value, "error": error.model_dump(), "timings": timings.model_dump()},
+            from_statuses=from_statuses,
         )
 
     def cancel(self, tenant_id: str, job_id: str) -> JobRecord:
@@ -396,6 +454,7 @@ class JobStore:
                     "error": JobError(type="cancelled", message="cancelled by the client").model_dump(),
                     "timings": timings.model_dump(),
                 },
+                from_statuses=_NOT_TERMINAL,
             )
         except StaleWriteError:
             # It moved on between our read and write: report what it is now.
@@ -520,38 +579,44 @@ class JobStore:
                 raise
 
     # -- the one conditional write -------------------------------------------------------------
-    def _transition(self, record: JobRecord, changes: dict[str, Any]) -> JobRecord:
+    def _transition(
+        self,
+        record: JobRecord,
+        changes: dict[str, Any],
+        *,
+        from_statuses: tuple[JobStatus, ...] = _RUNNING,
+        remove: tuple[str, ...] = (),
+    ) -> JobRecord:
         now = now_ms()
         values: dict[str, Any] = {"updated_ms": now, **changes}
         if "status" in values:
             values["job_tenant_status"] = tenant_status(record.tenant_id, values["status"])
-        names = {f"#{name}": name for name in values}
-        names.update({"#status": "status", "#version": "version"})
+        names = {f"#{name}": name for name in (*values, *remove)}
+        names.update({"#status": "status", "#version": "version", "#depth": "depth"})
         attribute_values = {
             f":{name}": (json.dumps(value, separators=(",", ":")) if name in _JSON_FIELDS else value)
             for name, value in values.items()
         }
+        allowed = {f":from_{index}": status.value for index, status in enumerate(from_statuses)}
         attribute_values.update(
-            {
-                ":pending": _OPEN[0],
-                ":processing": _OPEN[1],
-                ":expected_version": record.version,
-                ":expected_depth": record.depth,
-            }
+            {**allowed, ":expected_version": record.version, ":expected_depth": record.depth}
         )
-        names["#depth"] = "depth"
         update = "SET " + ", ".join(f"#{name} = :{name}" for name in values)
+        removed = [f"#{name}" for name in remove]
         if JobStatus(values.get("status", record.status.value)).is_terminal:
-            update += " REMOVE open_shard"  # leaves the open-jobs index: nothing left to sweep
+            removed.append("open_shard")  # leaves the open-jobs index: nothing left to sweep
+        if removed:
+            update += " REMOVE " + ", ".join(removed)
+        condition = (
+            f"attribute_exists(pk) AND #status IN ({', '.join(allowed)})"
+            " AND #version = :expected_version AND #depth = :expected_depth"
+        )
         try:
             answer = self._ddb.update_item(
                 TableName=self.table_name,
                 Key=to_dynamo(job_key(record.tenant_id, record.job_id)),
                 UpdateExpression=update,
-                ConditionExpression=(
-                    "attribute_exists(pk) AND #status IN (:pending, :processing)"
-                    " AND #version = :expected_version AND #depth = :expected_depth"
-                ),
+                ConditionExpression=condition,
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=to_dynamo(attribute_values),
                 ReturnValues="ALL_NEW",
