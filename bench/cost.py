@@ -1,7 +1,7 @@
 """4. Cost per million jobs (the model's own price excluded).
 
 Every AWS request a job makes is counted where the handlers run (bench/stack.py: botocore event
-hooks), with its billing units, and priced with bench/prices.py:
+hooks), with its billing units, and priced with layers/baton/baton/prices.py:
 - SQS: every send, the event source's receives that returned messages and its batch deletes
   (AWS bills the Lambda poller's ReceiveMessage/DeleteMessageBatch as ordinary SQS requests; its
   empty long polls are an idle, per-month cost, listed apart), plus EventBridge's delivery of the
@@ -26,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from bench.prices import (
+from baton.prices import (
     PRICES,
     PRICES_AS_OF,
     S3_FREE,
@@ -266,7 +266,7 @@ def run(*, quick: bool = False, stack: StackProcess | None = None) -> Result:
         "model_latency_totals": latencies,
         "infer_batch_size": batch,
     }
-    result.notes.append(f"prices: us-east-1 list prices as of {PRICES_AS_OF} (bench/prices.py)")
+    result.notes.append(f"prices: us-east-1 list prices as of {PRICES_AS_OF} (layers/baton/baton/prices.py)")
     result.notes.append(
         "idle pollers: assumes 5 long-polling (20 s) pollers per SQS event source (5 sources); "
         "Lambda durations measured locally against moto"

@@ -293,3 +293,14 @@ def test_openapi_document_and_swagger_ui_need_no_key(local_stack: LocalStack) ->
     assert docs.status_code == 200
     assert docs.headers["Content-Type"].startswith("text/html")
     assert "swagger" in docs.text.lower()
+
+
+def test_a_finished_job_shows_what_it_cost(api: httpx.Client) -> None:
+    job_id = api.post("/v1/jobs", json={"input": {"prompt": ARTICLE}}).json()["id"]
+    job = wait_for_terminal(api, job_id)
+    assert job["status"] == "completed"
+    # The local model is in the default price table at 0/0; AWS requests are priced at list price.
+    assert job["cost"]["model_usd"] == 0
+    assert 0 < job["cost"]["aws_usd"] < 0.001
+    unpriced = api.post("/v1/jobs", json={"input": {"prompt": ARTICLE}, "model": "no-such-model"}).json()
+    assert wait_for_terminal(api, unpriced["id"])["cost"]["model_usd"] is None

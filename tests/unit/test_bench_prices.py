@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from baton.prices import PRICES, express_duration_cost, lambda_cost, per_million
 from bench.cost import price
-from bench.prices import PRICES, express_duration_cost, lambda_cost, per_million
 from bench.stack import ddb_item_size, read_units, write_units
 
 

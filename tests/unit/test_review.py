@@ -190,9 +190,9 @@ def test_a_job_nobody_reviews_expires(aws: AwsStack, stopped_for_review: tuple[s
     job_id, _ = stopped_for_review
     service = JobService(get_settings())
     window_ms = get_settings().review_window_ms
-    assert service.fail_overdue(now_ms() + window_ms - 60_000) == 0
+    assert service.fail_overdue(now_ms() + window_ms - 60_000, limit=100) == 0
     assert service.store.get("acme", job_id).status.value == "needs_review"
-    assert service.fail_overdue(now_ms() + window_ms + 60_000) == 1
+    assert service.fail_overdue(now_ms() + window_ms + 60_000, limit=100) == 1
     record = service.store.get("acme", job_id)
     assert record.status.value == "failed"
     assert record.error is not None and record.error.type == "review_expired"

@@ -183,7 +183,7 @@ def test_dead_letters_are_alarmed_on_arrival_not_on_depth(app_template: AppTempl
         metrics = alarm["Properties"].get("Metrics") or []
         stats = [m["MetricStat"]["Metric"] for m in metrics if "MetricStat" in m]
         expressions = [m["Expression"] for m in metrics if m.get("ReturnData")]
-        if stats:
+        if stats and stats[0]["Namespace"] == "AWS/SQS":
             grown[stats[0]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]] = expressions
     assert grown == {
         "IngestDeadLetterQueue": ["DIFF(depth)"],
@@ -191,7 +191,12 @@ def test_dead_letters_are_alarmed_on_arrival_not_on_depth(app_template: AppTempl
         "WebhookDeliveryDeadLetterQueue": ["DIFF(depth)"],
         "BatchDeadLetterQueue": ["DIFF(depth)"],
     }
-    assert not [a for a in alarms.values() if a["Properties"].get("Namespace") == "AWS/SQS"]
+    depth = [
+        a
+        for a in alarms.values()
+        if a["Properties"].get("MetricName") == "ApproximateNumberOfMessagesVisible"
+    ]
+    assert not depth
 
 
 def test_every_event_source_reports_batch_item_failures(app_template: AppTemplate) -> None:
@@ -409,3 +414,32 @@ def test_function_environment_maps_to_settings(aws: AwsStack) -> None:
         assert settings.max_depth == 8
         assert settings.retention_days == 7
         assert settings.model == "baton-local"
+
+
+def test_queue_age_and_error_rate_alarms_and_a_dashboard(app_template: AppTemplate) -> None:
+    alarms = resources(app_template, "AWS::CloudWatch::Alarm")
+    aged = {
+        alarm["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
+        for alarm in alarms.values()
+        if alarm["Properties"].get("MetricName") == "ApproximateAgeOfOldestMessage"
+    }
+    assert aged == {"ExtractQueue", "InferQueue", "ToolQueue", "NotifyQueue"}
+    rated = set()
+    for alarm in alarms.values():
+        metrics = alarm["Properties"].get("Metrics") or []
+        if any("errors / invocations" in metric.get("Expression", "") for metric in metrics):
+            rated.add(metrics[0]["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Ref"])
+    assert {"InferFunction", "ApiFunction"} <= rated
+    [dashboard] = resources(app_template, "AWS::CloudWatch::Dashboard").values()
+    body = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
+    for metric in (
+        "EndToEndLatency",
+        "QueueWait",
+        "StageDuration",
+        "ModelLatency",
+        "JobTokens",
+        "JobModelCostUsd",
+        "JobAwsCostUsd",
+        "WebhookDeliveries",
+    ):
+        assert metric in body, metric

@@ -15,7 +15,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
 
-from baton import llm
+from baton import llm, telemetry
 from baton.background import BackgroundInference
 from baton.blobs import BlobStore
 from baton.clock import now_ms
@@ -307,10 +307,10 @@ class JobService:
         return self._store_and_start(record)
 
     def public_view(self, record: JobRecord) -> dict[str, Any]:
-        return record.public_view(self._result_url)
+        return record.public_view(self._result_url, self.settings.model_prices)
 
     def view(self, record: JobRecord) -> JobView:
-        return record.view(self._result_url)
+        return record.view(self._result_url, self.settings.model_prices)
 
     def list_jobs(
         self, tenant_id: str, *, status: JobStatus | None, limit: int, cursor: str | None
@@ -935,6 +935,7 @@ class JobService:
         # One series per terminal state: JobsCompleted, JobsFailed, JobsCancelled, JobsNeedsReview.
         name = "Jobs" + record.status.value.title().replace("_", "")
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+        telemetry.job_settled(record, record.cost(self.settings.model_prices))
 
 
 def _ended_by(record: JobRecord, command: StageCommand) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from baton.clock import iso_from_ms
 from baton.models import JobStatus, Step
+from baton.prices import JobPath, ModelPrice, aws_cost
 
 
 def job_key(tenant_id: str, job_id: str) -> dict[str, str]:
@@ -173,7 +174,30 @@ class JobRecord(BaseModel):
                 data[name] = value
         return cls.model_validate(data)
 
-    def view(self, result_url: Callable[[str], str] | None = None) -> JobView:
+    def cost(self, model_prices: Mapping[str, ModelPrice]) -> CostView:
+        """What the job cost so far: the model's tokens at the table's price (null for a model
+        with no price), and the list price of the AWS requests its path made."""
+        price = model_prices.get(self.model)
+        model_usd = (
+            None if price is None else price.cost(self.usage.prompt_tokens, self.usage.completion_tokens)
+        )
+        stage_ms = sum(
+            ms or 0 for ms in (self.timings.extract_ms, self.timings.infer_ms, self.timings.notify_ms)
+        )
+        path = JobPath(
+            has_document=self.document_key is not None,
+            infer_hops=self.depth + 1 if self.usage.total_tokens else 0,
+            tool_hops=self.depth,
+            has_webhook=self.webhook is not None and self.status.is_settled,
+            stage_ms=stage_ms,
+        )
+        return CostView(model_usd=_usd(model_usd), aws_usd=_usd(aws_cost(path)))
+
+    def view(
+        self,
+        result_url: Callable[[str], str] | None = None,
+        model_prices: Mapping[str, ModelPrice] | None = None,
+    ) -> JobView:
         """The job as `GET /v1/jobs/{id}` returns it (also the body of terminal events/webhooks)."""
         result = None
         if self.result is not None:
@@ -199,7 +223,7 @@ class JobRecord(BaseModel):
             version=self.version,
             depth=self.depth,
             usage=self.usage,
-            cost=CostView(),
+            cost=self.cost(model_prices or {}),
             timings=self.timings,
             document=self.document,
             rerun_of=self.rerun_of,
@@ -214,13 +238,22 @@ class JobRecord(BaseModel):
     def step_key(self) -> str:
         return f"{self.version}:{self.depth}"
 
-    def public_view(self, result_url: Callable[[str], str] | None = None) -> dict[str, Any]:
+    def public_view(
+        self,
+        result_url: Callable[[str], str] | None = None,
+        model_prices: Mapping[str, ModelPrice] | None = None,
+    ) -> dict[str, Any]:
         """`view()` as plain JSON data, for events and webhooks."""
-        data: dict[str, Any] = self.view(result_url).model_dump(mode="json")
+        data: dict[str, Any] = self.view(result_url, model_prices).model_dump(mode="json")
         return data
 
 
 # -- the public job (GET /v1/jobs/{id}, list pages, terminal events, webhooks) -------------------
+def _usd(amount: float | None) -> float | None:
+    # Micro-dollar precision: enough for one job, and no float noise in the JSON.
+    return None if amount is None else round(amount, 9)
+
+
 def _absent(value: Any) -> bool:
     """Optional parts are left out rather than sent as null (clients test `"result" in job`)."""
     return value is None
@@ -248,8 +281,12 @@ class ProviderCallView(BaseModel):
 class CostView(BaseModel):
     """What the job cost in US dollars; null when it cannot be known (e.g. a model with no price)."""
 
-    model_usd: float | None = None
-    aws_usd: float | None = None
+    model_usd: float | None = Field(
+        None, description="tokens priced with the ModelPrices table; null for a model it does not list"
+    )
+    aws_usd: float | None = Field(
+        None, description="list price (us-east-1) of the AWS requests the job's path made (baton/prices.py)"
+    )
 
 
 class JobView(BaseModel):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from baton.prices import ModelPrice, parse_model_prices
 
 DEFAULT_WEBHOOK_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"
 DEFAULT_POLL_SCHEDULE = "2s,5s,10s,30s,1m,2m,5m,10m,15m"
@@ -78,6 +80,20 @@ class Settings(BaseSettings):
     review_max_depth: int = Field(15, alias="BATON_REVIEW_MAX_DEPTH", ge=1, le=15)
     review_max_total_tokens: int = Field(1_000_000, alias="BATON_REVIEW_MAX_TOTAL_TOKENS", ge=1)
     review_expiry_seconds: int = Field(0, alias="BATON_REVIEW_EXPIRY_SECONDS", ge=0)
+    # USD per million input/output tokens per model ("model=in/out,..."); a job whose model has no
+    # price shows cost.model_usd null.
+    model_prices_table: str = Field("baton-local=0/0", alias="BATON_MODEL_PRICES")
+
+    @field_validator("model_prices_table")
+    @classmethod
+    def _prices_parse(cls, value: str) -> str:
+        parse_model_prices(value)
+        return value
+
+    @cached_property
+    def model_prices(self) -> dict[str, ModelPrice]:
+        return parse_model_prices(self.model_prices_table)
+
     # Retryable failures (429, 5xx, timeouts, throttling) back off with full jitter, SQS-natively.
     max_attempts: int = Field(5, alias="BATON_MAX_ATTEMPTS", ge=1, le=50)
     # The queues' redrive policy (MaxReceiveCount): how many deliveries a dead letter had.
