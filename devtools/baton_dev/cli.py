@@ -206,6 +206,53 @@ def url(
 # -- jobs --------------------------------------------------------------------------------------------
 
 
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str, typer.Option(help="Tenant whose keys to list.")],
+    stack: Annotated[str | None, typer.Option(help="Deployed stack to read the table from.")] = None,
+    state_dir: StateDirOption = None,
+) -> None:
+    """The tenant's API keys (ids, never the keys) as JSON lines: key_id, created_at, revoked_at."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from baton.clock import iso_from_ms
+    from baton_dev.target import TargetError, resolve_target
+
+    try:
+        keys = resolve_target(stack=stack, state_dir=state_dir).tenants().list_keys(tenant)
+    except TargetError as error:
+        _fail(str(error))
+    except (BotoCoreError, ClientError) as error:
+        _fail(f"AWS error: {error}")
+    for key in keys:
+        revoked = iso_from_ms(key.revoked_ms) if key.revoked_ms is not None else None
+        created = iso_from_ms(key.created_ms)
+        typer.echo(json.dumps({"key_id": key.key_id, "created_at": created, "revoked_at": revoked}))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from `baton keys list`).")],
+    stack: Annotated[str | None, typer.Option(help="Deployed stack to read the table from.")] = None,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Revoke an API key: requests with it answer 401 once the authorizer's cached answer expires
+    (ReauthorizeEvery, 300 s)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from baton_dev.target import TargetError, resolve_target
+
+    try:
+        key = resolve_target(stack=stack, state_dir=state_dir).tenants().revoke_key(key_id)
+    except TargetError as error:
+        _fail(str(error))
+    except LookupError as error:
+        _fail(str(error.args[0]))
+    except (BotoCoreError, ClientError) as error:
+        _fail(f"AWS error: {error}")
+    typer.echo(json.dumps({"key_id": key.key_id, "revoked": True}))
+
+
 @app.command()
 def submit(
     prompt: Annotated[str | None, typer.Option(help="The prompt (with --file: default summarize).")] = None,
@@ -970,6 +1017,23 @@ def _print_outcome(job: dict[str, Any]) -> None:
             f"[dim]tokens {usage.get('prompt_tokens')} in / {usage.get('completion_tokens')} out; "
             f"total {timings.get('total_ms')} ms[/dim]"
         )
+
+
+def _print_version(requested: bool) -> None:
+    if requested:
+        from importlib.metadata import version
+
+        typer.echo(f"baton {version('baton')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Baton: asynchronous LLM jobs on AWS serverless."""
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from baton.tenants import TenantStore
+from baton.tenants import TenantStore, hash_api_key, key_id_of
 
 if TYPE_CHECKING:
     from conftest import AwsStack, LoadedFunction
@@ -59,3 +59,27 @@ def test_bad_or_missing_key_is_unauthorized(authorizer: LoadedFunction, api_key:
     for headers in cases:
         with pytest.raises(Exception, match=r"^Unauthorized$"):
             authorizer(authorizer_event(headers))
+
+
+def test_keys_are_listed_by_id_and_a_revoked_key_is_unauthorized(
+    aws: AwsStack, authorizer: LoadedFunction
+) -> None:
+    tenants = TenantStore(aws.jobs_table)
+    kept, revoked = (tenants.create_api_key("acme").api_key for _ in range(2))
+    tenants.create_api_key("globex")
+    listed = tenants.list_keys("acme")
+    assert len(listed) == 2 and all(key.revoked_ms is None for key in listed)
+    assert all(key.key_id.startswith("acme_") for key in listed)
+    assert not any(kept in key.key_id or revoked in key.key_id for key in listed)  # ids, never keys
+    revoked_id = key_id_of("acme", hash_api_key(revoked))
+    assert revoked_id in {key.key_id for key in listed}
+    tenants.revoke_key(revoked_id)
+    with pytest.raises(Exception, match=r"^Unauthorized$"):
+        authorizer(authorizer_event({"Authorization": f"Bearer {revoked}"}))
+    assert authorizer(authorizer_event({"Authorization": f"Bearer {kept}"}))["principalId"] == "acme"
+    after = {key.key_id: key.revoked_ms for key in tenants.list_keys("acme")}
+    assert after[revoked_id] is not None and sum(ms is None for ms in after.values()) == 1
+    with pytest.raises(LookupError):
+        tenants.revoke_key("acme_0000000000000000")
+    with pytest.raises(LookupError):
+        tenants.revoke_key("not a key id")
