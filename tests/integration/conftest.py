@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,3 +185,21 @@ def wait_for_terminal(client: httpx.Client, job_id: str, timeout_s: float = 60) 
                 return job
         time.sleep(0.1)
     pytest.fail(f"job {job_id} not terminal after {timeout_s}s; last seen {job}")
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    """Poll `condition` until it holds; fail naming `what` at the deadline (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not true after {timeout_s}s: {what}")
+        time.sleep(0.1)
+
+
+def queue_drained(local_stack: LocalStack, logical_id: str) -> bool:
+    """No message of this template queue is waiting or being processed."""
+    attributes = local_stack.aws("sqs").get_queue_attributes(
+        QueueUrl=local_stack.state["queues"][logical_id],
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return all(int(value) == 0 for value in attributes.values())

@@ -14,7 +14,7 @@ from baton.jobs import upload_job_id
 from baton_dev.samples import SAMPLE_MARKDOWN, sample_report_pdf
 from baton_dev.webhook_receiver import WebhookReceiver
 
-from .conftest import LocalStack, Tenant, wait_for_terminal
+from .conftest import LocalStack, Tenant, queue_drained, wait_for_terminal, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -176,15 +176,24 @@ def test_idempotency_key_replays_the_same_job(api: httpx.Client) -> None:
     assert different.json()["error"]["field"] == "Idempotency-Key"
 
 
-def test_cancel_stops_a_job_and_discards_its_late_result(api: httpx.Client) -> None:
+def test_cancel_stops_a_job_and_discards_its_late_result(local_stack: LocalStack, api: httpx.Client) -> None:
     job_id = api.post("/v1/jobs", json={"input": {"prompt": f"[sim:slow=2500] {ARTICLE}"}}).json()["id"]
-    time.sleep(0.8)  # let infer start calling the (slow) model
+    wait_until(
+        lambda: api.get(f"/v1/jobs/{job_id}").json()["current_step"] == "infer",
+        "the infer stage started (it calls the slow model next)",
+    )
 
     cancelled = api.delete(f"/v1/jobs/{job_id}")
     assert cancelled.status_code == 200
     assert cancelled.json()["status"] == "cancelled"
 
-    time.sleep(3.5)  # the model answers meanwhile; its result must not overwrite the cancellation
+    # The model answers meanwhile, and the infer stage finishes with that message: its result must
+    # not have overwritten the cancellation.
+    wait_until(
+        lambda: any(call["status"] == 200 for call in local_stack.model_calls(job_id)),
+        "the slow model call answered",
+    )
+    wait_until(lambda: queue_drained(local_stack, "InferQueue"), "the infer stage is done with the job")
     job = api.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "cancelled"
     assert "result" not in job

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from itertools import pairwise
 from typing import Any
 
@@ -13,7 +12,15 @@ import pytest
 from baton.models import StageCommand, Step
 from baton_dev.webhook_receiver import WebhookReceiver
 
-from .conftest import MAX_ATTEMPTS, MAX_RECEIVE_COUNT, LocalStack, Tenant, wait_for_terminal
+from .conftest import (
+    MAX_ATTEMPTS,
+    MAX_RECEIVE_COUNT,
+    LocalStack,
+    Tenant,
+    queue_drained,
+    wait_for_terminal,
+    wait_until,
+)
 from .test_dead_letters import archived_letter
 
 pytestmark = pytest.mark.integration
@@ -163,7 +170,9 @@ def test_a_duplicated_command_never_calls_the_model_twice(local_stack: LocalStac
             QueueUrl=local_stack.state["queues"]["InferQueue"], MessageBody=duplicate.model_dump_json()
         )
     assert wait_for_terminal(api, job_id)["status"] == "completed"
-    time.sleep(3)  # give the duplicates time to be processed (and dropped)
+    wait_until(
+        lambda: queue_drained(local_stack, "InferQueue"), "both duplicates were processed (and dropped)"
+    )
     assert len([call for call in local_stack.model_calls(job_id) if call["status"] == 200]) == 1
 
 
