@@ -737,7 +737,7 @@ def _age(seconds: float | None) -> str:
 def review_list(
     limit: Annotated[int, typer.Option(min=1, max=100, help="Jobs to show.")] = 20,
     api_key: ApiKeyOption = None,
-    state_dir: StateDirOption = Path(".baton"),
+    state_dir: StateDirOption = None,
     api_url: ApiUrlOption = None,
 ) -> None:
     """The tenant's jobs waiting for review (newest first): id, why it stopped, depth, tokens."""
@@ -760,7 +760,7 @@ def review_approve(
     max_depth: Annotated[int | None, typer.Option(help="New tool-hop limit (default: the cap).")] = None,
     max_total_tokens: Annotated[int | None, typer.Option(help="New token budget (default: the cap).")] = None,
     api_key: ApiKeyOption = None,
-    state_dir: StateDirOption = Path(".baton"),
+    state_dir: StateDirOption = None,
     api_url: ApiUrlOption = None,
 ) -> None:
     """Let a job in needs_review run on (as version + 1); prints it."""
@@ -780,7 +780,7 @@ def review_reject(
     job_id: Annotated[str, typer.Argument(help="The job id (job_...).")],
     reason: Annotated[str | None, typer.Option(help="Why; kept in error.message.")] = None,
     api_key: ApiKeyOption = None,
-    state_dir: StateDirOption = Path(".baton"),
+    state_dir: StateDirOption = None,
     api_url: ApiUrlOption = None,
 ) -> None:
     """Fail a job in needs_review (error.type review_rejected); prints it."""
