@@ -33,6 +33,7 @@ from baton.records import (
 # What a state change may start from: a running job, or (review, cancel) one waiting for review.
 _RUNNING = (JobStatus.PENDING, JobStatus.PROCESSING)
 _NOT_TERMINAL = (*_RUNNING, JobStatus.NEEDS_REVIEW)
+_OPEN = tuple(status.value for status in _RUNNING)
 OPEN_JOBS_INDEX = "open-jobs"
 OPEN_SHARDS = 8
 OVERDUE_PAGE = 100  # index entries per query page (keys only: small)
