@@ -163,7 +163,6 @@ class BatonClient:
         """POST /v1/webhook-secret/rotate: {"webhook_secret", "previous_valid_until"}."""
         return _json_object(self._request("POST", "/v1/webhook-secret/rotate"))
 
-
     def list_jobs(
         self, *, status: str | None = None, limit: int = 20, cursor: str | None = None
     ) -> dict[str, Any]:

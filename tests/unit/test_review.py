@@ -17,6 +17,7 @@ from baton.models import ReviewRequest, StageCommand, Step
 from baton.records import Usage
 from baton.settings import get_settings
 from baton.store import JobStore
+from baton.webhook_auth import unseal
 
 if TYPE_CHECKING:
     from conftest import AwsStack, LoadedFunction
@@ -250,7 +251,10 @@ def test_rerun_makes_a_new_job_with_overrides_and_leaves_the_original(
     assert rerun.request["parameters"] == {"temperature": 0.9, "max_tokens": 100}
     assert rerun.request["input"] == {"prompt": "Summarize."}
     assert rerun.metadata == {"ticket": "T-1"}
-    assert rerun.webhook == webhook
+    # The original's webhook, its credentials still sealed for this tenant.
+    assert rerun.webhook is not None and rerun.webhook["url"] == webhook["url"]
+    sealed = unseal(rerun.webhook["auth_sealed"], tenant_id="acme")
+    assert sealed.model_dump(exclude_none=True) == webhook["auth"]
     assert get_job(aws, api, accepted["id"])["rerun_of"] == original_id
     assert store.get("acme", original_id) == before
     assert [StageCommand.model_validate_json(m["Body"]).job_id for m in aws.receive("InferQueue")] == [

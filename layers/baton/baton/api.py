@@ -223,9 +223,7 @@ class WebhooksHttp:
         body = DeliveryList(data=[DeliveryView.model_validate(d.public_view()) for d in found])
         return json_response(200, body)
 
-    def redeliver(
-        self, event: APIGatewayProxyEvent, job_id: str, webhook_id: str
-    ) -> Response[DeliveryView]:
+    def redeliver(self, event: APIGatewayProxyEvent, job_id: str, webhook_id: str) -> Response[DeliveryView]:
         if not WEBHOOK_ID_PATTERN.fullmatch(webhook_id):
             raise JobNotFoundError(f"delivery {webhook_id[:80]} not found")
         delivery = self.service.webhooks.redeliver(tenant_of(event), known_job_id(job_id), webhook_id)

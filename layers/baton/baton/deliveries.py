@@ -8,6 +8,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from baton import telemetry
 from baton.blobs import BlobStore
 from baton.clock import now_ms
 from baton.egress import BlockedAddressError
@@ -208,6 +209,7 @@ class WebhookService:
             "status_code": status_code,
             "error": error,
         }
+        telemetry.webhook_outcome(status)
         if status == DELIVERED:
             count("WebhooksDelivered")
             logger.info("webhook delivered", extra=context)

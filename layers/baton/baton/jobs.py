@@ -281,13 +281,8 @@ class JobService:
                 **body.get("parameters", {}),
                 **overrides.parameters.model_dump(mode="json", exclude_unset=True),
             }
-        webhook = (
-            overrides.webhook.model_dump(mode="json", exclude_none=True)
-            if overrides.webhook
-            else original.webhook
-        )
-        if webhook is not None:
-            body["webhook"] = webhook
+        if overrides.webhook is not None:
+            body["webhook"] = overrides.webhook.model_dump(mode="json", exclude_none=True)
         try:
             request = CreateJobRequest.model_validate(body)
         except ValidationError as error:
@@ -302,7 +297,10 @@ class JobService:
             request=request,
             document_key=original.document_key,
             source="rerun",
-        ).model_copy(update={"rerun_of": original.job_id})
+        )
+        # Without a new webhook the original's is kept as stored (its credentials stay sealed).
+        kept = {} if overrides.webhook is not None else {"webhook": original.webhook}
+        record = record.model_copy(update={"rerun_of": original.job_id, **kept})
         _check_stored_size(record)
         return self._store_and_start(record)
 
