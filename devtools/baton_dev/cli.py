@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
 
+    from baton.tenants import TenantStore
     from baton_dev.client import BatonClient
     from baton_dev.dlq import DeadLetterQueue
     from baton_dev.target import Target
@@ -148,24 +149,64 @@ def keys_create(
     state_dir: StateDirOption = None,
 ) -> None:
     """Issue an API key; prints {"tenant", "api_key", "webhook_secret"} as one JSON object."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from baton_dev.target import TargetError, resolve_target
-
-    try:
-        target = resolve_target(stack=stack, state_dir=state_dir)
-        issued = target.tenants().create_api_key(tenant)
-    except TargetError as error:
-        _fail(str(error))
-    except ValueError as error:
-        _fail(f"invalid tenant {tenant!r}: {error}")
-    except (BotoCoreError, ClientError) as error:
-        _fail(f"AWS error: {error}" + ("" if stack else " (is `baton dev` still running?)"))
+    with _tenant_store(stack, state_dir) as tenants:
+        try:
+            issued = tenants.create_api_key(tenant)
+        except ValueError as error:
+            _fail(f"invalid tenant {tenant!r}: {error}")
     typer.echo(
         json.dumps(
             {"tenant": issued.tenant, "api_key": issued.api_key, "webhook_secret": issued.webhook_secret}
         )
     )
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str, typer.Option(help="Tenant whose keys to list.")],
+    stack: Annotated[str | None, typer.Option(help="Deployed stack to read the table from.")] = None,
+    state_dir: StateDirOption = None,
+) -> None:
+    """The tenant's API keys (ids, never the keys) as JSON lines: key_id, created_at, revoked_at."""
+    from baton.clock import iso_from_ms
+
+    with _tenant_store(stack, state_dir) as tenants:
+        keys = tenants.list_keys(tenant)
+    for key in keys:
+        revoked = iso_from_ms(key.revoked_ms) if key.revoked_ms is not None else None
+        created = iso_from_ms(key.created_ms)
+        typer.echo(json.dumps({"key_id": key.key_id, "created_at": created, "revoked_at": revoked}))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from `baton keys list`).")],
+    stack: Annotated[str | None, typer.Option(help="Deployed stack to read the table from.")] = None,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Revoke an API key: requests with it answer 401 once the authorizer's cached answer expires
+    (ReauthorizeEvery, 300 s)."""
+    with _tenant_store(stack, state_dir) as tenants:
+        key = tenants.revoke_key(key_id)
+    typer.echo(json.dumps({"key_id": key.key_id, "revoked": True}))
+
+
+@contextmanager
+def _tenant_store(stack: str | None, state_dir: Path | None) -> Iterator[TenantStore]:
+    """The tenants of the running `baton dev` (or of `--stack`); an unknown key or an AWS error
+    ends the command with one line."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from baton_dev.target import TargetError, resolve_target
+
+    try:
+        yield resolve_target(stack=stack, state_dir=state_dir).tenants()
+    except TargetError as error:
+        _fail(str(error))
+    except LookupError as error:
+        _fail(str(error.args[0]))
+    except (BotoCoreError, ClientError) as error:
+        _fail(f"AWS error: {error}" + ("" if stack else " (is `baton dev` still running?)"))
 
 
 @keys_app.command("rotate-webhook-secret")
@@ -204,53 +245,6 @@ def url(
 
 
 # -- jobs --------------------------------------------------------------------------------------------
-
-
-@keys_app.command("list")
-def keys_list(
-    tenant: Annotated[str, typer.Option(help="Tenant whose keys to list.")],
-    stack: Annotated[str | None, typer.Option(help="Deployed stack to read the table from.")] = None,
-    state_dir: StateDirOption = None,
-) -> None:
-    """The tenant's API keys (ids, never the keys) as JSON lines: key_id, created_at, revoked_at."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from baton.clock import iso_from_ms
-    from baton_dev.target import TargetError, resolve_target
-
-    try:
-        keys = resolve_target(stack=stack, state_dir=state_dir).tenants().list_keys(tenant)
-    except TargetError as error:
-        _fail(str(error))
-    except (BotoCoreError, ClientError) as error:
-        _fail(f"AWS error: {error}")
-    for key in keys:
-        revoked = iso_from_ms(key.revoked_ms) if key.revoked_ms is not None else None
-        created = iso_from_ms(key.created_ms)
-        typer.echo(json.dumps({"key_id": key.key_id, "created_at": created, "revoked_at": revoked}))
-
-
-@keys_app.command("revoke")
-def keys_revoke(
-    key_id: Annotated[str, typer.Argument(help="The key's id (from `baton keys list`).")],
-    stack: Annotated[str | None, typer.Option(help="Deployed stack to read the table from.")] = None,
-    state_dir: StateDirOption = None,
-) -> None:
-    """Revoke an API key: requests with it answer 401 once the authorizer's cached answer expires
-    (ReauthorizeEvery, 300 s)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from baton_dev.target import TargetError, resolve_target
-
-    try:
-        key = resolve_target(stack=stack, state_dir=state_dir).tenants().revoke_key(key_id)
-    except TargetError as error:
-        _fail(str(error))
-    except LookupError as error:
-        _fail(str(error.args[0]))
-    except (BotoCoreError, ClientError) as error:
-        _fail(f"AWS error: {error}")
-    typer.echo(json.dumps({"key_id": key.key_id, "revoked": True}))
 
 
 @app.command()
