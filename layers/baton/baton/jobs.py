@@ -491,6 +491,31 @@ class JobService:
         *,
         step_key: str | None = None,
     ) -> llm.Completion:
+        started, outcome = time.monotonic(), "ok"
+        try:
+            return self._metered_completion(
+                record, messages, parameters, remaining_ms, ticket, step_key=step_key
+            )
+        except ModelError as error:
+            outcome = error.type
+            raise
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            # ModelLatency by model and outcome (the dashboard's model latency widget).
+            telemetry.model_call(record.model, (time.monotonic() - started) * 1000, outcome)
+
+    def _metered_completion(
+        self,
+        record: JobRecord,
+        messages: list[dict[str, Any]],
+        parameters: dict[str, Any],
+        remaining_ms: int,
+        ticket: Ticket | None,
+        *,
+        step_key: str | None,
+    ) -> llm.Completion:
         """`step_key`: the call's own step (a long document's chunk), else the job's hop."""
         return self.metered(
             ticket,
