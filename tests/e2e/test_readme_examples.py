@@ -46,6 +46,9 @@ def test_an_error_answer_is_told_from_a_job_that_failed() -> None:
     assert ERROR_BODY.findall('{\n  "error": {\n    "type": "not_found"\n  }\n}') == ["not_found"]
 
 
+# A hang guard, not a speed goal: one stack start and every example took 4.5 min on a busy 2-core
+# machine, close to the suite's 300 s default.
+@pytest.mark.timeout(600)
 def test_readme_examples_run_as_written(dev_stack: DevStack, tmp_path: Path) -> None:
     blocks = examples()
     env = dev_stack.env()
