@@ -51,6 +51,7 @@ from baton_dev.runtime.local import free_port, wait_for_port
 from baton_dev.webhook_receiver import WebhookEvent
 
 from .receivers import ChaosReceiver, ReceiverKind, account_deliveries, settled, start_receivers
+from .side_work import SideWork
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -66,6 +67,7 @@ REGION = "us-east-1"
 TERMINAL = frozenset({"completed", "failed", "cancelled", "needs_review"})
 CHAT_PATH_SUFFIX = "/chat/completions"
 READ_BACK_S = 120.0  # at most for reading every submitted job back through the API
+SIM_CONTEXT_TOKENS = 32_768  # the simulator's default context window (the template's default too)
 KILL_AIM_S = 15.0  # how long the kill may wait for a moment with a job in its infer step
 # Errors a step may honestly give up on once its retry budget (MaxAttempts) is spent.
 RETRYABLE_MODEL_ERRORS = frozenset({"rate_limited", "model_unavailable", "timeout", "model_error"})
@@ -129,6 +131,9 @@ class ChaosConfig:
     webhook_grace_s: float = 180.0
     stall_s: float = 240.0  # no job changed state for this long: fail fast, naming them
     sample_every_s: float | None = None  # soak samples (memory, queue depths); default by size
+    # A batch and a long document ride along (side_work.py) from this many jobs: `make chaos`. Not
+    # yet in the 50-job run of `make test`: no run of it has passed on a quiet machine so far.
+    side_work_from_jobs: int = 100
     poison_latency_s: float = 60.0  # a poison job fails as dead_lettered this soon after its last attempt
     # Template parameters that make recovery fast (visibility timeouts of seconds, not minutes).
     max_attempts: int = 8
@@ -638,6 +643,7 @@ class Observations:
     delivery_logs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # job id -> deliveries
     clean_stops: dict[str, bool] = field(default_factory=dict)
     harness_errors: list[str] = field(default_factory=list)
+    side_work: SideWork | None = None  # a batch and a long document beside the jobs (side_work.py)
 
 
 class _SimLogCollector:
@@ -680,6 +686,13 @@ class ChaosRun:
         self._restarted = False
         self.receivers: list[ChaosReceiver] = []
         self._sim_log = _SimLogCollector(stack)
+        # A batch of one line per 10 jobs (10 to 1,000: the inline maximum) and a long document.
+        self.side = (
+            SideWork(stack, lines=min(1000, max(10, len(specs) // 10)), tenant=TENANT)
+            if len(specs) >= self.config.side_work_from_jobs
+            else None
+        )
+        self.obs.side_work = self.side
 
     # -- the run --------------------------------------------------------------------------------
     def execute(self) -> Observations:
@@ -696,9 +709,11 @@ class ChaosRun:
         tracker = threading.Thread(target=self._guard(self._track_loop), name="chaos-tracker", daemon=True)
         try:
             tracker.start()
+            self._guard(self._submit_side_work)()
             for thread in threads:
                 thread.start()
             self._supervise(threads)
+            self._guard(self._wait_for_side_work)()
             self._wait_for_webhooks()
             self._read_back()
         finally:
@@ -711,6 +726,16 @@ class ChaosRun:
                 receiver.stop()
         obs.finished_at = time.time()
         return obs
+
+    def _submit_side_work(self) -> None:
+        if self.side is not None:
+            with self.stack.api_client() as client:
+                self.side.submit(client, self._deadline)
+
+    def _wait_for_side_work(self) -> None:
+        if self.side is not None:
+            with self.stack.api_client() as client:
+                self.side.wait(client, self._deadline)
 
     def _supervise(self, threads: list[threading.Thread]) -> None:
         """Main thread: the kill and restart (children are spawned from here, see _ORPHAN_GUARD),
@@ -995,12 +1020,18 @@ class ChaosRun:
     def _read_back(self) -> None:
         """GET every job through the API, stop the runtime, then read the table, DLQ and model log."""
         self._get_all()
+        self._guard(self._read_back_side_work)()
         self._stop.set()  # the tracker stops polling before the runtime goes
         self.obs.clean_stops["baton dev"] = self.stack.runtime.stop()
         self._collect_sim_log()
         self.obs.sim_log = self._sim_log.entries
         self._scan_table()
         self._read_dead_letter_archive("infer")
+
+    def _read_back_side_work(self) -> None:
+        if self.side is not None:
+            with self.stack.api_client() as client:
+                self.side.read_back(client)
 
     def _get_all(self) -> None:
         # Jobs never submitted (a run stopped at its deadline) have nothing to read: the analysis
@@ -1254,7 +1285,8 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
         problems.append(f"{len(not_accepted)} submission(s) not accepted cleanly: {_limit(not_accepted)}")
     if never_tried:
         problems.append(f"{len(never_tried)} job(s) never submitted: {_limit(never_tried)}")
-    foreign = sorted(set(obs.table_jobs) - set(by_id))
+    side_jobs = obs.side_work.results.job_ids if obs.side_work else set()
+    foreign = sorted(set(obs.table_jobs) - set(by_id) - side_jobs)
     if foreign or obs.table_job_items != len(obs.table_jobs):
         problems.append(
             f"duplicate jobs: {obs.table_job_items} items for {len(obs.table_jobs)} ids, "
@@ -1422,6 +1454,14 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
     )
     problems.extend(account.problems)
 
+    # -- the batch and the long document (side_work.py) ----------------------------------------
+    side_figures: list[tuple[str, str]] = []
+    if obs.side_work is not None:
+        side_figures, side_problems = obs.side_work.analyse(
+            chat, paid_by_step, (window_start, window_end), SIM_CONTEXT_TOKENS
+        )
+        problems.extend(side_problems)
+
     # -- figures ---------------------------------------------------------------------------------
     faults = Counter(str(entry.get("fault")) for entry in chat if entry.get("fault"))
     durations = [
@@ -1479,6 +1519,7 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
             f"{_percentile(durations, 0.5):.1f}s / {_percentile(durations, 0.99):.1f}s",
         ),
         ("max jobs in flight", str(obs.max_open_seen)),
+        *side_figures,
         *soak_figures(obs.samples),
         ("workload wall time", f"{work_s:.0f}s ({len(specs) / work_s:.2f} jobs/s)" if work_s > 0 else "-"),
         ("total wall time (with checks)", f"{obs.finished_at - obs.started_at:.0f}s"),
