@@ -78,13 +78,16 @@ def queued_commands(aws: AwsStack) -> tuple[list[StageCommand], dict[str, Any] |
 
 
 def run_infer_until_idle(aws: AwsStack, infer: LoadedFunction) -> list[list[StageCommand]]:
+    """Each round: what the queue holds, one message per invocation (a batch's records run
+    concurrently, and in-process moto is not safe for concurrent writes to one item)."""
     rounds: list[list[StageCommand]] = []
     while True:
-        commands, event = queued_commands(aws)
-        if event is None:
+        messages = aws.receive("InferQueue")
+        if not messages:
             return rounds
-        rounds.append(commands)
-        assert infer(event) == {"batchItemFailures": []}
+        rounds.append([StageCommand.model_validate_json(message["Body"]) for message in messages])
+        for message in messages:
+            assert infer(aws.sqs_event("InferQueue", [message])) == {"batchItemFailures": []}
 
 
 def test_map_reduce_answers_each_chunk_then_combines_once(
@@ -224,12 +227,14 @@ def test_chunk_calls_go_through_the_provider_limiter(
     model.answer = ModelError(
         "rate limited", retryable=True, type_="rate_limited", retry_after=3.0, headers={"retry-after": "3"}
     )
-    commands, event = queued_commands(aws)
-    assert event is not None and all(command.chunk is not None for command in commands)
+    messages = aws.receive("InferQueue")
+    assert len(messages) == chunks
+    assert all(StageCommand.model_validate_json(m["Body"]).chunk is not None for m in messages)
     before_ms = now_ms()
-    assert infer(event) == {"batchItemFailures": []}
+    for message in messages:  # one at a time (in-process moto: no concurrent writes to one item)
+        assert infer(aws.sqs_event("InferQueue", [message])) == {"batchItemFailures": []}
     assert provider_item(aws)["blocked_until"] >= before_ms + 3000
-    assert 1 <= len(model.calls) <= len(commands)  # the first 429 blocks the calls not yet made
-    assert delayed_messages(aws, "InferQueue") == len(commands)
+    assert len(model.calls) == 1  # the first chunk's 429 blocks the provider for the others
+    assert delayed_messages(aws, "InferQueue") == chunks
     record = JobStore(aws.jobs_table).get("acme", job_id)
     assert not record.is_terminal and record.chunk_levels == [chunks]
