@@ -7,7 +7,12 @@ them, so `GET /v1/openapi.json` (and `make openapi`, docs/openapi.json) is gener
 from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler import (
+    APIGatewayRestResolver,
+    CORSConfig,
+    Response,
+    content_types,
+)
 from aws_lambda_powertools.event_handler.openapi.params import Header, Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -47,7 +52,19 @@ documents = DocumentService(settings)
 webhooks = WebhooksHttp(service)
 batches = BatchService(settings, service)
 
-app = APIGatewayRestResolver(enable_validation=True)
+# Browsers read answers (errors included) only with the allowed origin on them; the preflight is
+# API Gateway's (template.yaml JobsApi Cors), which this mirrors.
+cors = (
+    CORSConfig(
+        allow_origin=settings.cors_allow_origin,
+        allow_headers=["Idempotency-Key", "Prefer"],
+        expose_headers=["Location", "Retry-After", "Preference-Applied"],
+        max_age=600,
+    )
+    if settings.cors_allow_origin
+    else None
+)
+app = APIGatewayRestResolver(enable_validation=True, cors=cors)
 register_error_handlers(app)
 app.enable_swagger(path=SWAGGER_PATH, **openapi_info())
 

@@ -27,7 +27,9 @@ SWEEP_EVERY_S = 2
 MAX_ATTEMPTS = 3
 MAX_RECEIVE_COUNT = 4
 WEBHOOK_SCHEDULE = "1s,2s,3s"
-WEBHOOK_OVERRIDES = f"WebhookRetrySchedule={WEBHOOK_SCHEDULE}"
+# The origin a browser client of the shared stack runs on (CORS on, as a web app would set it).
+CORS_ORIGIN = "http://app.localhost:5173"
+WEBHOOK_OVERRIDES = f"WebhookRetrySchedule={WEBHOOK_SCHEDULE} CorsAllowOrigin={CORS_ORIGIN}"
 # A job left in needs_review fails as review_expired this long after it stopped (default: retention).
 REVIEW_EXPIRY_S = 20
 

@@ -14,7 +14,7 @@ from baton.jobs import upload_job_id
 from baton_dev.samples import SAMPLE_MARKDOWN, sample_report_pdf
 from baton_dev.webhook_receiver import WebhookReceiver
 
-from .conftest import LocalStack, Tenant, queue_drained, wait_for_terminal, wait_until
+from .conftest import CORS_ORIGIN, LocalStack, Tenant, queue_drained, wait_for_terminal, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -313,3 +313,36 @@ def test_a_finished_job_shows_what_it_cost(api: httpx.Client) -> None:
     assert 0 < job["cost"]["aws_usd"] < 0.001
     unpriced = api.post("/v1/jobs", json={"input": {"prompt": ARTICLE}, "model": "no-such-model"}).json()
     assert wait_for_terminal(api, unpriced["id"])["cost"]["model_usd"] is None
+
+
+def test_a_browser_on_the_allowed_origin_gets_preflight_and_answers(
+    local_stack: LocalStack, api: httpx.Client
+) -> None:
+    # The preflight: answered by the gateway (no key), naming the origin and the headers we use.
+    preflight = httpx.options(
+        f"{local_stack.api_url}/v1/jobs",
+        headers={
+            "Origin": CORS_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type,idempotency-key,prefer",
+        },
+        timeout=30,
+    )
+    assert preflight.status_code == 200, preflight.text
+    assert preflight.headers["Access-Control-Allow-Origin"] == CORS_ORIGIN
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    allowed = {name.strip().lower() for name in preflight.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"authorization", "content-type", "idempotency-key", "prefer"} <= allowed
+
+    # The function's answers, errors included, carry it, and expose Location to the page.
+    accepted = api.post("/v1/jobs", json={"input": {"prompt": "cors"}}, headers={"Origin": CORS_ORIGIN})
+    assert accepted.status_code == 202
+    assert accepted.headers["Access-Control-Allow-Origin"] == CORS_ORIGIN
+    assert "Location" in accepted.headers["Access-Control-Expose-Headers"]
+    invalid = api.post("/v1/jobs", json={"input": {}}, headers={"Origin": CORS_ORIGIN})
+    assert invalid.status_code == 422
+    assert invalid.headers["Access-Control-Allow-Origin"] == CORS_ORIGIN
+    # And so do the gateway's own answers (a missing key), so the page can read why.
+    unauthorized = httpx.get(f"{local_stack.api_url}/v1/jobs", headers={"Origin": CORS_ORIGIN}, timeout=30)
+    assert unauthorized.status_code == 401
+    assert unauthorized.headers["Access-Control-Allow-Origin"] == CORS_ORIGIN

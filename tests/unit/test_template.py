@@ -443,3 +443,23 @@ def test_queue_age_and_error_rate_alarms_and_a_dashboard(app_template: AppTempla
         "WebhookDeliveries",
     ):
         assert metric in body, metric
+
+
+def test_cors_is_off_by_default_and_one_parameter_turns_it_on(app_template: AppTemplate) -> None:
+    preflight = {(mock.method, mock.path): mock for mock in app_template.mock_routes}
+    # SAM's preflight routes exist either way (answered by API Gateway, no key), but without the
+    # parameter they name no origin, so browsers refuse.
+    assert "Access-Control-Allow-Origin" not in preflight[("OPTIONS", "/v1/jobs")].headers
+    assert not app_template.gateway_responses["UNAUTHORIZED"].get("responseParameters")
+    origin = "https://app.example.com"
+    allowed = AppTemplate.load(TEMPLATE, {"CorsAllowOrigin": origin})
+    jobs = {(mock.method, mock.path): mock for mock in allowed.mock_routes}[("OPTIONS", "/v1/jobs")]
+    assert jobs.headers["Access-Control-Allow-Origin"] == origin
+    assert {"Idempotency-Key", "Prefer", "Authorization"} <= set(
+        jobs.headers["Access-Control-Allow-Headers"].split(",")
+    )
+    for kind in ("UNAUTHORIZED", "ACCESS_DENIED", "DEFAULT_4XX", "DEFAULT_5XX"):
+        headers = allowed.gateway_responses[kind]["responseParameters"]
+        assert headers["gatewayresponse.header.Access-Control-Allow-Origin"] == f"'{origin}'"
+    api_environment = allowed.functions["ApiFunction"].environment
+    assert allowed.resolve_static(api_environment["BATON_CORS_ALLOW_ORIGIN"]) == origin

@@ -20,7 +20,13 @@ from urllib.parse import parse_qs, urlsplit
 from baton_dev.runtime.functions import LocalFunction
 from baton_dev.runtime.schedules import ScheduleSource
 from baton_dev.runtime.sqs_source import SqsEventSource
-from baton_dev.runtime.template import AppTemplate, AuthorizerSpec, RouteSpec
+from baton_dev.runtime.template import (
+    AppTemplate,
+    AuthorizerSpec,
+    MockRouteSpec,
+    RouteSpec,
+    static_mapping_value,
+)
 
 logger = logging.getLogger("baton.runtime")
 
@@ -31,11 +37,15 @@ API_ID = "local"
 LOCAL_STATS_PATH = "/_local/stats"
 
 
+def _path_regex(path: str) -> re.Pattern[str]:
+    pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(path))
+    return re.compile(f"^{pattern}$")
+
+
 class _Route:
     def __init__(self, spec: RouteSpec) -> None:
         self.spec = spec
-        pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(spec.path))
-        self.regex = re.compile(f"^{pattern}$")
+        self.regex = _path_regex(spec.path)
 
 
 class LocalApiGateway:
@@ -52,6 +62,7 @@ class LocalApiGateway:
         self.functions = functions
         self.region = region
         self.routes = [_Route(route) for route in app.routes]
+        self.mock_routes = [(_path_regex(mock.path), mock) for mock in app.mock_routes]
         self.sources: list[SqsEventSource] = []
         self.schedules: list[ScheduleSource] = []
         self._auth_cache: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
@@ -131,6 +142,11 @@ class LocalApiGateway:
         if split.path == LOCAL_STATS_PATH:
             self._send(request, 200, {}, json.dumps(self.stats()))
             return
+        mock = self._match_mock(method, split.path)
+        if mock is not None:
+            # Answered by API Gateway itself, before any authorizer (SAM's CORS preflight).
+            self._send(request, mock.status, mock.headers, "{}")
+            return
         route, path_parameters = self._match(method, split.path)
         if route is None:
             self._gateway_response(
@@ -180,6 +196,12 @@ class LocalApiGateway:
             if match and route.spec.method in (method, "ANY", "X-AMAZON-APIGATEWAY-ANY-METHOD"):
                 return route, match.groupdict()
         return None, {}
+
+    def _match_mock(self, method: str, path: str) -> MockRouteSpec | None:
+        for regex, mock in self.mock_routes:
+            if mock.method == method and regex.match(path):
+                return mock
+        return None
 
     def _proxy_event(
         self,
@@ -292,9 +314,12 @@ class LocalApiGateway:
         response = self.app.gateway_responses.get(kind) or self.app.gateway_responses.get(default) or {}
         template = (response.get("responseTemplates") or {}).get("application/json")
         body = render_gateway_template(template, message) if template else json.dumps({"message": message})
-        self._send(
-            request, int(response.get("statusCode") or status), {"Content-Type": "application/json"}, body
-        )
+        headers = {"Content-Type": "application/json"}
+        for name, value in (response.get("responseParameters") or {}).items():
+            literal = static_mapping_value(value)
+            if name.startswith("gatewayresponse.header.") and literal is not None:
+                headers[name.removeprefix("gatewayresponse.header.")] = literal
+        self._send(request, int(response.get("statusCode") or status), headers, body)
 
     @staticmethod
     def _send(

@@ -104,6 +104,16 @@ class RouteSpec:
 
 
 @dataclass(frozen=True)
+class MockRouteSpec:
+    """A route API Gateway answers itself (a mock integration: SAM's CORS preflight)."""
+
+    path: str
+    method: str
+    status: int
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
 class AuthorizerSpec:
     name: str
     function: str
@@ -121,6 +131,7 @@ class AppTemplate:
     sqs_sources: list[SqsSourceSpec] = field(default_factory=list)
     schedules: list[ScheduleSpec] = field(default_factory=list)
     routes: list[RouteSpec] = field(default_factory=list)
+    mock_routes: list[MockRouteSpec] = field(default_factory=list)
     authorizers: dict[str, AuthorizerSpec] = field(default_factory=dict)
     gateway_responses: dict[str, dict[str, Any]] = field(default_factory=dict)
     api_stage: str = "dev"
@@ -267,6 +278,9 @@ class AppTemplate:
             for route_path, methods in (body.get("paths") or {}).items():
                 for method, operation in methods.items():
                     integration = operation.get("x-amazon-apigateway-integration") or {}
+                    if integration.get("type") == "mock":
+                        self.mock_routes.append(self._mock_route(route_path, method, integration))
+                        continue
                     if integration.get("type") != "aws_proxy":
                         continue
                     security = operation.get("security") or []
@@ -279,13 +293,25 @@ class AppTemplate:
                             authorizer=names[0] if names else None,
                         )
                     )
-            self.gateway_responses.update(body.get("x-amazon-apigateway-gateway-responses") or {})
+            # Resolved now: a header may depend on a parameter (CorsAllowOrigin).
+            responses = self.resolve_static(body.get("x-amazon-apigateway-gateway-responses") or {})
+            self.gateway_responses.update(responses or {})
         for _, resource in self._resources("AWS::ApiGateway::Stage"):
             stage = resource["Properties"].get("StageName")
             if isinstance(stage, str):
                 self.api_stage = stage
             elif isinstance(stage, dict) and "Ref" in stage:
                 self.api_stage = str(self.parameter_value(stage["Ref"]))
+
+    def _mock_route(self, path: str, method: str, integration: dict[str, Any]) -> MockRouteSpec:
+        response = (integration.get("responses") or {}).get("default") or {}
+        parameters = self.resolve_static(response.get("responseParameters")) or {}
+        headers = {
+            name.removeprefix("method.response.header."): literal
+            for name, value in parameters.items()
+            if (literal := static_mapping_value(value)) is not None
+        }
+        return MockRouteSpec(path, method.upper(), int(response.get("statusCode", 200)), headers)
 
     def resolve_parameter(self, value: Any) -> Any:
         """A property that may be a !Ref to a template parameter, as its value."""
@@ -346,6 +372,13 @@ class AppTemplate:
                 return _NO_VALUE
             if name in self.cloudformation.get("Parameters", {}):
                 return self.parameter_value(name)
+            return value
+        if set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str):
+            # Only a string made of parameters is settled here (`'${CorsAllowOrigin}'`).
+            text = value["Fn::Sub"]
+            parameters = self.cloudformation.get("Parameters", {})
+            if all(name in parameters for name in _SUB_NAME.findall(text)):
+                return _SUB_NAME.sub(lambda match: self.parameter_value(match.group(1)), text)
             return value
         if set(value) == {"Fn::If"}:
             condition, when_true, when_false = value["Fn::If"]
@@ -433,6 +466,16 @@ class AppTemplate:
             else:
                 environment[name] = str(value)
         return environment
+
+
+_SUB_NAME = re.compile(r"\$\{([^}]+)\}")
+
+
+def static_mapping_value(value: Any) -> str | None:
+    """An API Gateway mapping value that is a literal (`'*'` -> `*`); None for an expression
+    such as `method.request.header.Origin`."""
+    text = str(value)
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == "'" else None
 
 
 def _parameter_refs(value: Any) -> list[str]:

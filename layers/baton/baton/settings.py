@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     # Webhooks (template parameters WebhookRetrySchedule, WebhookAllowPrivateNetworks).
     webhook_retry_schedule: str = Field(DEFAULT_WEBHOOK_SCHEDULE, alias="WEBHOOK_RETRY_SCHEDULE")
     webhook_allow_private_networks: bool = Field(False, alias="WEBHOOK_ALLOW_PRIVATE_NETWORKS")
+    # CorsAllowOrigin: "" (no CORS headers), "*" or one origin.
+    cors_allow_origin: str = Field("", alias="BATON_CORS_ALLOW_ORIGIN")
 
     @field_validator("webhook_retry_schedule")
     @classmethod
