@@ -15,7 +15,7 @@ DEFAULT_SEED = 7
 # Setup (~20 s idle, ~60 s on a loaded machine), the read-back (at most READ_BACK_S), the table
 # and archive reads and stopping, on top of the run's deadline and webhook grace: the report must
 # get printed, even for a run that failed.
-TIMEOUT_MARGIN_S = 300
+TIMEOUT_MARGIN_S = 480
 REPORTS = pytest.StashKey[list[str]]()
 
 

@@ -1057,6 +1057,8 @@ class ChaosRun:
                         return
                     asked.add(item_id)
                     for _ in range(20):
+                        if time.monotonic() > deadline:
+                            return
                         try:
                             answer = client.get(path.format(item_id))
                         except httpx.TransportError:
@@ -1076,7 +1078,8 @@ class ChaosRun:
         for worker in workers:
             worker.start()
         for worker in workers:
-            worker.join(timeout=within_s + 60)
+            # One request in flight at the deadline may still take its own timeout (40 s).
+            worker.join(timeout=max(0.0, deadline - time.monotonic()) + 45)
         return results, len(set(ids) - asked)
 
     def _scan_table(self) -> None:
