@@ -934,6 +934,18 @@ def stream_pieces(text: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Admitted:
+    body: dict[str, Any]
+    model: str
+    prompt_tokens: int
+    limit_headers: dict[str, str]
+    token_entry: list[float] | None
+    digest: str
+    fault: str | None
+    slow_ms: float | None
+
+
 class _ApiError(Exception):
     def __init__(
         self,
@@ -953,6 +965,7 @@ class _ApiError(Exception):
         self.code = code
         self.fault = fault
         self.headers = dict(headers or {})
+        self.prompt_tokens = 0  # for the request log, once the prompt was counted
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -1278,11 +1291,28 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send_json(200, self.sim.config.faults())
 
+    def _admitted(self, parsed: Any, config: SimulatorConfig) -> _Admitted:
+        """A chat-shaped request validated, counted against the rate limits and given its fault
+        (an error fault raised as _ApiError carrying the prompt's tokens for the log)."""
+        body, model, messages = _validate_chat_body(parsed, config)
+        prompt_tokens = count_prompt_tokens(messages)
+        try:
+            limit_headers, token_entry = self.sim._admit(
+                config, prompt_tokens + int(body.get("max_tokens") or 0)
+            )
+            digest = request_digest(body)
+            fault, slow_ms = self.sim._decide_fault(config, _last_user_text(messages), prompt_tokens, digest)
+            if fault is not None and fault not in {"slow", "malformed"}:
+                raise _fault_error(fault, config, prompt_tokens)
+        except _ApiError as err:
+            err.prompt_tokens = prompt_tokens
+            raise
+        return _Admitted(body, model, prompt_tokens, limit_headers, token_entry, digest, fault, slow_ms)
+
     def _chat_completions(self, path: str, raw: bytes) -> None:
         sim = self.sim
         config = sim.config  # one consistent snapshot for this request
         model: str | None = None
-        prompt_tokens = 0
         try:
             try:
                 parsed = json.loads(raw)
@@ -1294,17 +1324,14 @@ class _Handler(BaseHTTPRequestHandler):
                 ) from None
             if isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
                 model = parsed["model"]
-            body, model, messages = _validate_chat_body(parsed, config)
-            prompt_tokens = count_prompt_tokens(messages)
-            limit_headers, token_entry = sim._admit(config, prompt_tokens + int(body.get("max_tokens") or 0))
-            digest = request_digest(body)
-            fault, slow_ms = sim._decide_fault(config, _last_user_text(messages), prompt_tokens, digest)
-            if fault is not None and fault not in {"slow", "malformed"}:
-                raise _fault_error(fault, config, prompt_tokens)
+            admitted = self._admitted(parsed, config)
         except _ApiError as err:
-            self._log(path, model, err.status, err.fault, prompt_tokens, 0)
+            self._log(path, model, err.status, err.fault, err.prompt_tokens, 0)
             self._send_json(err.status, err.body(), err.headers)
             return
+        body, model, prompt_tokens = admitted.body, admitted.model, admitted.prompt_tokens
+        limit_headers, token_entry, digest = admitted.limit_headers, admitted.token_entry, admitted.digest
+        fault, slow_ms = admitted.fault, admitted.slow_ms
 
         if fault == "malformed":
             # A 200 whose body is not a chat completion: the client chokes on it, every time (a
@@ -1356,7 +1383,6 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.sim
         config = sim.config
         model: str | None = None
-        prompt_tokens = 0
         try:
             try:
                 parsed = json.loads(raw)
@@ -1372,17 +1398,14 @@ class _Handler(BaseHTTPRequestHandler):
                 chat = chat_body(parsed)
             except ResponsesRequestError as error:
                 raise _ApiError(400, str(error), param=error.param) from None
-            body, model, messages = _validate_chat_body(chat, config)
-            prompt_tokens = count_prompt_tokens(messages)
-            limit_headers, token_entry = sim._admit(config, prompt_tokens + int(body.get("max_tokens") or 0))
-            digest = request_digest(body)
-            fault, slow_ms = sim._decide_fault(config, _last_user_text(messages), prompt_tokens, digest)
-            if fault is not None and fault not in {"slow", "malformed"}:
-                raise _fault_error(fault, config, prompt_tokens)
+            admitted = self._admitted(chat, config)
         except _ApiError as err:
-            self._log(path, model, err.status, err.fault, prompt_tokens, 0)
+            self._log(path, model, err.status, err.fault, err.prompt_tokens, 0)
             self._send_json(err.status, err.body(), err.headers)
             return
+        body, model, prompt_tokens = admitted.body, admitted.model, admitted.prompt_tokens
+        limit_headers, token_entry, digest = admitted.limit_headers, admitted.token_entry, admitted.digest
+        fault, slow_ms = admitted.fault, admitted.slow_ms
         if fault == "malformed":
             self._log(path, model, 200, fault, prompt_tokens, 0)
             self._send_json(200, {"object": "response", "output": "not-a-list"}, {})

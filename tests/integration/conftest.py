@@ -205,3 +205,17 @@ def queue_drained(local_stack: LocalStack, logical_id: str) -> bool:
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
     return all(int(value) == 0 for value in attributes.values())
+
+
+def wait_for_job(
+    client: httpx.Client, job_id: str, condition: Callable[[dict[str, Any]], bool], timeout_s: float = 30
+) -> dict[str, Any]:
+    """GET the job until `condition(job)` holds; fail with the last state at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if condition(job):
+            return job
+        time.sleep(0.2)
+    pytest.fail(f"job {job_id}: condition not met after {timeout_s}s; last seen {job}")

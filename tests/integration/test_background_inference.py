@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +14,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from tests.integration.conftest import LocalStack, Tenant, running_stack, wait_for_terminal
+from tests.integration.conftest import LocalStack, Tenant, running_stack, wait_for_terminal, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -47,19 +47,6 @@ def submit(api: httpx.Client, prompt: str) -> str:
     answer = api.post("/v1/jobs", json={"input": {"prompt": prompt}})
     assert answer.status_code == 202, answer.text
     return str(answer.json()["id"])
-
-
-def wait_until(
-    api: httpx.Client, job_id: str, condition: Callable[[dict[str, Any]], bool], timeout_s: float = 30
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    job: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        job = api.get(f"/v1/jobs/{job_id}").json()
-        if condition(job):
-            return job
-        time.sleep(0.2)
-    pytest.fail(f"job {job_id}: condition not met after {timeout_s}s; last seen {job}")
 
 
 def paid_calls(stack: LocalStack, job_id: str) -> list[dict[str, Any]]:
@@ -141,7 +128,9 @@ def test_cancel_mid_call_cancels_the_provider_response_and_forged_webhooks_chang
     stack: LocalStack, api: httpx.Client
 ) -> None:
     job_id = submit(api, "Write a very long essay about the sea. [sim:slow=600000]")
-    job = wait_until(api, job_id, lambda job: (job.get("provider_call") or {}).get("response_id") is not None)
+    job = wait_for_job(
+        api, job_id, lambda job: (job.get("provider_call") or {}).get("response_id") is not None
+    )
     response_id = job["provider_call"]["response_id"]
     body = json.dumps({"id": "evt_forged", "type": "response.completed", "data": {"id": response_id}})
 
@@ -164,7 +153,7 @@ def test_cancel_mid_call_cancels_the_provider_response_and_forged_webhooks_chang
 
     cancelled = api.delete(f"/v1/jobs/{job_id}")
     assert cancelled.status_code == 200, cancelled.text
-    job = wait_until(api, job_id, lambda job: job["provider_call"]["cancelled"] is True)
+    job = wait_for_job(api, job_id, lambda job: job["provider_call"]["cancelled"] is True)
     assert job["status"] == "cancelled"
     responses = {entry["id"]: entry for entry in sim_json(stack, "/_sim/responses")}
     assert responses[response_id]["status"] == "cancelled"
