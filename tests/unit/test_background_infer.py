@@ -1,0 +1,131 @@
+"""InferenceMode=background in the infer stage, with baton.responses replaced by a fake provider:
+a retry after a crash finds the stored response instead of paying for another, and a cancel
+reaches the provider."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+import baton.background
+import baton.responses
+from baton.responses import ResponseState
+from baton.store import JobStore
+from tests.unit.test_infer_handler import ANSWER, accept
+
+if TYPE_CHECKING:
+    from conftest import AwsStack, LoadedFunction
+
+
+@dataclass
+class FakeProvider:
+    """Background responses: created in progress; `done` makes every retrieve find the answer."""
+
+    created: list[dict[str, Any]] = field(default_factory=list)
+    retrieved: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    done: bool = False
+
+    def create_background(self, settings: Any, **request: Any) -> ResponseState:
+        self.created.append(request)
+        return ResponseState(f"resp_{len(self.created)}", "in_progress", headers={})
+
+    def retrieve(self, settings: Any, response_id: str, *, model: str) -> ResponseState:
+        self.retrieved.append(response_id)
+        if self.done:
+            return ResponseState(response_id, "completed", completion=ANSWER)
+        return ResponseState(response_id, "in_progress")
+
+    def cancel(self, settings: Any, response_id: str, *, model: str) -> ResponseState:
+        self.cancelled.append(response_id)
+        return ResponseState(response_id, "cancelled")
+
+
+@pytest.fixture
+def provider(monkeypatch: pytest.MonkeyPatch) -> FakeProvider:
+    fake = FakeProvider()
+    for name in ("create_background", "retrieve", "cancel"):
+        monkeypatch.setattr(baton.responses, name, getattr(fake, name))
+    return fake
+
+
+@pytest.fixture
+def background_infer(aws: AwsStack) -> LoadedFunction:
+    # Polls without delay, so each is received at once (the schedule itself: test_responses_mapping).
+    return aws.load(
+        "InferFunction",
+        BATON_PROVIDER_RPM="60000",
+        BATON_INFERENCE_MODE="background",
+        BATON_BACKGROUND_POLL_SCHEDULE="0s",
+    )
+
+
+def test_a_retry_after_a_crash_finds_the_stored_response_instead_of_paying_again(
+    aws: AwsStack,
+    api: LoadedFunction,
+    background_infer: LoadedFunction,
+    provider: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job_id = accept(aws, api)
+    event = aws.take_event("InferQueue")
+    schedule = baton.background.BackgroundInference._schedule_poll
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the worker died after storing the response id")
+
+    monkeypatch.setattr(baton.background.BackgroundInference, "_schedule_poll", crash)
+    with pytest.raises(BatchProcessingError):  # the record failed: SQS redelivers the command
+        background_infer(event)
+    stored = JobStore(aws.jobs_table).get("acme", job_id)
+    assert stored.provider_call is not None and stored.provider_call.response_id == "resp_1"
+
+    monkeypatch.setattr(baton.background.BackgroundInference, "_schedule_poll", schedule)
+    provider.done = True
+    assert background_infer(event) == {"batchItemFailures": []}
+    assert len(provider.created) == 1  # one paid call
+    assert provider.retrieved == ["resp_1"]
+    job = JobStore(aws.jobs_table).get("acme", job_id)
+    assert job.status.value == "completed"
+    assert job.result is not None and job.result.text == ANSWER.text
+    assert job.usage.total_tokens == ANSWER.usage.total_tokens
+
+
+def test_polls_until_done_then_a_late_poll_finds_the_job_advanced(
+    aws: AwsStack, api: LoadedFunction, background_infer: LoadedFunction, provider: FakeProvider
+) -> None:
+    job_id = accept(aws, api)
+    assert background_infer(aws.take_event("InferQueue")) == {"batchItemFailures": []}
+    poll = aws.take_event("InferQueue")
+    command = json.loads(poll["Records"][0]["body"])
+    assert command["poll"] == 1
+    assert background_infer(poll) == {"batchItemFailures": []}  # still in progress: poll 2 queued
+    second = aws.take_event("InferQueue")
+    assert json.loads(second["Records"][0]["body"])["poll"] == 2
+    provider.done = True
+    assert background_infer(second) == {"batchItemFailures": []}
+    assert JobStore(aws.jobs_table).get("acme", job_id).status.value == "completed"
+    late = dict(command, poll=7, wake="webhook:evt_1")
+    assert background_infer({"Records": [aws.sqs_record(json.dumps(late))]}) == {"batchItemFailures": []}
+    assert len(provider.created) == 1 and provider.cancelled == []
+
+
+def test_cancelling_the_job_cancels_the_provider_response(
+    aws: AwsStack, api: LoadedFunction, background_infer: LoadedFunction, provider: FakeProvider
+) -> None:
+    job_id = accept(aws, api)
+    assert background_infer(aws.take_event("InferQueue")) == {"batchItemFailures": []}
+    aws.receive("InferQueue")  # the first poll, if already visible: the cancel must not need it
+    cancelled = api(aws.api_event("api-cancel-job.json", job_id=job_id))
+    assert cancelled["statusCode"] == 200, cancelled["body"]
+    wake = aws.take_event("InferQueue")
+    assert json.loads(wake["Records"][0]["body"])["wake"] == "cancel"
+    assert background_infer(wake) == {"batchItemFailures": []}
+    assert provider.cancelled == ["resp_1"]
+    job = JobStore(aws.jobs_table).get("acme", job_id)
+    assert job.status.value == "cancelled"
+    assert job.provider_call is not None and job.provider_call.cancelled
