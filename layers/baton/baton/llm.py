@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.parameters import get_secret
 
-from baton.errors import ModelError
+from baton.errors import ModelError, StaleWriteError
 from baton.records import Usage
 from baton.settings import Settings
 
@@ -38,9 +38,10 @@ class Completion:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class CallCancelled(Exception):
+class CallCancelled(StaleWriteError):
     """The job was cancelled while its model call streamed: the stream was closed (the provider
-    stops generating) and `completion` holds what was received, usage counted from it."""
+    stops generating) and `completion` holds what was received, usage counted from it. Stale
+    work wherever it is not handled (a long document's chunk): dropped, never retried."""
 
     def __init__(self, completion: Completion) -> None:
         super().__init__("the job was cancelled during the model call")
