@@ -14,7 +14,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from tests.integration.conftest import LocalStack, Tenant, running_stack, wait_for_terminal, wait_for_job
+from tests.integration.conftest import LocalStack, Tenant, running_stack, wait_for_job, wait_for_terminal
 
 pytestmark = pytest.mark.integration
 
