@@ -27,9 +27,10 @@ from standardwebhooks import Webhook
 logger = logging.getLogger("baton.simulator")
 
 TERMINAL = frozenset({"completed", "failed", "cancelled", "incomplete"})
-WEBHOOK_ATTEMPTS = 3
+# A receiver gets 30 s (a cold function on a loaded machine can take 10), then up to 4 retries.
+WEBHOOK_ATTEMPTS = 5
 WEBHOOK_RETRY_S = 1.0
-WEBHOOK_TIMEOUT_S = 10.0
+WEBHOOK_TIMEOUT_S = 30.0
 
 
 class ResponsesRequestError(ValueError):
@@ -323,7 +324,7 @@ class ResponseStore:
                     break
             except httpx.HTTPError as error:
                 entry.update(status_code=None, error=str(error), attempts=attempt)
-            time.sleep(WEBHOOK_RETRY_S)
+            time.sleep(WEBHOOK_RETRY_S * attempt)
         logger.info("simulator webhook %s for %s: %s", event_type, response_id, entry.get("status_code"))
         with self._lock:
             self._webhooks.append(entry)

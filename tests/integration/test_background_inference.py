@@ -19,9 +19,10 @@ from tests.integration.conftest import LocalStack, Tenant, running_stack, wait_f
 pytestmark = pytest.mark.integration
 
 INFER_TIMEOUT_S = 30  # the smallest InferFunctionTimeout the template allows
-# Two quick polls, then one a minute: a job finished within that minute was woken by the webhook.
+# Two quick polls, then one every 15 minutes: a long job finished before that was woken by the
+# webhook, however slow a loaded machine makes the webhook's round trip.
 OVERRIDES = (
-    f"InferenceMode=background InferFunctionTimeout={INFER_TIMEOUT_S} BackgroundPollSchedule=1s,2s,60s"
+    f"InferenceMode=background InferFunctionTimeout={INFER_TIMEOUT_S} BackgroundPollSchedule=1s,2s,15m"
 )
 WEBHOOK_PATH = "/v1/provider-webhooks/openai"
 
@@ -57,12 +58,12 @@ def sim_json(stack: LocalStack, path: str) -> Any:
     return httpx.get(f"{stack.simulator_url}{path}", timeout=10).json()
 
 
-def webhooks_sent(stack: LocalStack, response_id: str, timeout_s: float = 10) -> list[dict[str, Any]]:
+def webhooks_sent(stack: LocalStack, response_id: str, timeout_s: float = 200) -> list[dict[str, Any]]:
     """The simulator's webhooks for one response, once it has recorded an answer to one."""
     deadline = time.monotonic() + timeout_s
     while True:
         hooks = [hook for hook in sim_json(stack, "/_sim/webhooks") if hook["response_id"] == response_id]
-        if hooks or time.monotonic() > deadline:
+        if any(hook.get("status_code") for hook in hooks) or time.monotonic() > deadline:
             return hooks
         time.sleep(0.2)
 
@@ -88,7 +89,7 @@ def test_a_model_call_longer_than_the_infer_timeout_completes_resumed_by_the_web
 ) -> None:
     slow_ms = (INFER_TIMEOUT_S + 5) * 1000
     job_id = submit(api, f"Summarize: the tide came in slowly over the flats. [sim:slow={slow_ms}]")
-    job = wait_for_terminal(api, job_id, timeout_s=INFER_TIMEOUT_S + 60)
+    job = wait_for_terminal(api, job_id, timeout_s=INFER_TIMEOUT_S + 240)
     assert job["status"] == "completed", job
     assert "tide" in job["result"]["text"]
     assert job["provider_call"]["mode"] == "background"
@@ -129,7 +130,7 @@ def test_cancel_mid_call_cancels_the_provider_response_and_forged_webhooks_chang
 ) -> None:
     job_id = submit(api, "Write a very long essay about the sea. [sim:slow=600000]")
     job = wait_for_job(
-        api, job_id, lambda job: (job.get("provider_call") or {}).get("response_id") is not None
+        api, job_id, lambda job: (job.get("provider_call") or {}).get("response_id") is not None, 180
     )
     response_id = job["provider_call"]["response_id"]
     body = json.dumps({"id": "evt_forged", "type": "response.completed", "data": {"id": response_id}})
@@ -137,7 +138,7 @@ def test_cancel_mid_call_cancels_the_provider_response_and_forged_webhooks_chang
     # Unverifiable: a wrong secret, and no signature at all. 400, and the job does not move.
     wrong = signed("whsec_" + "A" * 44, body)
     for headers in (wrong, {"content-type": "application/json"}):
-        answer = httpx.post(f"{stack.api_url}{WEBHOOK_PATH}", content=body, headers=headers, timeout=10)
+        answer = httpx.post(f"{stack.api_url}{WEBHOOK_PATH}", content=body, headers=headers, timeout=90)
         assert answer.status_code == 400, answer.text
         assert answer.json()["error"]["type"] == "invalid_webhook"
     assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "processing"
@@ -146,14 +147,14 @@ def test_cancel_mid_call_cancels_the_provider_response_and_forged_webhooks_chang
     secret = provider_secret(stack)
     stranger = json.dumps({"id": "evt_x", "type": "response.completed", "data": {"id": "resp_unknown"}})
     answer = httpx.post(
-        f"{stack.api_url}{WEBHOOK_PATH}", content=stranger, headers=signed(secret, stranger), timeout=10
+        f"{stack.api_url}{WEBHOOK_PATH}", content=stranger, headers=signed(secret, stranger), timeout=90
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["outcome"] == "unknown_response"
 
     cancelled = api.delete(f"/v1/jobs/{job_id}")
     assert cancelled.status_code == 200, cancelled.text
-    job = wait_for_job(api, job_id, lambda job: job["provider_call"]["cancelled"] is True)
+    job = wait_for_job(api, job_id, lambda job: job["provider_call"]["cancelled"] is True, 180)
     assert job["status"] == "cancelled"
     responses = {entry["id"]: entry for entry in sim_json(stack, "/_sim/responses")}
     assert responses[response_id]["status"] == "cancelled"
