@@ -16,7 +16,7 @@ from standardwebhooks import Webhook
 
 from tests.integration.conftest import LocalStack, Tenant, running_stack, wait_for_job, wait_for_terminal
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # minutes on a loaded machine
 
 INFER_TIMEOUT_S = 30  # the smallest InferFunctionTimeout the template allows
 # Two quick polls, then one every 15 minutes: a long job finished before that was woken by the
