@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from baton.prices import PRICES, PRICES_AS_OF, express_duration_cost, lambda_cost, per_million
 from bench.cost import _phase, job_units, price
-from bench.prices import PRICES, PRICES_AS_OF, express_duration_cost, lambda_cost, per_million
 from bench.report import Result, scenario_main
 from bench.stack import StackOptions, StackProcess, WebhookSink
 
