@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import httpx
 import pytest
 
 from baton.jobs import upload_job_id
@@ -44,11 +45,19 @@ def test_every_function_and_event_source_in_the_template_runs(
                 json={"input": {"prompt": "What is 6 * 7?"}, "parameters": {"tools": ["calculator"]}},
             )
             assert wait_for_terminal(api, agent.json()["id"])["status"] == "completed"
+            # A batch's lines become jobs through the batch queue and its function.
+            line = {"custom_id": "a", "input": {"prompt": "Hi."}}
+            batch = api.post("/v1/batches", json={"requests": [line]})
+            assert batch.status_code == 202, batch.text
         assert job["status"] == "completed"
         receiver.wait_for(1, timeout=30)
         assert receiver.events[0].verified
     finally:
         receiver.stop()
+
+    # The provider's webhook (background inference only) runs on any request: an unsigned one is refused.
+    refused = httpx.post(f"{local_stack.api_url}/v1/provider-webhooks/openai", json={"type": "x"}, timeout=40)
+    assert refused.status_code == 400, refused.text
 
     # Dead-letter queues fed by nothing above: one stray letter each (no job to fail: archived as such),
     # so the dead-letter function's event source on every one of them is seen consuming.

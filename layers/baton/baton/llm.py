@@ -48,6 +48,10 @@ class CallCancelled(StaleWriteError):
         self.completion = completion
 
 
+class IncompleteStreamError(RuntimeError):
+    """A streamed answer ended without a finish_reason: malformed or cut off, not an answer."""
+
+
 # How often a streamed call asks whether its job was cancelled (the contract says every 2 s).
 CANCEL_CHECK_SECONDS = 2.0
 
@@ -265,6 +269,15 @@ def _streamed(
             stream.close()
     if closed_for_cancel.is_set():
         raise CallCancelled(answer.completion(headers, prompt_tokens_estimate))
+    if answer.finish_reason is None:
+        if time.monotonic() - started > timeout:  # the watcher hung up on a call past its time
+            raise ModelError(f"model call timed out after {timeout:.0f}s", retryable=True, type_="timeout")
+        # Never a silent truncation: a stream that stops without saying why (a body that is not a
+        # stream, a connection cut) is not an answer. Raised like a crash, so the message is retried
+        # and, if it keeps happening, dead-lettered with its job failed.
+        raise IncompleteStreamError(
+            f"the model's stream ended without a finish_reason after {answer.pieces} pieces"
+        )
     return answer.completion(headers, prompt_tokens_estimate)
 
 
