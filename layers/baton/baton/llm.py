@@ -260,9 +260,7 @@ def _streamed(
         except Exception:
             if not closed_for_cancel.is_set():
                 if time.monotonic() - started > timeout:
-                    raise ModelError(
-                        f"model call timed out after {timeout:.0f}s", retryable=True, type_="timeout"
-                    ) from None
+                    raise timeout_error(timeout) from None
                 raise
         finally:
             stop.set()
@@ -271,7 +269,7 @@ def _streamed(
         raise CallCancelled(answer.completion(headers, prompt_tokens_estimate))
     if answer.finish_reason is None:
         if time.monotonic() - started > timeout:  # the watcher hung up on a call past its time
-            raise ModelError(f"model call timed out after {timeout:.0f}s", retryable=True, type_="timeout")
+            raise timeout_error(timeout)
         # Never a silent truncation: a stream that stops without saying why (a body that is not a
         # stream, a connection cut) is not an answer. Raised like a crash, so the message is retried
         # and, if it keeps happening, dead-lettered with its job failed.
@@ -279,6 +277,11 @@ def _streamed(
             f"the model's stream ended without a finish_reason after {answer.pieces} pieces"
         )
     return answer.completion(headers, prompt_tokens_estimate)
+
+
+def timeout_error(timeout: float) -> ModelError:
+    """A model call past its time: retryable, typed `timeout` (from the client or the stream's watcher)."""
+    return ModelError(f"model call timed out after {timeout:.0f}s", retryable=True, type_="timeout")
 
 
 @contextmanager
@@ -289,9 +292,7 @@ def provider_errors(model: str, timeout: float) -> Iterator[None]:
     try:
         yield
     except openai.APITimeoutError as error:
-        raise ModelError(
-            f"model call timed out after {timeout:.0f}s", retryable=True, type_="timeout"
-        ) from error
+        raise timeout_error(timeout) from error
     except openai.APIConnectionError as error:
         raise ModelError(
             f"cannot reach the model endpoint: {error}", retryable=True, type_="model_unavailable"
