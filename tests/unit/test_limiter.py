@@ -9,6 +9,7 @@ import pytest
 
 from baton.limiter import (
     MAX_WAIT_IN_FUNCTION_S,
+    MIN_DEFER_S,
     PACE_FRACTION,
     Deferred,
     Limits,
@@ -18,6 +19,7 @@ from baton.limiter import (
     estimate_tokens,
     parse_duration,
     provider_key,
+    queue_key,
 )
 
 if TYPE_CHECKING:
@@ -146,18 +148,27 @@ def test_abandoned_call_gives_its_tokens_back(aws: AwsStack) -> None:
     lim = limiter(aws, tpm=6000)
     before = T0
     ticket = admit(lim, now=before, tokens=1000, job="a")
-    lim.abandon(ticket)
+    lim.abandon(ticket, now_ms=before)
     assert admit(lim, now=before, tokens=10, job="b").slot_ms == pytest.approx(before, abs=1)
+
+
+def blocked_until(lim: ProviderLimiter, deferred: Deferred, *, job: str) -> int:
+    """Where a command deferred by a block is admitted: when it comes back, keeping its turn."""
+    turn = deferred.slot_ms
+    assert turn is not None  # back to a send slot, not to the end of its queue
+    assert deferred.delay_seconds <= deferred.delay_s <= (turn - T0) / 1000
+    return admit(lim, now=turn, held_slot_ms=turn, job=job).slot_ms
 
 
 def test_a_429_blocks_every_caller_until_its_retry_after(aws: AwsStack) -> None:
     lim = limiter(aws, rpm=6000)
     ticket = admit(lim, now=T0, job="a")
-    wait = lim.rate_limited(ticket, headers=RateLimitHeaders(retry_after_s=7.0), now_ms=T0 + 100)
-    assert wait == 7.0
+    refused = lim.rate_limited(ticket, headers=RateLimitHeaders(retry_after_s=7.0), now_ms=T0 + 100)
+    # The refused call itself comes back after the Retry-After, keeping its turn.
+    assert refused.delay_s == 7.0 and refused.slot_ms == T0 + 7_100
     with pytest.raises(Deferred) as deferred:
         admit(lim, now=T0 + 200, job="b")
-    assert deferred.value.slot_ms == T0 + 7_100
+    assert blocked_until(lim, deferred.value, job="b") == T0 + 7_100
 
 
 def test_no_remaining_requests_blocks_until_the_reset(aws: AwsStack) -> None:
@@ -167,7 +178,60 @@ def test_no_remaining_requests_blocks_until_the_reset(aws: AwsStack) -> None:
     lim.settle(ticket, used_tokens=10, headers=headers, now_ms=T0)
     with pytest.raises(Deferred) as deferred:
         admit(lim, now=T0 + 10, job="b")
-    assert deferred.value.slot_ms == T0 + 20_000
+    assert blocked_until(lim, deferred.value, job="b") == T0 + 20_000
+
+
+def test_a_turn_that_comes_back_late_takes_the_next_free_send_slot(aws: AwsStack) -> None:
+    """A delayed message that returns late (a busy poller) is sent at once if the provider is
+    idle: the capacity is not lost, and the call does not queue again behind later turns."""
+    lim = limiter(aws, rpm=120)
+    admit(lim, now=T0, job="a")
+    admit(lim, now=T0, job="b")  # its turn is within MAX_WAIT_IN_FUNCTION_S: sent
+    turns = []
+    for job in "cd":
+        with pytest.raises(Deferred) as deferred:
+            admit(lim, now=T0, job=job)
+        turns.append(deferred.value.slot_ms)
+    queued = lim.state(queue_key(PROVIDER, "acme"))["queue_tat"]
+    late = T0 + 20_000  # every turn long past
+    assert admit(lim, now=late, held_slot_ms=turns[1], job="d").slot_ms == late
+    assert lim.state(queue_key(PROVIDER, "acme"))["queue_tat"] == queued  # not queued again
+
+
+def test_turns_that_come_back_together_are_still_sent_one_interval_apart(aws: AwsStack) -> None:
+    """The send pace, not the queue, decides when calls leave: turns bunched by late messages
+    leave one interval apart; one whose send slot is too far waits again, keeping its turn."""
+    lim = limiter(aws, rpm=120)
+    interval = 60_000 / (120 * PACE_FRACTION)
+    now = T0 + 60_000
+    slots = [admit(lim, now=now, held_slot_ms=T0, job=f"j{i}").slot_ms for i in range(2)]
+    assert slots == [now, pytest.approx(now + interval, abs=2)]
+    with pytest.raises(Deferred) as deferred:
+        admit(lim, now=now, held_slot_ms=T0, job="j2")  # its slot would be > 1 s away
+    assert deferred.value.slot_ms is not None and deferred.value.delay_s >= MIN_DEFER_S
+    back = deferred.value.slot_ms
+    assert admit(lim, now=back, held_slot_ms=back, job="j2").slot_ms == pytest.approx(
+        max(back, now + 2 * interval), abs=2
+    )
+
+
+def test_tokens_are_queued_at_the_usage_answers_have_shown(aws: AwsStack) -> None:
+    """Calls that use a quarter of the tokens they reserve are queued at about a quarter: the
+    turns follow what the provider will really count, not the worst case."""
+    lim = limiter(aws, tpm=6000)
+    token_interval = 60_000 / (6000 * PACE_FRACTION)
+    now = T0
+    for i in range(12):
+        ticket = admit(lim, now=now, tokens=400, job=f"j{i}")
+        lim.settle(ticket, used_tokens=100, headers=RateLimitHeaders(), now_ms=now + 100)
+        now += 60_000  # idle in between: every call is admitted at once
+    ratio = lim.state(PROVIDER)["usage_ratio"]
+    assert 0.25 <= ratio < 0.35  # a moving average, converging to 100 / 400
+    queue = queue_key(PROVIDER, "acme")
+    admit(lim, now=now, tokens=400, job="next")
+    booked = lim.state(queue)["queue_tat"] - now
+    assert booked == pytest.approx(400 * ratio * token_interval, rel=0.05)
+    assert booked < 400 * token_interval / 2
 
 
 # -- learn -------------------------------------------------------------------------------------
@@ -206,7 +270,7 @@ def test_a_provider_without_headers_is_learned_unlimited(aws: AwsStack) -> None:
 
 def test_a_probe_that_failed_lets_the_next_caller_probe(aws: AwsStack) -> None:
     lim = limiter(aws)
-    lim.abandon(admit(lim, now=T0, job="a"))
+    lim.abandon(admit(lim, now=T0, job="a"), now_ms=T0)
     assert admit(lim, now=T0 + 10, job="b").probe
 
 
@@ -226,12 +290,28 @@ def test_configured_limits_are_not_overridden_by_headers(aws: AwsStack) -> None:
 
 
 # -- fairness and lease expiry -----------------------------------------------------------------
+def test_one_tenants_backlog_does_not_delay_another_tenants_call(aws: AwsStack) -> None:
+    """Each tenant queues at its own pace: the big tenant's 100 queued calls hold turns up to
+    ~50 s ahead, the small tenant's one call takes the next free send slot: behind only the calls
+    already sent or about to be (at most MAX_WAIT_IN_FUNCTION_S of them)."""
+    lim = limiter(aws, rpm=120)
+    for i in range(100):
+        try:
+            admit(lim, now=T0, tenant="big", job=f"big{i}")
+        except Deferred as deferred:
+            assert deferred.slot_ms is not None
+    assert lim.state(queue_key(PROVIDER, "big"))["queue_tat"] > T0 + 49_000
+    small = admit(lim, now=T0 + 100, tenant="small", job="small0")
+    assert small.slot_ms <= T0 + 100 + MAX_WAIT_IN_FUNCTION_S * 1000
+
+
 def test_a_tenant_holds_at_most_its_cap_of_calls(aws: AwsStack) -> None:
     lim = limiter(aws, rpm=60_000, tenant_cap=2)
     tickets = [admit(lim, now=T0, tenant="big", job=f"big{i}") for i in range(2)]
     with pytest.raises(Deferred) as capped:
         admit(lim, now=T0, tenant="big", job="big2")
-    assert capped.value.slot_ms is None and "TenantMaxInFlight" in capped.value.message
+    # Its turn came: it keeps it (back to a send slot, not to the end of the queue).
+    assert capped.value.slot_ms is not None and "TenantMaxInFlight" in capped.value.message
     # Another tenant is not held back by the first one's backlog.
     assert admit(lim, now=T0, tenant="small", job="small0").slot_ms >= T0
     # A finished call returns its lease.
@@ -250,19 +330,21 @@ def test_the_same_call_admitted_again_keeps_its_one_lease(aws: AwsStack) -> None
 def test_a_crashed_holders_lease_expires(aws: AwsStack) -> None:
     lim = limiter(aws, rpm=60_000, tenant_cap=1)
     admit(lim, now=T0, tenant="big", job="crashed")  # its invocation dies: never settled
+    expiry = T0 + int(MAX_WAIT_IN_FUNCTION_S * 1000) + LEASE_MS  # sent within the wait, then the call
     with pytest.raises(Deferred):
-        admit(lim, now=T0 + LEASE_MS - 1, tenant="big", job="next")
-    assert admit(lim, now=T0 + LEASE_MS + 1, tenant="big", job="next").lease_id == "next"
+        admit(lim, now=expiry - 1, tenant="big", job="next")
+    assert admit(lim, now=expiry + 1, tenant="big", job="next").lease_id == "next"
     assert list(lim.leases("big")) == ["next"]
 
 
-def test_a_command_deferred_for_capacity_releases_its_lease(aws: AwsStack) -> None:
-    """Waiting without a slot (the provider is booked out) holds no lease; waiting for a booked
-    slot keeps one, which expires after the slot."""
+def test_a_command_waiting_for_its_turn_holds_no_lease(aws: AwsStack) -> None:
+    """Leases count calls in flight: a command queued for a later turn holds none (so a tenant's
+    backlog never fills its cap with waiting calls); the one sent holds one until it expires."""
     lim = limiter(aws, rpm=60, tenant_cap=5)
     admit(lim, now=T0, tenant="t", job="a")
     with pytest.raises(Deferred) as deferred:
         admit(lim, now=T0, tenant="t", job="b")
     assert deferred.value.slot_ms is not None
     leases = lim.leases("t")
-    assert leases["b"] == deferred.value.slot_ms + LEASE_MS
+    assert list(leases) == ["a"]
+    assert leases["a"] == T0 + MAX_WAIT_IN_FUNCTION_S * 1000 + LEASE_MS

@@ -450,7 +450,12 @@ class JobService:
         metrics.add_metric(name="InferDeferred", unit=MetricUnit.Count, value=1)
         logger.info(
             "model call deferred",
-            extra={"job_id": command.job_id, "reason": deferred.message, "delay_s": deferred.delay_seconds},
+            extra={
+                "job_id": command.job_id,
+                "reason": deferred.message,
+                "delay_s": deferred.delay_seconds,
+                "wait_s": round(deferred.delay_s, 3),
+            },
         )
         return {"outcome": "deferred", "delay_s": deferred.delay_seconds}
 
@@ -555,15 +560,14 @@ class JobService:
             if ticket is not None and self.limiter is not None:
                 if error.type == "rate_limited":
                     # Not an attempt: wait for the provider, however long, until the job's deadline.
-                    wait_s = self.limiter.rate_limited(
+                    raise self.limiter.rate_limited(
                         ticket, headers=RateLimitHeaders.parse(error.headers), now_ms=now_ms()
-                    )
-                    raise Deferred("the provider answered 429", delay_s=max(1.0, wait_s)) from error
-                self.limiter.abandon(ticket)
+                    ) from error
+                self.limiter.abandon(ticket, now_ms=now_ms())
             raise
         except BaseException:
             if ticket is not None and self.limiter is not None:
-                self.limiter.abandon(ticket)
+                self.limiter.abandon(ticket, now_ms=now_ms())
             raise
         if ticket is not None and self.limiter is not None:
             used_tokens, headers = settle(result)

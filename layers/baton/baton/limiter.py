@@ -1,21 +1,27 @@
 """The provider limiter: every infer invocation shares one pace per (endpoint, model) in DynamoDB.
 
-Requests and tokens per minute are paced as GCRA (virtual scheduling, the token bucket stated as
-a "theoretical arrival time"): each call reserves the next slot, `interval` after the previous
-one, so calls are spread evenly over the minute instead of spending its budget in the first
-second (providers enforce per-minute limits over shorter windows too). One item per
-(endpoint, model) holds both paces; a reservation is one optimistic conditional write (a lost
-race answers with the item as it now is, so the retry needs no read).
+Two stages, both GCRA (virtual scheduling: the token bucket stated as a "theoretical arrival
+time", each booking one atomic conditional update, no read):
 
-- A call whose slot is near waits for it in the function (at most `MAX_WAIT_IN_FUNCTION_S`); a
-  later slot is kept in the command, which goes back to its queue delayed until then (Deferred):
-  no function is paid to wait, and no attempt is spent.
-- Tokens are reserved at the estimate (prompt + max_tokens) and settled with the real usage.
+- The queue (one pace per tenant and provider): a call that finds no capacity now books its turn
+  there and waits for it in a delayed message (Deferred keeps the turn in the command): no function
+  is paid to wait, no attempt is spent. One tenant's backlog books its own queue, so another
+  tenant's call, with an empty queue, is next. A turn is an estimate of when the provider will have
+  room: tokens are queued at the usage the provider's answers have shown (a learned ratio of used to
+  reserved tokens), not at the worst case.
+- The send pace (one per provider, shared by every tenant): the calls actually sent, spaced evenly
+  (providers enforce a per-minute limit over shorter windows too: no burst beyond one call). A
+  call whose turn came books its send slot only if it is at most `MAX_WAIT_IN_FUNCTION_S` away
+  (it sleeps until then); else it is deferred briefly, keeping its turn. A turn that came back
+  late uses the next free send slot, so capacity a late message left idle is used by whoever is
+  ready, never lost, and the late call never goes to the back of the queue.
+- Tokens are reserved in the send pace at the estimate (prompt + max_tokens) and settled with the
+  real usage.
 - Limits come from the template (ProviderRequestsPerMinute / ProviderTokensPerMinute) or, when
   those are 0, from the provider's `x-ratelimit-*` headers: until the first answer teaches them,
   one probe call goes out at a time. A 429 or `remaining: 0` blocks every caller until the reset.
-- Fairness: a tenant holds at most `TenantMaxInFlight` leases (reserved or calling); a lease
-  expires on its own, so one held by a crashed invocation comes back.
+- Fairness: a tenant has at most `TenantMaxInFlight` calls in flight (leases, taken when the call
+  is sent); a lease expires on its own, so one held by a crashed invocation comes back.
 """
 
 from __future__ import annotations
@@ -40,11 +46,12 @@ logger = Logger(child=True)
 # and a provider counting over a short sliding window refuses two calls that arrive too close.
 PACE_FRACTION = 0.97
 MAX_WAIT_IN_FUNCTION_S = 1.0
-# A slot later than this is not reserved: SQS delays a message 900 s at most.
+# A turn later than this is not queued: SQS delays a message 900 s at most.
 MAX_RESERVE_AHEAD_S = 840.0
-# A reserved slot this late (the delayed message came back late) is still used: later, it is
-# given up and the call reserves again rather than crowd the calls slotted after it.
-LATE_SLOT_GRACE_MS = 2_000
+# SQS delays are whole seconds: a shorter deferral would come straight back.
+MIN_DEFER_S = 1.0
+# How much one answer moves the learned ratio of used to reserved tokens (a moving average).
+USAGE_RATIO_WEIGHT = 0.2
 PROBE_LEASE_MS = 30_000
 LEARNED_CACHE_MS = 30_000
 RACE_RETRIES = 12
@@ -54,7 +61,7 @@ CHARS_PER_TOKEN = 4
 
 class Deferred(BatonError):
     """No capacity now: the command goes back to its queue, delayed; not a failure, not an attempt.
-    `slot_ms`: the reserved slot it keeps (None: it reserves again when it comes back)."""
+    `slot_ms`: its turn, kept in the command (None: it queues again when it comes back)."""
 
     type = "deferred"
     retryable = True
@@ -66,7 +73,7 @@ class Deferred(BatonError):
 
     @property
     def delay_seconds(self) -> int:
-        """SQS DelaySeconds (whole seconds, 900 at most); never later than the slot."""
+        """SQS DelaySeconds (whole seconds, 900 at most); never later than the turn."""
         return max(0, min(900, math.floor(self.delay_s)))
 
 
@@ -74,6 +81,14 @@ class Deferred(BatonError):
 class Limits:
     requests_per_minute: int = 0  # 0: none known
     tokens_per_minute: int = 0
+
+
+class _Busy(Exception):
+    """The send pace is booked beyond the caller's latest acceptable slot."""
+
+    def __init__(self, next_free_ms: int) -> None:
+        super().__init__(next_free_ms)
+        self.next_free_ms = next_free_ms
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,7 @@ class Ticket:
     lease_tenant: str | None = None
     lease_id: str | None = None
     probe: bool = False
+    queue: str | None = None  # the tenant's queue it took its turn in
 
 
 @dataclass(frozen=True)
@@ -177,6 +193,11 @@ def provider_key(endpoint: str | None, model: str) -> str:
     return f"provider#{endpoint or 'https://api.openai.com/v1'}#{model}"
 
 
+def queue_key(provider: str, tenant_id: str) -> str:
+    """A tenant's queue at one provider."""
+    return f"queue#{tenant_id}#{provider}"
+
+
 class ProviderLimiter:
     def __init__(
         self,
@@ -190,6 +211,7 @@ class ProviderLimiter:
         self.tenant_max_in_flight = tenant_max_in_flight
         self._tenant_items: set[str] = set()
         self._learned_cache: dict[str, tuple[Limits, bool, int]] = {}
+        self._ratio_cache: dict[str, tuple[float, int]] = {}
 
     @property
     def _ddb(self) -> Any:
@@ -207,88 +229,141 @@ class ProviderLimiter:
         held_slot_ms: int | None = None,
         lease_ms: int,
     ) -> Ticket:
-        """A ticket to call at its slot, or Deferred. `held_slot_ms`: the slot this command
-        reserved before it was delayed; `lease_ms`: how long the call may take at most."""
+        """A ticket to call at its send slot (at most MAX_WAIT_IN_FUNCTION_S away), or Deferred.
+        `held_slot_ms`: the turn this command was queued for before it was delayed; `lease_ms`:
+        how long the call may take at most."""
+        limits, known = self._known_limits(provider, now_ms)
+        probe = not known
+        if not probe:
+            if held_slot_ms is None:
+                held_slot_ms = self._queue(provider, tenant_id, limits, tokens, now_ms)
+            if held_slot_ms - now_ms > MAX_WAIT_IN_FUNCTION_S * 1000:
+                raise Deferred(
+                    "waiting for its turn at the provider",
+                    delay_s=(held_slot_ms - now_ms) / 1000,
+                    slot_ms=held_slot_ms,
+                )
         lease_tenant = None
         if self.tenant_max_in_flight > 0:
-            slot_hint = held_slot_ms if held_slot_ms is not None else now_ms
-            self._lease(tenant_id, lease_id, expires_ms=max(slot_hint, now_ms) + lease_ms, now_ms=now_ms)
+            # The call is sent within MAX_WAIT_IN_FUNCTION_S and takes lease_ms at most.
+            expires_ms = now_ms + math.ceil(MAX_WAIT_IN_FUNCTION_S * 1000) + lease_ms
+            try:
+                self._lease(tenant_id, lease_id, expires_ms=expires_ms, now_ms=now_ms)
+            except Deferred as capped:
+                # Its turn came: it keeps it while the tenant's other calls finish.
+                turn = None if probe else now_ms + math.floor(capped.delay_s * 1000)
+                raise Deferred(capped.message, delay_s=capped.delay_s, slot_ms=turn) from None
             lease_tenant = tenant_id
         try:
-            if held_slot_ms is not None and held_slot_ms >= now_ms - LATE_SLOT_GRACE_MS:
-                limits = (
-                    self.configured if self.configured != Limits() else self._limits(self._read(provider))
-                )
-                return Ticket(provider, held_slot_ms, tokens, limits, lease_tenant, lease_id)
-            slot_ms, limits, probe = self._reserve(provider, tokens=tokens, now_ms=now_ms)
+            if probe:
+                slot = self._probe(provider, now_ms)
+            else:
+                slot = self._send_slot(provider, limits, tokens, now_ms)
         except Deferred:
-            # Deferred without a slot: it holds no lease while it waits, so the tenant's other
-            # work, and other tenants, go first.
             if lease_tenant is not None:
                 self.release_lease(lease_tenant, lease_id)
             raise
-        wait_s = (slot_ms - now_ms) / 1000
-        if wait_s > MAX_WAIT_IN_FUNCTION_S:
-            # The slot is kept (in the delayed command) and so is the lease, until the call.
-            if lease_tenant is not None:
-                self._lease(tenant_id, lease_id, expires_ms=slot_ms + lease_ms, now_ms=now_ms)
-            raise Deferred("waiting for its slot at the provider", delay_s=wait_s, slot_ms=slot_ms)
-        return Ticket(provider, slot_ms, tokens, limits, lease_tenant, lease_id, probe)
+        queue = None if probe else queue_key(provider, tenant_id)
+        return Ticket(provider, slot, tokens, limits, lease_tenant, lease_id, probe, queue)
 
-    def _reserve(self, provider: str, *, tokens: int, now_ms: int) -> tuple[int, Limits, bool]:
-        limits, learned = self._known_limits(provider, now_ms)
-        if limits == Limits() and not learned:
-            return self._probe(provider, now_ms), limits, True
-        request_cost = _interval_ms(limits.requests_per_minute)
-        token_cost = tokens * _interval_ms(limits.tokens_per_minute)
-        # The request pace is booked even without a request limit (cost 0): a 429's block lives in it.
-        slot = self._book(provider, "request_tat", request_cost, now_ms)
-        if token_cost:
-            slot = max(slot, self._book(provider, "token_tat", token_cost, now_ms))
-        if slot - now_ms > MAX_RESERVE_AHEAD_S * 1000:
-            self._update(provider, sets={}, adds={"request_tat": -math.floor(request_cost)})
-            if token_cost:
-                self._update(provider, sets={}, adds={"token_tat": -math.floor(token_cost)})
+    def _queue(self, provider: str, tenant_id: str, limits: Limits, tokens: int, now_ms: int) -> int:
+        """Book the call's turn in its tenant's queue: when the provider should have room for it,
+        at the pace its limits allow and the tokens it is expected to use."""
+        cost = self._queue_cost(provider, limits, tokens, now_ms)
+        key = queue_key(provider, tenant_id)
+        turn, _ = self._book(key, "queue_tat", cost, now_ms)
+        if turn - now_ms > MAX_RESERVE_AHEAD_S * 1000:
+            self._update(key, sets={}, adds={"queue_tat": -math.ceil(cost)})
             raise Deferred(
                 "the provider's limit is booked further ahead than a delay reaches",
                 delay_s=MAX_RESERVE_AHEAD_S * random.uniform(0.5, 1.0),
             )
-        return slot, limits, False
+        return turn
 
-    def _book(self, provider: str, pace: str, cost: float, now_ms: int) -> int:
-        """Book the next `cost` ms of a pace; its start is the slot. One atomic update when the pace
-        is busy (its next free time is ahead of now: add the cost) or idle (start it now): no
-        read, and concurrent bookings never conflict, DynamoDB serializes them."""
+    def _queue_cost(self, provider: str, limits: Limits, tokens: int, now_ms: int) -> float:
+        """A call's place in the queue (ms): its request, or the tokens it is expected to use."""
+        cost = _interval_ms(limits.requests_per_minute)
+        if limits.tokens_per_minute:
+            expected_tokens = tokens * self._usage_ratio(provider, now_ms)
+            cost = max(cost, expected_tokens * _interval_ms(limits.tokens_per_minute))
+        return cost
+
+    def _send_slot(self, provider: str, limits: Limits, tokens: int, now_ms: int) -> int:
+        """Book the call's slot in the provider's send pace (and its estimated tokens in the token
+        pace) if it is at most MAX_WAIT_IN_FUNCTION_S away; else Deferred, keeping its turn."""
+        latest_ms = now_ms + math.floor(MAX_WAIT_IN_FUNCTION_S * 1000)
+        request_cost = _interval_ms(limits.requests_per_minute)
+        token_cost = tokens * _interval_ms(limits.tokens_per_minute)
+        try:
+            # The request pace is booked even without a request limit (cost 0): a 429's block lives in it.
+            slot = self._book_provider(provider, "request_tat", request_cost, now_ms, latest_ms)
+            if token_cost:
+                try:
+                    slot = max(
+                        slot, self._book_provider(provider, "token_tat", token_cost, now_ms, latest_ms)
+                    )
+                except _Busy:
+                    self._update(provider, sets={}, adds={"request_tat": -math.ceil(request_cost)})
+                    raise
+        except _Busy as busy:
+            # Back just before the pace frees: its turn is kept, so it is sent then, not queued again.
+            delay_s = max(MIN_DEFER_S, (busy.next_free_ms - latest_ms) / 1000 + MAX_WAIT_IN_FUNCTION_S / 2)
+            raise Deferred(
+                "waiting for a send slot at the provider",
+                delay_s=delay_s,
+                slot_ms=now_ms + math.floor(delay_s * 1000),
+            ) from None
+        return slot
+
+    def _book_provider(self, provider: str, pace: str, cost: float, now_ms: int, latest_ms: int) -> int:
+        slot, item = self._book(provider, pace, cost, now_ms, latest_ms=latest_ms)
+        self._remember(provider, item, now_ms)
+        return slot
+
+    def _book(
+        self, key: str, pace: str, cost: float, now_ms: int, *, latest_ms: int | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """Book the next `cost` ms of a pace; its start is the slot. (slot, the item as written).
+        One atomic update when the pace is busy (its next free time is ahead of now: add the cost)
+        or idle (start it now): no read, and concurrent bookings never conflict, DynamoDB
+        serializes them. With `latest_ms`: only a slot no later than that, else _Busy."""
         names = {"#pace": pace}
+        busy_values: dict[str, Any] = {":cost": math.ceil(cost), ":now": now_ms}
+        busy_condition = "#pace >= :now"
+        if latest_ms is not None:
+            busy_condition += " AND #pace <= :latest"
+            busy_values[":latest"] = latest_ms
         for _ in range(RACE_RETRIES):
             try:
                 answer = self._ddb.update_item(
                     TableName=self.table_name,
-                    Key=to_dynamo({"pk": provider}),
+                    Key=to_dynamo({"pk": key}),
                     UpdateExpression="SET #pace = #pace + :cost",
-                    ConditionExpression="#pace >= :now",
+                    ConditionExpression=busy_condition,
                     ExpressionAttributeNames=names,
-                    ExpressionAttributeValues=to_dynamo({":cost": math.ceil(cost), ":now": now_ms}),
+                    ExpressionAttributeValues=to_dynamo(busy_values),
                     ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
                 item = from_dynamo(answer["Attributes"])
-                self._remember(provider, item, now_ms)
-                return int(item[pace]) - math.ceil(cost)
+                return int(item[pace]) - math.ceil(cost), item
             except ClientError as error:
                 if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
                     raise
+                old = from_dynamo(error.response.get("Item") or {})  # type: ignore[arg-type]
+                if latest_ms is not None and int(old.get(pace, 0)) > latest_ms:
+                    raise _Busy(int(old[pace])) from None
             try:
                 answer = self._ddb.update_item(
                     TableName=self.table_name,
-                    Key=to_dynamo({"pk": provider}),
+                    Key=to_dynamo({"pk": key}),
                     UpdateExpression="SET #pace = :next",
                     ConditionExpression="attribute_not_exists(#pace) OR #pace < :now",
                     ExpressionAttributeNames=names,
                     ExpressionAttributeValues=to_dynamo({":next": now_ms + math.ceil(cost), ":now": now_ms}),
                     ReturnValues="ALL_NEW",
                 )
-                self._remember(provider, from_dynamo(answer["Attributes"]), now_ms)
-                return now_ms
+                return now_ms, from_dynamo(answer["Attributes"])
             except ClientError as error:
                 if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
                     raise
@@ -303,6 +378,8 @@ class ProviderLimiter:
             if int(item.get("probe_until", 0)) > now_ms:
                 raise Deferred("learning the provider's limits from a first call", delay_s=1.0)
             slot = max(now_ms, int(item.get("request_tat", 0)))
+            if slot - now_ms > MAX_WAIT_IN_FUNCTION_S * 1000:  # blocked by a 429
+                raise Deferred("the provider asked to wait", delay_s=(slot - now_ms) / 1000)
             written = self._write_if_unchanged(provider, item, {"probe_until": slot + PROBE_LEASE_MS})
             if written is None:
                 return slot
@@ -323,6 +400,17 @@ class ProviderLimiter:
     def _remember(self, provider: str, item: dict[str, Any], now_ms: int) -> None:
         learned = Limits(int(item.get("learned_rpm", 0)), int(item.get("learned_tpm", 0)))
         self._learned_cache[provider] = (learned, bool(item.get("learned")), now_ms)
+        self._ratio_cache[provider] = (float(item.get("usage_ratio", 1)), now_ms)
+
+    def _usage_ratio(self, provider: str, now_ms: int) -> float:
+        """What calls use of the tokens they reserve, as the provider's answers have shown (a
+        moving average; 1 until one has): the queue's estimate of a call's tokens. Cached for a
+        while in this process; every send booking refreshes it."""
+        cached = self._ratio_cache.get(provider)
+        if cached is None or now_ms - cached[1] > LEARNED_CACHE_MS:
+            self._remember(provider, self._read(provider), now_ms)
+            cached = self._ratio_cache[provider]
+        return cached[0]
 
     # -- after the call ----------------------------------------------------------------------
     def settle(
@@ -334,8 +422,15 @@ class ProviderLimiter:
             sets: dict[str, Any] = self._learned(ticket, headers)
             adds: dict[str, Any] = {}
             token_interval = _interval_ms(ticket.limits.tokens_per_minute)
-            if used_tokens is not None and token_interval and used_tokens != ticket.tokens:
-                adds["token_tat"] = math.floor((used_tokens - ticket.tokens) * token_interval)
+            if used_tokens is not None and token_interval and ticket.tokens > 0:
+                if used_tokens != ticket.tokens:
+                    adds["token_tat"] = math.floor((used_tokens - ticket.tokens) * token_interval)
+                # A moving average, from this process's last view: concurrent settles may overwrite
+                # each other's step, which only slows the average down.
+                ratio, _ = self._ratio_cache.get(ticket.provider, (1.0, 0))
+                seen = min(1.0, used_tokens / ticket.tokens)
+                sets["usage_ratio"] = Decimal(str(round(ratio + USAGE_RATIO_WEIGHT * (seen - ratio), 4)))
+                self._ratio_cache[ticket.provider] = (float(sets["usage_ratio"]), now_ms)
             if sets or adds:
                 self._update(ticket.provider, sets=sets, adds=adds)
             block = _exhausted_until(headers, now_ms)
@@ -344,11 +439,12 @@ class ProviderLimiter:
         finally:
             self.release(ticket)
 
-    def rate_limited(self, ticket: Ticket, *, headers: RateLimitHeaders, now_ms: int) -> float:
+    def rate_limited(self, ticket: Ticket, *, headers: RateLimitHeaders, now_ms: int) -> Deferred:
         """The provider answered 429: every caller waits for its Retry-After (or reset). Returns
-        the seconds this command waits before it reserves again."""
+        the deferral of this command: back when the wait is over, its turn kept (not queued again
+        behind the calls booked after it)."""
         waits = (headers.retry_after_s, headers.reset_requests_s, headers.reset_tokens_s)
-        wait_s = max((w for w in waits if w), default=1.0)
+        wait_s = max(MIN_DEFER_S, max((w for w in waits if w), default=1.0))
         try:
             sets = self._learned(ticket, headers)
             if sets:
@@ -356,7 +452,8 @@ class ProviderLimiter:
             self._block(ticket.provider, now_ms + math.ceil(wait_s * 1000))
         finally:
             self.release(ticket)
-        return wait_s
+        turn = None if ticket.probe else now_ms + math.ceil(wait_s * 1000)
+        return Deferred("the provider answered 429", delay_s=wait_s, slot_ms=turn)
 
     def _block(self, provider: str, until_ms: int) -> None:
         """Nobody's slot starts before `until_ms`: the request pace moves there (if not later)."""
@@ -372,9 +469,10 @@ class ProviderLimiter:
             if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
 
-    def abandon(self, ticket: Ticket) -> None:
+    def abandon(self, ticket: Ticket, *, now_ms: int) -> None:
         """The call failed before the provider counted it (or it is unknown whether it did): the
-        reserved tokens come back, a probe lets the next caller probe, the lease is released."""
+        reserved tokens come back (to the send pace, and its turn's estimate to the tenant's queue),
+        a probe lets the next caller probe, the lease is released."""
         try:
             sets: dict[str, Any] = {"probe_until": 0} if ticket.probe else {}
             adds: dict[str, Any] = {}
@@ -383,6 +481,9 @@ class ProviderLimiter:
                 adds["token_tat"] = -math.floor(ticket.tokens * token_interval)
             if sets or adds:
                 self._update(ticket.provider, sets=sets, adds=adds)
+            if ticket.queue is not None and token_interval:
+                cost = self._queue_cost(ticket.provider, ticket.limits, ticket.tokens, now_ms)
+                self._update(ticket.queue, sets={}, adds={"queue_tat": -math.floor(cost)})
         finally:
             self.release(ticket)
 
@@ -494,9 +595,11 @@ class ProviderLimiter:
 
     # -- the provider item -------------------------------------------------------------------
     def state(self, provider: str) -> dict[str, Any]:
-        """The provider's item as stored (numbers as int): for `baton` tooling and tests."""
+        """An item as stored (numbers as int, or float if fractional): for `baton` tooling and tests."""
         return {
-            name: int(value) if isinstance(value, Decimal) else value
+            name: (int(value) if value == value.to_integral_value() else float(value))
+            if isinstance(value, Decimal)
+            else value
             for name, value in self._read(provider).items()
         }
 
