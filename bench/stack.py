@@ -396,8 +396,10 @@ def serve(options: dict[str, Any], ready_file: Path) -> int:
 
     from baton.store import JobStore
     from baton.tenants import TenantStore
-    from baton_dev.runtime.local import LocalRuntime, RuntimeOptions, free_port
+    from baton_dev.launcher import StackConfig, run_in_process
+    from baton_dev.runtime.local import LocalRuntime
     from baton_dev.simulator import SimulatorConfig
+    from baton_dev.state import write_state
 
     class InstrumentedRuntime(LocalRuntime):
         def _start_sources(self) -> None:
@@ -405,31 +407,26 @@ def serve(options: dict[str, Any], ready_file: Path) -> int:
             Recorder.poller_prefixes = {spec.logical_id: spec.function for spec in self.app.sqs_sources}
             super()._start_sources()
 
-    state_dir = ready_file.parent
-    runtime = InstrumentedRuntime(
-        RuntimeOptions(
-            template=REPO / "template.yaml",
-            port=free_port(),
-            state_dir=state_dir,
-            stack_name="baton-bench",
-            # As `baton dev`: the webhook sink listens on loopback, which the deployed default refuses.
-            parameters={
-                "WebhookAllowPrivateNetworks": "true",
-                **{str(k): str(v) for k, v in (options.get("parameters") or {}).items()},
-            },
-            simulator=SimulatorConfig(**(options.get("simulator") or {})),
-            schedule_every_s=options.get("schedule_every_s"),
-            service_environment={
-                "AWS_LAMBDA_EXEC_WRAPPER": str(REPO / "bench" / "exec_wrapper.sh"),
-                "BATON_BENCH_RECORD_DIR": str(records),
-            },
-        )
+    config = StackConfig(
+        template=REPO / "template.yaml",
+        state_dir=ready_file.parent,
+        stack_name="baton-bench",
+        parameters={str(k): str(v) for k, v in (options.get("parameters") or {}).items()},
+        simulator=SimulatorConfig(**(options.get("simulator") or {})),
+        schedule_every_s=options.get("schedule_every_s"),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    runtime.start()
-    try:
+    with run_in_process(
+        config,
+        runtime_class=InstrumentedRuntime,
+        # Measured inside the function processes (bench/exec_wrapper.sh, bench/function_hook.py).
+        service_environment={
+            "AWS_LAMBDA_EXEC_WRAPPER": str(REPO / "bench" / "exec_wrapper.sh"),
+            "BATON_BENCH_RECORD_DIR": str(records),
+        },
+    ) as runtime:
         jobs_table = str(runtime.state()["jobs_table"])
         issued = TenantStore(jobs_table).create_api_key(TENANT)
         other = TenantStore(jobs_table).create_api_key(OTHER_TENANT)
@@ -448,11 +445,9 @@ def serve(options: dict[str, Any], ready_file: Path) -> int:
             "moto_pid": runtime._moto.pid if runtime._moto is not None else None,
             "memory_mb": {name: fn.spec.memory_mb for name, fn in runtime.functions.items()},
         }
-        ready_file.write_text(json.dumps(info))
+        write_state(ready_file, info)  # atomically: the parent reads it as soon as it exists
         stop.wait()
         control.stop()
-    finally:
-        runtime.stop()
     return 0
 
 
@@ -611,7 +606,6 @@ class StackProcess:
                 self.__exit__()
                 raise RuntimeError(f"bench stack did not start:\n{self.log_tail()}")
             time.sleep(0.1)
-        time.sleep(0.05)
         self.info = json.loads(ready.read_text())
         self._control = httpx.Client(base_url=self.info["control_url"], timeout=120)
         self.started_in_s = time.monotonic() - started

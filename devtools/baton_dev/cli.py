@@ -106,12 +106,11 @@ def dev(
     """Run the whole stack locally (API on http://127.0.0.1:PORT) until Ctrl-C or SIGTERM."""
     if not _port_free(port):
         _fail(f"port {port} is in use (another `baton dev`?): choose another with `baton dev --port N`")
-    from baton_dev.runtime.local import LocalRuntime, RuntimeOptions
+    from baton_dev.launcher import StackConfig, run_in_process
     from baton_dev.state import remove_state, user_state_file, write_state
 
     logs.configure(log_level)
-    # Local receivers listen on 127.0.0.1: the deployed default (false) would refuse them.
-    parameters: dict[str, str] = {"WebhookAllowPrivateNetworks": "true"}
+    parameters: dict[str, str] = {}
     for item in parameter_overrides or []:
         for pair in item.split():
             key, sep, value = pair.partition("=")
@@ -121,24 +120,21 @@ def dev(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    runtime = LocalRuntime(
-        RuntimeOptions(
-            template=_template(template),
-            port=port,
-            state_dir=state_dir,
-            parameters=parameters,
-            schedule_every_s=schedule_every,
-            stack_name=stack_name,
-        )
+    config = StackConfig(
+        template=_template(template),
+        port=port,
+        state_dir=state_dir,
+        parameters=parameters,
+        schedule_every_s=schedule_every,
+        stack_name=stack_name,
     )
     record = user_state_file()
     try:
-        runtime.start()
-        # Also where every other command looks by default, so they work from any directory.
-        write_state(record, runtime.state())
-        stop.wait()
+        with run_in_process(config) as runtime:
+            # Also where every other command looks by default, so they work from any directory.
+            write_state(record, runtime.state())
+            stop.wait()
     finally:
-        runtime.stop()
         remove_state(record, os.getpid())
 
 
@@ -866,6 +862,9 @@ def _template(template: Path | None) -> Path:
     """The template to run: the one given, else ./template.yaml, else the one of this checkout (so
     that `path/to/baton dev` works from any directory)."""
     if template is not None:
+        # A built artifact's folder (`sam build` -> .aws-sam/build) holds its template.
+        if template.is_dir():
+            template = template / "template.yaml"
         if not template.is_file():
             _fail(f"{template} not found: pass --template PATH of a SAM template")
         return template

@@ -8,15 +8,8 @@ Exits 0 only when every job completed and the webhook arrived with a valid signa
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import json
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,8 +32,8 @@ from baton_dev.client import (
     s3_client,
     upload_document,
 )
+from baton_dev.launcher import LaunchedStack, StackConfig, StackStartError
 from baton_dev.samples import SAMPLE_MARKDOWN, sample_report_pdf
-from baton_dev.state import STATE_ENV
 from baton_dev.target import Target, resolve_target
 from baton_dev.webhook_receiver import WebhookEvent, WebhookReceiver
 
@@ -79,7 +72,6 @@ class DemoOptions:
     port: int = 0
     template: Path = Path("template.yaml")
     timeout: float = 120.0
-    python: str = sys.executable
 
 
 @dataclass
@@ -116,20 +108,6 @@ class DemoError(Exception):
 # -- the local stack ---------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """Linux: the stack goes when the demo goes, even if the demo is killed (no orphaned stacks)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def _log_tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(the log is empty)"
@@ -137,69 +115,19 @@ def _log_tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-class DevStack:
-    """`baton dev` as a subprocess: its output in <state_dir>/dev.log, ready when its dev.json is."""
-
-    def __init__(self, options: DemoOptions) -> None:
-        self.options = options
-        self.port = options.port or _free_port()
-        self.log_path = options.state_dir / "dev.log"
-        self.state_file = options.state_dir / "dev.json"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.options.state_dir.mkdir(parents=True, exist_ok=True)
-        command = [
-            self.options.python,
-            "-m",
-            "baton_dev.cli",
-            "dev",
-            "--port",
-            str(self.port),
-            "--state-dir",
-            str(self.options.state_dir),
-            "--template",
-            str(self.options.template),
-        ]
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                command,
-                # The demo's stack is its own: it must not replace the user's record of `baton dev`.
-                env={**os.environ, STATE_ENV: str(self.state_file)},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
-            )
-        logger.info("started %s (pid %d)", " ".join(command), self.process.pid)
-
-    def wait_ready(self, timeout: float) -> Target:
-        """The stack's target once it wrote its own dev.json (a stale file from an earlier run, with
-        another pid, does not count)."""
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code is not None:
-                raise DemoError(f"`baton dev` exited with code {code} before it was ready")
-            with contextlib.suppress(OSError, ValueError):
-                state = json.loads(self.state_file.read_text())
-                if state.get("pid") == self.process.pid:
-                    return resolve_target(state_dir=self.options.state_dir)
-            time.sleep(0.1)
-        raise DemoError(f"the local stack was not ready after {timeout:.0f}s")
-
-    def stop(self) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            logger.warning("`baton dev` did not stop in %.0fs; killing it", STOP_TIMEOUT_S)
-            process.kill()
-            process.wait(timeout=5)
+def demo_stack(options: DemoOptions) -> LaunchedStack:
+    """The demo's own `baton dev` (its output in <state_dir>/dev.log). It runs in the developer's
+    environment (a real model set with OPENAI_BASE_URL, say) but records itself in its own state
+    file: it must not replace the user's record of `baton dev`."""
+    return LaunchedStack(
+        StackConfig(
+            template=options.template,
+            state_dir=options.state_dir,
+            port=options.port,
+            inherit_environment=True,
+            user_state_file=options.state_dir / "dev.json",
+        )
+    )
 
 
 # -- following jobs ----------------------------------------------------------------------------------
@@ -302,7 +230,7 @@ class Demo:
         self.options = options
         self.console = console
         self.started = self.jobs_started = time.monotonic()
-        self.stack = DevStack(options)
+        self.stack = demo_stack(options)
         self.jobs: list[DemoJob] = []
         self.failures: list[str] = []
 
@@ -323,12 +251,13 @@ class Demo:
                 f"Starting the local stack: [bold]baton dev[/bold] on port {self.stack.port} "
                 f"(moto + model simulator + API; log: {escape(str(self.stack.log_path))})"
             )
-            self.stack.start()
+            self.stack.spawn()
             # Import the domain helpers (openai, powertools: seconds) while the stack boots.
             threading.Thread(target=importlib.import_module, args=("baton.jobs",), daemon=True).start()
             try:
-                target = self.stack.wait_ready(STARTUP_TIMEOUT_S)
-            except DemoError as error:
+                self.stack.wait_ready(STARTUP_TIMEOUT_S)
+                target = resolve_target(state_dir=self.options.state_dir)
+            except StackStartError as error:
                 self.console.print(f"[red]{escape(str(error))}[/red]")
                 self.console.print(
                     Panel(
@@ -366,7 +295,8 @@ class Demo:
             if receiver is not None:
                 receiver.stop()
             self.say("Stopping the local stack (SIGTERM)")
-            self.stack.stop()
+            if not self.stack.stop(STOP_TIMEOUT_S):
+                logger.warning("`baton dev` did not stop in %.0fs; killed it", STOP_TIMEOUT_S)
             self.say("Local stack stopped")
         return self._verdict()
 

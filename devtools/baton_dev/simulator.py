@@ -115,6 +115,24 @@ FAULT_FIELDS = (
     "time_scale",
     "webhook_url",
 )
+# SimulatorConfig field -> the BATON_SIM_* variable that sets it (`from_env`, `to_env`).
+_FLOAT_VARIABLES = {
+    "latency_ms": "BATON_SIM_LATENCY_MS",
+    "ms_per_token": "BATON_SIM_MS_PER_TOKEN",
+    "rate_429": "BATON_SIM_RATE_429",
+    "retry_after_s": "BATON_SIM_RETRY_AFTER_S",
+    "rate_500": "BATON_SIM_RATE_500",
+    "rate_503": "BATON_SIM_RATE_503",
+    "rate_slow": "BATON_SIM_RATE_SLOW",
+    "slow_ms": "BATON_SIM_SLOW_MS",
+    "rate_limit_rpm": "BATON_SIM_RATE_LIMIT_RPM",
+    "rate_limit_tpm": "BATON_SIM_RATE_LIMIT_TPM",
+    "rate_limit_window_s": "BATON_SIM_RATE_LIMIT_WINDOW_S",
+    "time_scale": "BATON_SIM_TIME_SCALE",
+}
+_INT_VARIABLES = {"context_window": "BATON_SIM_CONTEXT_WINDOW", "seed": "BATON_SIM_SEED"}
+_WEBHOOK_URL_VARIABLE = "BATON_SIM_WEBHOOK_URL"
+_MODELS_VARIABLE = "BATON_SIM_MODELS"
 _RATE_FIELDS = ("rate_429", "rate_500", "rate_503", "rate_slow")
 _NON_NEGATIVE_FIELDS = (
     "latency_ms",
@@ -192,45 +210,40 @@ class SimulatorConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SimulatorConfig:
         """Build a config from ``BATON_SIM_*`` variables; unset variables keep their defaults."""
         env = os.environ if environ is None else environ
-        floats = {
-            "latency_ms": "BATON_SIM_LATENCY_MS",
-            "ms_per_token": "BATON_SIM_MS_PER_TOKEN",
-            "rate_429": "BATON_SIM_RATE_429",
-            "retry_after_s": "BATON_SIM_RETRY_AFTER_S",
-            "rate_500": "BATON_SIM_RATE_500",
-            "rate_503": "BATON_SIM_RATE_503",
-            "rate_slow": "BATON_SIM_RATE_SLOW",
-            "slow_ms": "BATON_SIM_SLOW_MS",
-            "rate_limit_rpm": "BATON_SIM_RATE_LIMIT_RPM",
-            "rate_limit_tpm": "BATON_SIM_RATE_LIMIT_TPM",
-            "rate_limit_window_s": "BATON_SIM_RATE_LIMIT_WINDOW_S",
-            "time_scale": "BATON_SIM_TIME_SCALE",
-        }
-        ints = {"context_window": "BATON_SIM_CONTEXT_WINDOW", "seed": "BATON_SIM_SEED"}
         kwargs: dict[str, Any] = {}
-        for attr, var in floats.items():
+        for attr, var in _FLOAT_VARIABLES.items():
             raw = env.get(var, "").strip()
             if raw:
                 try:
                     kwargs[attr] = float(raw)
                 except ValueError:
                     raise ValueError(f"{var}: expected a number, got {raw!r}") from None
-        for attr, var in ints.items():
+        for attr, var in _INT_VARIABLES.items():
             raw = env.get(var, "").strip()
             if raw:
                 try:
                     kwargs[attr] = int(raw)
                 except ValueError:
                     raise ValueError(f"{var}: expected an integer, got {raw!r}") from None
-        if env.get("BATON_SIM_WEBHOOK_URL", "").strip():
-            kwargs["webhook_url"] = env["BATON_SIM_WEBHOOK_URL"].strip()
-        models = env.get("BATON_SIM_MODELS", "").strip()
+        if env.get(_WEBHOOK_URL_VARIABLE, "").strip():
+            kwargs["webhook_url"] = env[_WEBHOOK_URL_VARIABLE].strip()
+        models = env.get(_MODELS_VARIABLE, "").strip()
         if models:
             kwargs["models"] = tuple(m.strip() for m in models.split(",") if m.strip())
         try:
             return cls(**kwargs)
         except ValueError as exc:
             raise ValueError(f"BATON_SIM_* configuration: {exc}") from None
+
+    def to_env(self) -> dict[str, str]:
+        """The ``BATON_SIM_*`` variables that make `from_env` build this config again (how a
+        launched `baton dev` gets its simulator's settings)."""
+        env = {var: repr(float(getattr(self, attr))) for attr, var in _FLOAT_VARIABLES.items()}
+        env.update({var: str(int(getattr(self, attr))) for attr, var in _INT_VARIABLES.items()})
+        env[_MODELS_VARIABLE] = ",".join(self.models)
+        if self.webhook_url:
+            env[_WEBHOOK_URL_VARIABLE] = self.webhook_url
+        return env
 
     def faults(self) -> dict[str, Any]:
         """The fields that can be changed at runtime, with their current values."""

@@ -6,24 +6,17 @@ developer package imported by Lambda code fails here."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 
-from baton_dev.runtime.local import free_port
+from baton_dev.launcher import LaunchedStack, StackConfig
 
-REPO = Path(__file__).resolve().parents[2]
 # A first start also installs this machine's builds of the layer's native extensions.
 pytestmark = pytest.mark.timeout(900)
 START_TIMEOUT_S = 240
@@ -31,55 +24,13 @@ TERMINAL = {"completed", "failed", "cancelled", "needs_review"}
 
 
 @pytest.fixture(scope="module")
-def built_stack(build_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    state_dir = tmp_path_factory.mktemp("rehearsal")
-    log_path = state_dir / "dev.log"
-    env = {
-        key: value for key, value in os.environ.items() if key not in {"AWS_ENDPOINT_URL", "OPENAI_BASE_URL"}
-    }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "baton"),
-                "dev",
-                "--template",
-                str(build_dir / "template.yaml"),
-                "--port",
-                str(free_port()),
-                "--state-dir",
-                str(state_dir),
-                "--stack-name",
-                "baton-rehearsal",
-            ],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    state_file = state_dir / "dev.json"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not state_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"baton dev on the built artifact did not start:\n{log_path.read_text()[-4000:]}")
-        time.sleep(0.2)
-    state = json.loads(state_file.read_text())
-    baton = str(Path(sys.executable).parent / "baton")
-    keys = subprocess.run(
-        [baton, "keys", "create", "--tenant", "rehearsal", "--state-dir", str(state_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
+def built_stack(build_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedStack]:
+    # The built artifact's folder, as `sam build` left it: its template names the built code.
+    config = StackConfig(
+        template=build_dir, state_dir=tmp_path_factory.mktemp("rehearsal"), stack_name="baton-rehearsal"
     )
-    try:
-        yield {**state, "state_dir": state_dir, "issued": json.loads(keys.stdout)}
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with LaunchedStack(config).start(START_TIMEOUT_S) as stack:
+        yield stack
 
 
 def _wait(api: httpx.Client, job_id: str, timeout_s: float = 120) -> dict[str, Any]:
@@ -95,29 +46,23 @@ def _wait(api: httpx.Client, job_id: str, timeout_s: float = 120) -> dict[str, A
 
 
 def test_the_built_artifact_runs_a_prompt_job_and_a_document_job(
-    built_stack: dict[str, Any], build_dir: Path
+    built_stack: LaunchedStack, build_dir: Path
 ) -> None:
-    state_dir: Path = built_stack["state_dir"]
+    state_dir = built_stack.state_dir
     # The runtime ran what was built, not the source tree.
-    for function in built_stack["functions"]:
+    for function in built_stack.state["functions"]:
         assert (build_dir / function).is_dir()
-    assert built_stack["iam_enforced"]
-    issued = built_stack["issued"]
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=built_stack["endpoint_url"],
-        region_name=built_stack["region"],
-        **built_stack["credentials"],
-    )
+    assert built_stack.state["iam_enforced"]
+    issued = built_stack.create_api_key("rehearsal")
     document_id = f"{uuid.uuid4().hex}-notes.md"
-    s3.put_object(
-        Bucket=built_stack["bucket"],
+    built_stack.aws("s3").put_object(
+        Bucket=built_stack.state["bucket"],
         Key=f"documents/{issued['tenant']}/{document_id}",
         Body=b"# Release notes\n\nThe rehearsal ships the built layer and every built function.\n",
         ContentType="text/markdown",
     )
     with httpx.Client(
-        base_url=built_stack["api_url"], headers={"Authorization": f"Bearer {issued['api_key']}"}, timeout=40
+        base_url=built_stack.api_url, headers={"Authorization": f"Bearer {issued['api_key']}"}, timeout=40
     ) as api:
         prompt = api.post("/v1/jobs", json={"input": {"prompt": "Summarize: the artifact runs."}})
         assert prompt.status_code == 202, prompt.text

@@ -47,6 +47,7 @@ from rich.table import Table
 
 from baton.jobs import keyed_job_id
 from baton.models import StageCommand, Step
+from baton_dev.launcher import CONFIGURING_PREFIXES, LaunchedStack, StackConfig, StackStartError
 from baton_dev.runtime.local import free_port, wait_for_port
 from baton_dev.webhook_receiver import WebhookEvent
 
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("baton.chaos")
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 TENANT = "chaos"
 REGION = "us-east-1"
 TERMINAL = frozenset({"completed", "failed", "cancelled", "needs_review"})
@@ -269,19 +269,7 @@ class ChaosStack:
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.state: dict[str, Any] = {}
         self.credentials: Credentials | None = None
-        base = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("AWS_", "OPENAI_", "BATON_", "POWERTOOLS_"))
-        }
-        aws = {
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": "local",
-            "AWS_SECRET_ACCESS_KEY": "local",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_REGION": REGION,
-        }
-        self.aws_env = {**base, **aws}
+        base = {key: value for key, value in os.environ.items() if not key.startswith(CONFIGURING_PREFIXES)}
         self.moto = ManagedProcess(
             "moto",
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.moto_port)],
@@ -319,30 +307,21 @@ class ChaosStack:
             env=base,
             log_path=workdir / "simulator.log",
         )
-        runtime_env = {
-            **self.aws_env,
-            "OPENAI_BASE_URL": f"{self.sim_url}/v1",
-            "BATON_RETRY_BASE_SECONDS": str(c.retry_base_s),
-            "BATON_RETRY_CAP_SECONDS": str(c.retry_cap_s),
-        }
-        self.runtime = ManagedProcess(
-            "baton dev",
-            [
-                str(BIN / "baton"),
-                "dev",
-                "--port",
-                str(self.api_port),
-                "--state-dir",
-                str(self.state_dir),
-                "--stack-name",
-                self.stack_name,
-                "--schedule-every",
-                f"{c.sweep_every_s:g}",
-                "--parameter-overrides",
-                c.parameter_overrides,
-            ],
-            env=runtime_env,
-            log_path=workdir / "baton-dev.log",
+        parameters = dict(pair.split("=", 1) for pair in c.parameter_overrides.split())
+        self.runtime = LaunchedStack(
+            StackConfig(
+                state_dir=self.state_dir,
+                port=self.api_port,
+                stack_name=self.stack_name,
+                schedule_every_s=c.sweep_every_s,
+                parameters={
+                    **parameters,
+                    "RetryBaseSeconds": f"{c.retry_base_s:g}",
+                    "RetryCapSeconds": f"{c.retry_cap_s:g}",
+                },
+                aws_endpoint_url=self.endpoint_url,
+                model_url=f"{self.sim_url}/v1",
+            )
         )
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -358,23 +337,11 @@ class ChaosStack:
 
     def start_runtime(self, timeout_s: float = 180.0) -> None:
         """Start `baton dev` and wait until *this* process wrote its state file (a killed one's stays)."""
-        self.runtime.start()
-        state_file = self.state_dir / "dev.json"
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if not self.runtime.running:
-                raise ChaosError(f"baton dev exited while starting:\n{self.runtime.tail()}")
-            if time.monotonic() > deadline:
-                raise ChaosError(f"baton dev not ready after {timeout_s:.0f}s:\n{self.runtime.tail()}")
-            try:
-                state = json.loads(state_file.read_text())
-            except (OSError, ValueError):
-                state = {}
-            if state.get("pid") == self.runtime.pid:
-                break
-            time.sleep(0.2)
-        wait_for_port(self.api_port, timeout_s=30)
-        self.state = state
+        try:
+            self.runtime.start(timeout_s)
+        except StackStartError as error:
+            raise ChaosError(str(error)) from error
+        self.state = self.runtime.state
 
     def kill_runtime(self) -> None:
         self.runtime.kill()
@@ -451,18 +418,10 @@ class ChaosStack:
             raise ChaosError(f"{process.name} did not listen on {port}:\n{process.tail()}") from error
 
     def _create_key(self) -> Credentials:
-        answer = subprocess.run(
-            [str(BIN / "baton"), "keys", "create", "--tenant", TENANT, "--state-dir", str(self.state_dir)],
-            capture_output=True,
-            text=True,
-            env=self.aws_env,
-            cwd=ROOT,
-            timeout=60,
-            check=False,
-        )
-        if answer.returncode != 0:
-            raise ChaosError(f"baton keys create failed: {answer.stderr[-2000:]}")
-        issued = json.loads(answer.stdout)
+        try:
+            issued = self.runtime.create_api_key(TENANT, timeout_s=60)
+        except RuntimeError as error:
+            raise ChaosError(str(error)) from error
         return Credentials(api_key=issued["api_key"], webhook_secret=issued["webhook_secret"])
 
 
@@ -957,7 +916,7 @@ class ChaosRun:
                 logger.warning("queue depth of %s unreadable: %s", logical_id, error)
                 continue
             depths[logical_id] = sum(int(value) for value in attributes.values())
-        processes = {
+        processes: dict[str, ManagedProcess | LaunchedStack] = {
             "moto": self.stack.moto,
             "baton dev": self.stack.runtime,
             "simulator": self.stack.simulator,

@@ -27,7 +27,7 @@ def test_every_job_ends_in_one_honest_terminal_state_through_faults_a_kill_and_d
     started = time.monotonic()
     report, observations = run_chaos(chaos_config, workdir)
     rendered = report.render()
-    rendered += f"logs: {workdir} (baton-dev.log, moto.log, simulator.log, evidence.json)\n"
+    rendered += f"logs: {workdir} (state/dev.log, moto.log, simulator.log, evidence.json)\n"
     chaos_reports.append(rendered)
     Console(soft_wrap=True).print(rendered, highlight=False, markup=False)
     logger.info("chaos run of %d jobs took %.0fs", chaos_config.jobs, time.monotonic() - started)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,13 +17,14 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
+from baton_dev.launcher import LaunchedStack, StackConfig
 from baton_dev.webhook_receiver import Refusal, WebhookReceiver
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 BATON = Path(sys.executable).with_name("baton")
-START_TIMEOUT_S = 120
+START_TIMEOUT_S = 240
 ARTICLE = (
     "The settlement queue peaked at 380,000 messages on 30 September. Consumers were capped at 20 "
     "workers by an old setting. The backlog drained in three hours once the cap was raised to 80."
@@ -66,49 +66,15 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state_dir = tmp_path_factory.mktemp("baton-cli")
-    log_path = state_dir / "dev.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "baton_dev.cli",
-                "dev",
-                "--port",
-                str(free_port()),
-                "--state-dir",
-                str(state_dir),
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        state_file = state_dir / "dev.json"
-        while not (state_file.exists() and _pid_in(state_file) == process.pid):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"`baton dev` did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
-        created = baton("keys", "create", "--tenant", "cli-test", "--state-dir", str(state_dir))
+    config = StackConfig(state_dir=tmp_path_factory.mktemp("baton-cli"))
+    with LaunchedStack(config).start(START_TIMEOUT_S) as launched:
+        created = baton("keys", "create", "--tenant", "cli-test", "--state-dir", str(launched.state_dir))
         assert created.returncode == 0, created.stderr
-        yield Stack(state_dir=state_dir, log_path=log_path, api_key=json.loads(created.stdout)["api_key"])
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _pid_in(state_file: Path) -> object:
-    try:
-        return json.loads(state_file.read_text()).get("pid")
-    except ValueError:  # being written
-        return None
+        yield Stack(
+            state_dir=launched.state_dir,
+            log_path=launched.log_path,
+            api_key=json.loads(created.stdout)["api_key"],
+        )
 
 
 def assert_clean_failure(answer: subprocess.CompletedProcess[str], *expected: str) -> None:

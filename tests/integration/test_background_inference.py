@@ -21,9 +21,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # minutes on a
 INFER_TIMEOUT_S = 30  # the smallest InferFunctionTimeout the template allows
 # Two quick polls, then one every 15 minutes: a long job finished before that was woken by the
 # webhook, however slow a loaded machine makes the webhook's round trip.
-OVERRIDES = (
-    f"InferenceMode=background InferFunctionTimeout={INFER_TIMEOUT_S} BackgroundPollSchedule=1s,2s,15m"
-)
+OVERRIDES = {
+    "InferenceMode": "background",
+    "InferFunctionTimeout": str(INFER_TIMEOUT_S),
+    "BackgroundPollSchedule": "1s,2s,15m",
+}
 WEBHOOK_PATH = "/v1/provider-webhooks/openai"
 
 
@@ -103,7 +105,7 @@ def test_a_model_call_longer_than_the_infer_timeout_completes_resumed_by_the_web
     assert [(hook["type"], hook["status_code"]) for hook in hooks] == [("response.completed", 200)]
     finished = [
         json.loads(line)
-        for line in (stack.log_path.parent / "logs" / "InferFunction.log").read_text().splitlines()
+        for line in (stack.state_dir / "logs" / "InferFunction.log").read_text().splitlines()
         if job_id in line and "background response finished" in line
     ]
     assert [entry["by"].split(":")[0] for entry in finished] == ["webhook"]

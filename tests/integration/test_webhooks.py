@@ -54,7 +54,9 @@ BLOCKED_LITERALS = {
 @pytest.fixture(scope="module")
 def locked_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """A second stack as deployed: private networks refused."""
-    with running_stack(tmp_path_factory.mktemp("baton-locked"), "WebhookAllowPrivateNetworks=false") as stack:
+    with running_stack(
+        tmp_path_factory.mktemp("baton-locked"), {"WebhookAllowPrivateNetworks": "false"}
+    ) as stack:
         yield stack
 
 

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import secrets
@@ -39,7 +38,7 @@ from baton_dev.runtime.schedules import ScheduleSource
 from baton_dev.runtime.sqs_source import SqsEventSource
 from baton_dev.runtime.template import AppTemplate
 from baton_dev.simulator import ModelSimulator, SimulatorConfig
-from baton_dev.state import write_state
+from baton_dev.state import remove_state, write_state
 
 logger = logging.getLogger("baton.runtime")
 
@@ -182,10 +181,8 @@ class LocalRuntime:
                 self._moto.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self._moto.kill()
-        state = self.options.state_dir / "dev.json"
         # Only our own state file: another `baton dev` may have started since.
-        if state.exists() and json.loads(state.read_text() or "{}").get("pid") == os.getpid():
-            state.unlink()
+        remove_state(self.options.state_dir / "dev.json", os.getpid())
         logger.info("local stack stopped")
 
     def __enter__(self) -> LocalRuntime:
