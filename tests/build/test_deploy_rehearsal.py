@@ -6,21 +6,19 @@ developer package imported by Lambda code fails here."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from baton_dev.launcher import LaunchedStack, StackConfig
+from tests.integration.conftest import wait_for_terminal
 
 # A first start also installs this machine's builds of the layer's native extensions.
 pytestmark = pytest.mark.timeout(900)
 START_TIMEOUT_S = 240
-TERMINAL = {"completed", "failed", "cancelled", "needs_review"}
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +29,6 @@ def built_stack(build_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     )
     with LaunchedStack(config).start(START_TIMEOUT_S) as stack:
         yield stack
-
-
-def _wait(api: httpx.Client, job_id: str, timeout_s: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    job: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        answer = api.get(f"/v1/jobs/{job_id}", params={"wait": 5})
-        if answer.status_code == 200:
-            job = answer.json()
-            if job["status"] in TERMINAL:
-                return job
-    pytest.fail(f"job {job_id} not terminal after {timeout_s}s: {job}")
 
 
 def test_the_built_artifact_runs_a_prompt_job_and_a_document_job(
@@ -70,8 +56,8 @@ def test_the_built_artifact_runs_a_prompt_job_and_a_document_job(
             "/v1/jobs", json={"input": {"prompt": "What does it ship?"}, "document": {"id": document_id}}
         )
         assert document.status_code == 202, document.text
-        prompt_job = _wait(api, prompt.json()["id"])
-        document_job = _wait(api, document.json()["id"])
+        prompt_job = wait_for_terminal(api, prompt.json()["id"], timeout_s=120)
+        document_job = wait_for_terminal(api, document.json()["id"], timeout_s=120)
 
     logs = "\n".join(path.read_text(errors="replace")[-2000:] for path in (state_dir / "logs").glob("*.log"))
     assert prompt_job["status"] == "completed", (prompt_job, logs)
