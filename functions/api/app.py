@@ -329,6 +329,19 @@ def list_batch_deliveries(batch_id: str) -> Response[DeliveryList]:
     return json_response(200, found)
 
 
+@app.post(
+    "/v1/batches/<batch_id>/deliveries/<webhook_id>/redeliver",
+    summary="Deliver the batch's webhook again (a new schedule of attempts, same webhook-id)",
+    responses={
+        202: {"description": "Queued again", "content": {"application/json": {"model": DeliveryView}}},
+        **error_responses(401, 404, 409),
+    },
+)
+@tracer.capture_method
+def redeliver_batch_webhook(batch_id: str, webhook_id: str) -> Response[DeliveryView]:
+    return json_response(202, batches.redeliver(tenant_of(app.current_event), batch_id, webhook_id))
+
+
 # -- the API's own description (no API key: template.yaml sets Auth NONE on this route) -----------
 @app.get(OPENAPI_PATH, include_in_schema=False)
 def openapi_document() -> Response[str]:

@@ -1,11 +1,13 @@
 """batch stage: a batch's lines become jobs slice by slice (or are cancelled), and each line's
 terminal job event is counted; the last one writes the output and errors files."""
 
+from collections.abc import Callable
 from typing import Any
 
-from baton.batches import BatchService
+from baton.batches import BatchService, SliceCommand
 from baton.jobs import JobService
 from baton.parsing import BatchMessageRecord
+from baton.retries import Failure
 from baton.settings import get_settings
 from baton.stages import sqs_stage_handler
 
@@ -17,6 +19,19 @@ def handle(message: Any) -> dict[str, Any]:
     return batches.handle(message)
 
 
+def give_up(message: Any) -> Callable[[Failure, int], None] | None:
+    """A slice that cannot run (permanently, or past its attempts) fails the batch: its lines
+    could never start. A line's count that cannot be made is left to retry (and to the DLQ)."""
+    if not isinstance(message, SliceCommand):
+        return None
+
+    def fail_batch(failure: Failure, attempt: int) -> None:
+        reason = f"slice of lines from {message.start} failed after {attempt} attempt(s): {failure.type}"
+        batches.fail(message.tenant_id, message.batch_id, reason)
+
+    return fail_batch
+
+
 # Idempotent by construction: a line's job id derives from the batch and its custom_id, and a
 # line is counted once by a conditional marker in the same transaction as its count.
 lambda_handler = sqs_stage_handler(
@@ -25,4 +40,5 @@ lambda_handler = sqs_stage_handler(
     payload=lambda record: record.body,
     work=lambda message, _context: handle(message),
     idempotency=None,
+    give_up=give_up,
 )

@@ -165,8 +165,25 @@ def test_a_finished_batch_is_delivered_as_a_webhook_through_the_delivery_log(
         "delivered",
     )
     assert [attempt["status_code"] for attempt in entry["attempts"]] == [204]
-    # The receiver's token is sealed at rest, never in the batch or its delivery in plain text.
+    # Links are signed per attempt, never stored with the event (a late retry must still work).
     items = boto3.client("dynamodb").scan(TableName=aws.jobs_table)["Items"]
+    [stored] = [item for item in items if item["pk"]["S"].startswith(f"DELIVERY#acme#{batch_id}")]
+    assert json.loads(stored["data"]["S"])["output_url"] is None
+    assert f"batches/acme/{batch_id}/output.jsonl" in payload["data"]["output_url"]
+    assert f"batches/acme/{batch_id}/errors.jsonl" in payload["data"]["errors_url"]
+
+    # Redelivered on request: a new series, the same webhook-id, links signed again.
+    redeliver = f"{batch_id}/deliveries/msg_{batch_id}_completed/redeliver"
+    status, restarted = call(api, batch_event(aws, "POST", batch_id=redeliver))
+    assert status == 202 and restarted["status"] == "pending", restarted
+    assert deliver(aws.take_event("WebhookDeliveryQueue")) == {"batchItemFailures": []}
+    again = receiver.deliveries[-1]
+    assert len(receiver.deliveries) == 2 and again["headers"]["webhook-id"] == f"msg_{batch_id}_completed"
+    assert "output.jsonl" in Webhook(secret).verify(again["body"], again["headers"])["data"]["output_url"]
+    for unknown in (f"{batch_id}/deliveries/msg_{batch_id}_nope/redeliver", "batch_x/deliveries/m/redeliver"):
+        status, _ = call(api, batch_event(aws, "POST", batch_id=unknown))
+        assert status == 404
+    # The receiver's token is sealed at rest, never in the batch or its delivery in plain text.
     mine = [item for item in items if batch_id in json.dumps(item)]
     assert any("auth_sealed" in item for item in mine)
     assert "s3cret-token" not in json.dumps(mine)
@@ -176,3 +193,40 @@ def test_a_batch_webhook_to_a_private_address_literal_is_refused(aws: AwsStack, 
     body = {"requests": [line("a")], "webhook": {"url": "http://169.254.169.254/hook"}}
     status, answer = call(api, batch_event(aws, "POST", body=body))
     assert status == 422 and answer["error"]["field"] == "webhook.url", answer
+
+
+def test_a_batch_whose_slice_cannot_run_fails_and_still_accounts_for_every_line(
+    aws: AwsStack,
+    api: LoadedFunction,
+    infer: LoadedFunction,
+    model: FakeModel,  # noqa: F811
+) -> None:
+    """`completed` means every line ran (whatever each one's outcome); `failed` means the batch
+    itself could not run them all: here the second slice fails permanently."""
+    import baton.batches
+    from baton.errors import InvalidRequestError
+
+    aws.monkeypatch.setattr(baton.batches, "SLICE", 2)
+    start_line = baton.batches.BatchService._start_line
+
+    def start_or_refuse(self: Any, tenant_id: str, item: Any, request: Any, job_id: str) -> None:
+        if request.custom_id == "c":
+            raise InvalidRequestError("the stored line is unreadable", field="line 3")
+        start_line(self, tenant_id, item, request, job_id)
+
+    aws.monkeypatch.setattr(baton.batches.BatchService, "_start_line", start_or_refuse)
+    batch = aws.load("BatchFunction")
+    _, created = call(api, batch_event(aws, "POST", body={"requests": [line(c) for c in "abcde"]}))
+    drain(aws, batch, infer)
+
+    _, ended = call(api, batch_event(aws, "GET", batch_id=created["id"]))
+    assert ended["status"] == "failed", ended
+    assert ended["request_counts"] == {"total": 5, "completed": 2, "failed": 3, "cancelled": 0}
+    assert ended["output_url"] and ended["errors_url"]
+    prefix = f"batches/acme/{created['id']}"
+    assert [entry["custom_id"] for entry in read_jsonl(aws, f"{prefix}/output.jsonl")] == ["a", "b"]
+    errors = read_jsonl(aws, f"{prefix}/errors.jsonl")
+    assert [entry["custom_id"] for entry in errors] == ["c", "d", "e"]
+    assert {entry["error"]["type"] for entry in errors} == {"batch_failed"}
+    assert "invalid_request" in errors[0]["error"]["message"] or "slice" in errors[0]["error"]["message"]
+    assert len(model.calls) == 2

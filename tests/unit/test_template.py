@@ -106,6 +106,7 @@ def test_api_routes_and_authorizer(app_template: AppTemplate) -> None:
         ("GET", "/v1/batches/{batch_id}"),
         ("DELETE", "/v1/batches/{batch_id}"),
         ("GET", "/v1/batches/{batch_id}/deliveries"),
+        ("POST", "/v1/batches/{batch_id}/deliveries/{webhook_id}/redeliver"),
         ("GET", "/v1/documents/{document_id}"),
         ("GET", "/v1/jobs/{job_id}/deliveries"),
         ("POST", "/v1/jobs/{job_id}/deliveries/{webhook_id}/redeliver"),

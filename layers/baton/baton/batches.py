@@ -18,6 +18,16 @@ delivery record keyed by the batch id, attempts and retries from the delivery qu
 
 A line that stops in `needs_review` counts as ended (in errors.jsonl, status `needs_review`): a
 batch does not wait for a person.
+
+`completed` vs `failed` (as OpenAI's Batch API): a batch whose every line ran ends `completed`,
+however many lines failed (their errors are in errors.jsonl). It ends `failed` only when the batch
+itself could not be carried out: a slice command (or a line's count) failed for good, so lines
+could no longer be started or counted. `fail` then counts every line not counted yet from its
+job (a line that never started fails as `batch_failed`), running lines end on their own, and
+the batch finishes as `failed` with both files written as usual.
+
+The batch's webhook carries the batch without presigned URLs at rest: the delivery signs fresh
+ones at each attempt (baton.deliveries), so a retry hours later still carries working links.
 """
 
 from __future__ import annotations
@@ -73,6 +83,9 @@ def line_job_id(tenant_id: str, batch_id: str, custom_id: str) -> str:
     """A line's job id derives from the batch and its custom_id: a redelivered slice finds it."""
     digest = hashlib.sha256(f"{tenant_id}\n{batch_id}\n{custom_id}".encode()).hexdigest()[:32]
     return f"job_{digest}"
+
+
+BATCH_FAILED_ERROR: Final = "batch_failed"
 
 
 def batch_webhook_id(batch_id: str, status: str) -> str:
@@ -215,7 +228,7 @@ class BatchService:
             position += len(data)
             if index % SLICE == 0 or index == len(encoded):
                 offsets.append(position)
-        input_key = f"batches/{tenant_id}/{batch_id}/input.jsonl"
+        input_key = self.blobs.batch_file_key(tenant_id, batch_id, "input")
         self.blobs.write(input_key, b"".join(encoded), content_type="application/x-ndjson")
         item = {
             **batch_key(tenant_id, batch_id),
@@ -444,10 +457,7 @@ class BatchService:
         """Write output.jsonl / errors.jsonl (every input line once, in input order), end the
         batch, announce it. Safe to run twice: the files come out the same, one status write wins."""
         batch_id = str(item["batch_id"])
-        data = bytes(
-            client("s3").get_object(Bucket=self.settings.bucket, Key=str(item["input_key"]))["Body"].read()
-        )
-        lines = [BatchLine.model_validate_json(raw) for raw in data.splitlines() if raw.strip()]
+        lines = self._all_lines(item)
         job_ids = [line_job_id(tenant_id, batch_id, line.custom_id) for line in lines]
         records = self._jobs(tenant_id, job_ids)
         output: list[bytes] = []
@@ -460,7 +470,16 @@ class BatchService:
                 entry.update(status="completed", result=job_view.get("result"), usage=job_view["usage"])
                 output.append(json.dumps(entry).encode() + b"\n")
                 continue
-            if record is None:
+            if record is None and item["status"] != "cancelling" and item.get("failure"):
+                entry.update(
+                    status="failed",
+                    error={
+                        "type": BATCH_FAILED_ERROR,
+                        "message": f"the batch failed before this request started: {item['failure']}",
+                    },
+                    usage=None,
+                )
+            elif record is None:
                 entry.update(
                     status="cancelled",
                     error={
@@ -479,10 +498,14 @@ class BatchService:
                 )
                 entry.update(status=status, error=error, usage=record.usage.model_dump())
             errors.append(json.dumps(entry).encode() + b"\n")
-        prefix = f"batches/{tenant_id}/{batch_id}"
-        self.blobs.write(f"{prefix}/output.jsonl", b"".join(output), content_type="application/x-ndjson")
-        self.blobs.write(f"{prefix}/errors.jsonl", b"".join(errors), content_type="application/x-ndjson")
-        final = "cancelled" if item["status"] == "cancelling" else "completed"
+        output_key = self.blobs.batch_file_key(tenant_id, batch_id, "output")
+        errors_key = self.blobs.batch_file_key(tenant_id, batch_id, "errors")
+        self.blobs.write(output_key, b"".join(output), content_type="application/x-ndjson")
+        self.blobs.write(errors_key, b"".join(errors), content_type="application/x-ndjson")
+        if item["status"] == "cancelling":
+            final = "cancelled"
+        else:
+            final = "failed" if item.get("failure") else "completed"
         try:
             answer = self._ddb.update_item(
                 TableName=self.settings.jobs_table,
@@ -496,8 +519,8 @@ class BatchService:
                     {
                         ":final": final,
                         ":now": now_ms(),
-                        ":out": f"{prefix}/output.jsonl",
-                        ":err": f"{prefix}/errors.jsonl",
+                        ":out": output_key,
+                        ":err": errors_key,
                         ":in_progress": "in_progress",
                         ":cancelling": "cancelling",
                     }
@@ -513,8 +536,65 @@ class BatchService:
         self._announce(tenant_id, finished, view)
         logger.info(
             "batch finished",
-            extra={"batch_id": batch_id, "status": final, **view.request_counts.model_dump()},
+            extra={
+                "batch_id": batch_id,
+                "status": final,
+                "failure": item.get("failure"),
+                **view.request_counts.model_dump(),
+            },
         )
+
+    def fail(self, tenant_id: str, batch_id: str, reason: str) -> dict[str, Any]:
+        """The batch cannot be carried out (a slice or a count failed for good): mark it failing,
+        count every line not counted yet from its job (never started: failed as batch_failed;
+        ended: by its status, in case its own count was the one that failed), and let the last
+        count finish it as `failed`. Safe to run again: counts are once per line."""
+        try:
+            self._ddb.update_item(
+                TableName=self.settings.jobs_table,
+                Key=to_dynamo(batch_key(tenant_id, batch_id)),
+                UpdateExpression="SET failure = :reason",
+                ConditionExpression=(
+                    "#status IN (:in_progress, :cancelling) AND attribute_not_exists(failure)"
+                ),
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=to_dynamo(
+                    {":reason": reason[:500], ":in_progress": "in_progress", ":cancelling": "cancelling"}
+                ),
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+        try:
+            item = self._item(tenant_id, batch_id)
+        except JobNotFoundError:
+            return {"outcome": "gone"}
+        if item["status"] in TERMINAL:
+            return {"outcome": "already_" + str(item["status"])}
+        logger.error("batch failing", extra={"batch_id": batch_id, "reason": item.get("failure", reason)})
+        lines = self._all_lines(item)
+        job_ids = [line_job_id(tenant_id, batch_id, line.custom_id) for line in lines]
+        records = self._jobs(tenant_id, job_ids)
+        # A batch being cancelled ends cancelled: its unstarted lines are cancelled, not failed.
+        never_started = "cancelled" if item["status"] == "cancelling" else "failed"
+        running = 0
+        for line, job_id in zip(lines, job_ids, strict=True):
+            record = records.get(job_id)
+            if record is None:
+                self.count_line(tenant_id, batch_id, line.custom_id, never_started)
+            elif record.status.value in TERMINAL or record.status.value == "needs_review":
+                self.count_line(
+                    tenant_id, batch_id, line.custom_id, LINE_BUCKETS.get(record.status.value, "failed")
+                )
+            else:
+                running += 1  # its own terminal event counts it
+        return {"outcome": "failing", "running": running}
+
+    def _all_lines(self, item: dict[str, Any]) -> list[BatchLine]:
+        data = bytes(
+            client("s3").get_object(Bucket=self.settings.bucket, Key=str(item["input_key"]))["Body"].read()
+        )
+        return [BatchLine.model_validate_json(raw) for raw in data.splitlines() if raw.strip()]
 
     def _jobs(self, tenant_id: str, job_ids: list[str]) -> dict[str, JobRecord]:
         found: dict[str, JobRecord] = {}
@@ -535,6 +615,8 @@ class BatchService:
         """`Batch Completed` on the bus, and the batch's webhook as a delivery (signed, logged and
         retried like a job's; `webhook-id: msg_<batch id>_<status>`)."""
         body = view.model_dump(mode="json")
+        # Stored without links: each delivery attempt signs fresh ones (a retry may come hours later).
+        stored = {**body, "output_url": None, "errors_url": None}
         client("events").put_events(
             Entries=[
                 {
@@ -558,7 +640,7 @@ class BatchService:
                 webhook_id=batch_webhook_id(view.id, view.status),
                 type=f"batch.{view.status}",
                 url=str(webhook["url"]),
-                data=body,
+                data=stored,
                 expires_at=int(item["expires_at"]),
                 next_attempt_ms=now_ms(),
                 auth_sealed=webhook.get("auth_sealed"),
@@ -570,3 +652,12 @@ class BatchService:
         self._item(tenant_id, batch_id)
         found = self.jobs.webhooks.store.list(tenant_id, batch_id)
         return [DeliveryView.model_validate(delivery.public_view()) for delivery in found]
+
+    def redeliver(self, tenant_id: str, batch_id: str, webhook_id: str) -> DeliveryView:
+        """POST /v1/batches/{id}/deliveries/{webhook_id}/redeliver: one new attempt series, same
+        webhook-id (404 like the batch)."""
+        self._item(tenant_id, batch_id)
+        if webhook_id not in {batch_webhook_id(batch_id, status) for status in TERMINAL}:
+            raise JobNotFoundError(f"delivery {webhook_id[:80]} not found")
+        delivery = self.jobs.webhooks.restart(tenant_id, batch_id, webhook_id)
+        return DeliveryView.model_validate(delivery.public_view())

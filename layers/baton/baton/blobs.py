@@ -50,6 +50,11 @@ class BlobStore:
     def result_key(tenant_id: str, job_id: str) -> str:
         return f"results/{tenant_id}/{job_id}.json"
 
+    @staticmethod
+    def batch_file_key(tenant_id: str, batch_id: str, name: str) -> str:
+        """A batch's input, output or errors JSONL (`name`: input | output | errors)."""
+        return f"batches/{tenant_id}/{batch_id}/{name}.jsonl"
+
     def key_from_uri(self, tenant_id: str, s3_uri: str) -> str:
         """A document URI must be inside Baton's bucket and the tenant's own prefixes."""
         parsed = urlparse(s3_uri)

@@ -128,7 +128,7 @@ class WebhookService:
         return self._attempt(delivery)
 
     def _attempt(self, delivery: Delivery) -> dict[str, Any]:
-        payload = build_payload(delivery.type, delivery.data)
+        payload = build_payload(delivery.type, self._fresh_links(delivery))
         if len(payload.encode()) > MAX_INLINE_BODY_BYTES:
             payload = build_payload(delivery.type, self._result_by_url(delivery))
         signed = signed_headers(
@@ -156,6 +156,18 @@ class WebhookService:
         self.store.record_attempt(delivery, outcome.attempt, status=status, next_ms=next_ms)
         self._report(delivery, status, outcome.attempt.status_code, outcome.attempt.error)
         return {"outcome": status, "status_code": outcome.attempt.status_code, "attempt": made}
+
+    def _fresh_links(self, delivery: Delivery) -> dict[str, Any]:
+        """A batch's output and errors files by presigned GETs signed for this attempt: the stored
+        event has none, since links signed when the batch ended may expire before a late retry."""
+        if not delivery.type.startswith("batch."):
+            return delivery.data
+        data = dict(delivery.data)
+        for name in ("output", "errors"):
+            key = self.blobs.batch_file_key(delivery.tenant_id, delivery.job_id, name)
+            expiry = self.settings.result_url_expiry_seconds
+            data[f"{name}_url"] = self.blobs.presigned_url(key, expires_in=expiry)
+        return data
 
     def _result_by_url(self, delivery: Delivery) -> dict[str, Any]:
         """The job view with its result in S3 (a presigned GET, fresh for each attempt)."""
@@ -275,6 +287,11 @@ class WebhookService:
 
     def redeliver(self, tenant_id: str, job_id: str, message_id: str) -> Delivery:
         self.jobs.get(tenant_id, job_id)
+        return self.restart(tenant_id, job_id, message_id)
+
+    def restart(self, tenant_id: str, job_id: str, message_id: str) -> Delivery:
+        """One new attempt series for a delivery of a job or a batch (its id in `job_id`) the
+        caller has already checked belongs to the tenant."""
         delivery = self.store.restart(self.store.get(tenant_id, job_id, message_id), now=now_ms())
         now = now_ms()
         self.queue.send(self._message(delivery, due_ms=now), now=now)

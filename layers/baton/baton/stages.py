@@ -50,7 +50,7 @@ def sqs_stage_handler[RecordT: SqsRecordModel, PayloadT: BaseModel](
     payload: Callable[[RecordT], PayloadT],
     work: Callable[[PayloadT, LambdaContext], StepResult],
     idempotency: IdempotencyConfig | None,
-    give_up: Callable[[PayloadT], Callable[[Failure, int], None]] | None = None,
+    give_up: Callable[[PayloadT], Callable[[Failure, int], None] | None] | None = None,
     concurrent: bool = False,
     defer: Callable[[PayloadT, Deferred], StepResult] | None = None,
 ) -> LambdaHandler:
@@ -61,7 +61,8 @@ def sqs_stage_handler[RecordT: SqsRecordModel, PayloadT: BaseModel](
       redelivered message finds the stored outcome;
     - `work(payload, context)`: the step, in the domain (JobService);
     - `idempotency`: the Powertools config keying the step (None: idempotent by construction);
-    - `give_up(payload)`: what ends the job when the step cannot succeed (None: nothing to end);
+    - `give_up(payload)`: what ends the job (or batch) when the step cannot succeed (None, or
+      None for this payload: nothing to end);
     - `concurrent`: the batch's records run at once (Powertools' async batch processing, each
       record's blocking work in its own thread: boto3 and the openai client block), each with its
       own idempotency record, retry policy and partial-failure result, each recording its outcome
