@@ -1,8 +1,8 @@
 """`make bench` / `python -m bench [--quick] [--only a,b]`: every scenario, one table, JSON history.
 
 Scenarios 1, 2, 3 and 7 share one local stack (each resets what it measures); 4 (cost), 6 (rate
-limit) and 8 (background cost: a sync and a background stack) start their own, configured for
-them; 5 (cold start) needs none. Results go to bench/results/<timestamp>.json and
+limit), 8 (background cost: a sync and a background stack) and 9 (a document and a batch) start
+their own, configured for them; 5 (cold start) needs none. Results go to bench/results/<timestamp>.json and
 bench/results/latest.json.
 """
 
@@ -20,6 +20,7 @@ from bench import (
     background_cost,
     cold_start,
     cost,
+    documents_batches,
     pipeline_overhead,
     rate_limit_goodput,
     throughput,
@@ -39,6 +40,7 @@ OWN: dict[str, Runner] = {
     "cost": cost.run,
     "rate_limit_goodput": rate_limit_goodput.run,
     "background_cost": background_cost.run,
+    "documents_batches": documents_batches.run,
 }
 ORDER = [
     "accept_latency",
@@ -49,6 +51,7 @@ ORDER = [
     "rate_limit_goodput",
     "throughput",
     "background_cost",
+    "documents_batches",
 ]
 
 

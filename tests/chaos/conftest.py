@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Callable[[], Any]] = {
     "chaos_jobs": lambda: int(os.environ.get("CHAOS_JOBS", SMALL_SIZE)),
     "chaos_deadline": lambda: _env_float("CHAOS_DEADLINE"),
     "chaos_seed": lambda: int(os.environ.get("CHAOS_SEED", DEFAULT_SEED)),
+    "chaos_inference_mode": lambda: os.environ.get("CHAOS_INFERENCE_MODE", "sync"),
 }
 
 
@@ -51,6 +52,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=DEFAULTS["chaos_seed"](),
         help="seed of the workload and of the simulator's faults (env CHAOS_SEED)",
     )
+    group.addoption(
+        "--chaos-inference-mode",
+        choices=("sync", "background"),
+        default=DEFAULTS["chaos_inference_mode"](),
+        help="the stack's InferenceMode parameter (env CHAOS_INFERENCE_MODE; default sync)",
+    )
 
 
 def _option(config: pytest.Config, name: str) -> Any:
@@ -64,6 +71,7 @@ def _chaos_config(config: pytest.Config) -> ChaosConfig:
         jobs=_option(config, "chaos_jobs"),
         deadline_s=_option(config, "chaos_deadline"),
         seed=_option(config, "chaos_seed"),
+        inference_mode=_option(config, "chaos_inference_mode"),
     )
 
 

@@ -66,6 +66,9 @@ TENANT = "chaos"
 REGION = "us-east-1"
 TERMINAL = frozenset({"completed", "failed", "cancelled", "needs_review"})
 CHAT_PATH_SUFFIX = "/chat/completions"
+# A background response's create (InferenceMode=background): the paid call. Its polls and cancels
+# (GET /v1/responses/{id}, POST .../cancel) are not logged as calls.
+RESPONSES_PATH_SUFFIX = "/responses"
 READ_BACK_S = 120.0  # at most for reading every submitted job back through the API
 SIM_CONTEXT_TOKENS = 32_768  # the simulator's default context window (the template's default too)
 KILL_AIM_S = 15.0  # how long the kill may wait for a moment with a job in its infer step
@@ -132,8 +135,12 @@ class ChaosConfig:
     stall_s: float = 240.0  # no job changed state for this long: fail fast, naming them
     sample_every_s: float | None = None  # soak samples (memory, queue depths); default by size
     # A batch and a long document ride along (side_work.py) from this many jobs: `make chaos`. Not
-    # yet in the 50-job run of `make test`: no run of it has passed on a quiet machine so far.
+    # in the 50-job run of `make test` (a loaded machine made that run miss its deadline with them).
     side_work_from_jobs: int = 100
+    # InferenceMode (template parameter): sync, or background (Responses API, resumed by polls:
+    # the chaos stack's simulator sends no provider webhooks).
+    inference_mode: str = "sync"
+    poll_schedule: str = "1s,1s,2s,3s"
     poison_latency_s: float = 60.0  # a poison job fails as dead_lettered this soon after its last attempt
     # Template parameters that make recovery fast (visibility timeouts of seconds, not minutes).
     max_attempts: int = 8
@@ -172,7 +179,8 @@ class ChaosConfig:
             f"NotifyVisibilityTimeout={other} IngestVisibilityTimeout={other} "
             f"DeliverVisibilityTimeout={other} "
             # Receivers fail for the whole schedule: seconds, not hours.
-            f"WebhookRetrySchedule={self.webhook_schedule}"
+            f"WebhookRetrySchedule={self.webhook_schedule} "
+            f"InferenceMode={self.inference_mode} BackgroundPollSchedule={self.poll_schedule}"
         )
 
 
@@ -1229,7 +1237,11 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
     notes: list[str] = []
     specs = obs.specs
     by_id = {spec.job_id: spec for spec in specs}
-    chat = [entry for entry in obs.sim_log if str(entry.get("path", "")).endswith(CHAT_PATH_SUFFIX)]
+    chat = [
+        entry
+        for entry in obs.sim_log
+        if str(entry.get("path", "")).endswith((CHAT_PATH_SUFFIX, RESPONSES_PATH_SUFFIX))
+    ]
     calls_by_job: dict[str, list[dict[str, Any]]] = defaultdict(list)
     paid_by_step: dict[str, list[float]] = defaultdict(list)
     for entry in chat:
@@ -1440,6 +1452,11 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
     distinct_ids = len(set(delivered) | set(obs.webhook_refused))
     figures = [
         ("jobs", f"{len(specs)} ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})"),
+        (
+            "inference mode",
+            f"{config.inference_mode} ({sum(1 for e in chat if e['path'].endswith(RESPONSES_PATH_SUFFIX))} "
+            "background responses created)",
+        ),
         ("outcomes", ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "-"),
         ("lost", str(len(lost))),
         ("honest failures (retry budget spent)", str(len(honest))),

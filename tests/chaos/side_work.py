@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from baton.batches import line_job_id
 from baton.jobs import keyed_job_id
 
 if TYPE_CHECKING:
@@ -146,7 +147,11 @@ class SideWork:
                 text = httpx.get(batch[name], timeout=30).text
                 target.extend(json.loads(raw) for raw in text.splitlines() if raw.strip())
         entries = results.output + results.errors
-        results.job_ids = {str(entry["job_id"]) for entry in entries if entry["job_id"]}
+        # Every line's job id, from the batch and its custom_id: a batch that did not finish (no
+        # output file yet) still has its lines' jobs named, not counted as strangers.
+        batch_id = self.batch_id
+        results.job_ids = {line_job_id(self.tenant, batch_id, custom_id) for custom_id in self.custom_ids}
+        results.job_ids |= {str(entry["job_id"]) for entry in entries if entry["job_id"]}
         results.job_ids.add(self.long_job_id)
         long_job = client.get(f"/v1/jobs/{self.long_job_id}")
         results.long_job = long_job.json() if long_job.status_code == 200 else None

@@ -23,7 +23,8 @@ def test_every_job_ends_in_one_honest_terminal_state_through_faults_a_kill_and_d
     chaos_config: ChaosConfig, chaos_reports: list[str]
 ) -> None:
     # Under .baton/ (git-ignored): pytest prunes its own temporary directories, logs must survive.
-    workdir = ROOT / ".baton" / "chaos" / f"{time.strftime('%Y%m%d-%H%M%S')}-{chaos_config.jobs}-jobs"
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{chaos_config.jobs}-jobs-{chaos_config.inference_mode}"
+    workdir = ROOT / ".baton" / "chaos" / name
     started = time.monotonic()
     report, observations = run_chaos(chaos_config, workdir)
     rendered = report.render()

@@ -129,3 +129,34 @@ def test_cancelling_the_job_cancels_the_provider_response(
     job = JobStore(aws.jobs_table).get("acme", job_id)
     assert job.status.value == "cancelled"
     assert job.provider_call is not None and job.provider_call.cancelled
+
+
+def test_a_background_response_holds_its_tenants_in_flight_slot_until_its_step_ends(
+    aws: AwsStack, api: LoadedFunction, provider: FakeProvider
+) -> None:
+    """TenantMaxInFlight counts background responses the provider is working on, not only the
+    create call: with a cap of 1, a second job waits (deferred) until the first one's answer."""
+    from baton.limiter import Limits, ProviderLimiter
+
+    infer = aws.load(
+        "InferFunction",
+        BATON_PROVIDER_RPM="60000",
+        BATON_INFERENCE_MODE="background",
+        BATON_BACKGROUND_POLL_SCHEDULE="0s",
+        BATON_TENANT_MAX_IN_FLIGHT="1",
+    )
+    limiter = ProviderLimiter(aws.limiter_table, configured=Limits(60000, 0), tenant_max_in_flight=1)
+    first = accept(aws, api)
+    assert infer(aws.take_event("InferQueue")) == {"batchItemFailures": []}
+    poll = aws.take_event("InferQueue")
+    [lease] = limiter.leases("acme")
+    assert lease.startswith(first) and len(provider.created) == 1
+
+    accept(aws, api)
+    assert infer(aws.take_event("InferQueue")) == {"batchItemFailures": []}  # deferred, not failed
+    assert len(provider.created) == 1  # the cap held: no second response while the first runs
+
+    provider.done = True
+    assert infer(poll) == {"batchItemFailures": []}
+    assert JobStore(aws.jobs_table).get("acme", first).status.value == "completed"
+    assert limiter.leases("acme") == {}  # the step ended: the slot is free for the waiting job

@@ -7,10 +7,15 @@ minutes) or from the provider's webhook, which enqueues a wake-up command at onc
 arrives first records the answer through the same conditional writes as sync mode; the other
 finds the job advanced. A retry after a crash finds the stored id instead of paying for another
 response; a cancelled or timed-out job has its response cancelled at the provider.
+
+A background response counts against the tenant's TenantMaxInFlight until its step ends: the
+call's lease is kept past the create (until the job's deadline at most) and released by the poll,
+webhook or cancel that ends the step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -29,6 +34,8 @@ if TYPE_CHECKING:
 logger = Logger(child=True)
 metrics = Metrics()
 
+# A lease outlives the job's deadline by this much: the poll after the deadline ends it first.
+LEASE_MARGIN_MS = 60_000
 # Endpoints found without background responses in this process: their calls go sync at once.
 _unsupported: set[str] = set()
 
@@ -52,9 +59,11 @@ class BackgroundInference:
     ) -> dict[str, Any] | None:
         """The step's background response, created and stored; None when the provider has no
         background mode (the caller then makes the call in sync mode)."""
+        # The create settles the ticket's rate slot but not its lease: the response is in flight.
+        unleased = dataclasses.replace(ticket, lease_tenant=None) if ticket is not None else None
         try:
             state = self.jobs.metered(
-                ticket,
+                unleased,
                 lambda: responses.create_background(
                     self.settings,
                     model=record.model,
@@ -70,7 +79,11 @@ class BackgroundInference:
                 "the provider has no background responses: falling back to sync mode",
                 extra={"job_id": record.job_id, "endpoint": self.settings.openai_base_url, "why": str(why)},
             )
-            return None
+            return None  # the sync call that follows uses (and releases) the ticket's lease
+        except BaseException:
+            self._release(ticket)
+            raise
+        self._hold(ticket, record)
         call = ProviderCall(
             mode="background", step=record.step_key, response_id=state.response_id, status=state.status
         )
@@ -96,6 +109,15 @@ class BackgroundInference:
 
     # -- a poll, a webhook wake-up, a cancel wake-up, or a retry that finds the stored id --------
     def resume(self, command: StageCommand) -> dict[str, Any]:
+        outcome = self._resume(command)
+        limiter = self.jobs.limiter
+        if outcome.get("outcome") != "waiting" and limiter is not None and limiter.tenant_max_in_flight:
+            # The step ended (or was never this command's): its response is no longer in flight.
+            lease_id = f"{command.job_id}:{command.version}:{command.depth}"
+            limiter.release_lease(command.tenant_id, lease_id)
+        return outcome
+
+    def _resume(self, command: StageCommand) -> dict[str, Any]:
         try:
             record = self.jobs.store.get(command.tenant_id, command.job_id)
         except JobNotFoundError:
@@ -153,6 +175,15 @@ class BackgroundInference:
         self.jobs.queues[Step.INFER].send(command)
 
     # -- helpers -------------------------------------------------------------------------------
+    def _hold(self, ticket: Ticket | None, record: JobRecord) -> None:
+        if ticket is not None and self.jobs.limiter is not None:
+            until = record.deadline_ms + LEASE_MARGIN_MS
+            self.jobs.limiter.hold_lease(ticket, until_ms=until, now_ms=now_ms())
+
+    def _release(self, ticket: Ticket | None) -> None:
+        if ticket is not None and self.jobs.limiter is not None:
+            self.jobs.limiter.release(ticket)
+
     def _schedule_poll(self, command: StageCommand, record: JobRecord, poll: int) -> None:
         # Never sleep past the job's deadline: the poll after it fails the job and cancels the call.
         left_s = max(1, (record.deadline_ms - now_ms()) // 1000 + 1)

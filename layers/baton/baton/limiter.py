@@ -537,6 +537,12 @@ class ProviderLimiter:
             delay_s=random.uniform(1.0, 4.0),
         )
 
+    def hold_lease(self, ticket: Ticket, *, until_ms: int, now_ms: int) -> None:
+        """Keep the ticket's lease past its call until `until_ms`: a background response counts
+        against TenantMaxInFlight while the provider works on it (`release_lease` ends it)."""
+        if ticket.lease_tenant is not None and ticket.lease_id is not None:
+            self._lease(ticket.lease_tenant, ticket.lease_id, expires_ms=until_ms, now_ms=now_ms)
+
     def release_lease(self, tenant_id: str, lease_id: str) -> None:
         self._ddb.update_item(
             TableName=self.table_name,

@@ -91,6 +91,14 @@ class ModelPrice:
         return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
 
 
+# A provider's listed price for a small model and its Batch API discount, for comparisons only
+# (bench scenario 9: a batch through Baton at the full price vs OpenAI Batch at half). Jobs are
+# priced with the ModelPrices parameter instead. OpenAI list prices, gpt-4o-mini, as of 2025-11.
+LISTED_MODEL = "gpt-4o-mini"
+LISTED_MODEL_PRICE = ModelPrice(input_per_million=0.15, output_per_million=0.60)
+OPENAI_BATCH_DISCOUNT = 0.5  # "50% off" the synchronous price, results within 24 h
+
+
 def parse_model_prices(table: str) -> dict[str, ModelPrice]:
     """`ModelPrices` ("model=input/output,model=input/output", USD per million tokens) -> prices.
     Raises ValueError naming the entry that is not of that shape."""
