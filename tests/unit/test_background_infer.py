@@ -160,3 +160,25 @@ def test_a_background_response_holds_its_tenants_in_flight_slot_until_its_step_e
     assert infer(poll) == {"batchItemFailures": []}
     assert JobStore(aws.jobs_table).get("acme", first).status.value == "completed"
     assert limiter.leases("acme") == {}  # the step ended: the slot is free for the waiting job
+
+
+def test_cancelling_a_batch_cancels_its_lines_provider_responses(
+    aws: AwsStack, api: LoadedFunction, background_infer: LoadedFunction, provider: FakeProvider
+) -> None:
+    from tests.unit.test_batches import batch_event, line
+    from tests.unit.test_documents import call
+
+    batch = aws.load("BatchFunction")
+    _, created = call(api, batch_event(aws, "POST", body={"requests": [line("a"), line("b")]}))
+    assert batch(aws.take_event("BatchQueue")) == {"batchItemFailures": []}  # the lines' jobs
+    assert background_infer(aws.take_event("InferQueue")) == {"batchItemFailures": []}
+    assert len(provider.created) == 2  # both lines' responses are in flight at the provider
+    aws.receive("InferQueue")  # their first polls: the cancel must not need them
+
+    status, _ = call(api, batch_event(aws, "DELETE", batch_id=created["id"]))
+    assert status == 200
+    assert batch(aws.take_event("BatchQueue")) == {"batchItemFailures": []}  # the cancel slice
+    wakes = aws.take_event("InferQueue")
+    assert {json.loads(r["body"])["wake"] for r in wakes["Records"]} == {"cancel"}
+    assert background_infer(wakes) == {"batchItemFailures": []}
+    assert sorted(provider.cancelled) == ["resp_1", "resp_2"]
