@@ -182,3 +182,22 @@ def test_cancelling_a_batch_cancels_its_lines_provider_responses(
     assert {json.loads(r["body"])["wake"] for r in wakes["Records"]} == {"cancel"}
     assert background_infer(wakes) == {"batchItemFailures": []}
     assert sorted(provider.cancelled) == ["resp_1", "resp_2"]
+
+
+def test_no_response_is_created_without_time_left_to_store_its_id(
+    aws: AwsStack, api: LoadedFunction, background_infer: LoadedFunction, provider: FakeProvider
+) -> None:
+    """A create whose worker the function's timeout kills before the id's write is paid for again
+    by the retry: an invocation near its end leaves the create to the next one."""
+    import dataclasses
+
+    job_id = accept(aws, api)
+    event = aws.take_event("InferQueue")
+    nearly_over = dataclasses.replace(background_infer, timeout_s=3)
+    with pytest.raises(BatchProcessingError):  # a retryable timeout: SQS brings the command back
+        nearly_over(event)
+    assert provider.created == []
+    assert background_infer(event) == {"batchItemFailures": []}
+    assert len(provider.created) == 1
+    stored = JobStore(aws.jobs_table).get("acme", job_id).provider_call
+    assert stored is not None and stored.response_id == "resp_1"

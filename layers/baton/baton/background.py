@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from baton import responses
+from baton import llm, responses
 from baton.clock import now_ms
 from baton.errors import JobNotFoundError, ModelError
 from baton.limiter import Ticket
@@ -56,21 +56,32 @@ class BackgroundInference:
         messages: list[dict[str, Any]],
         parameters: dict[str, Any],
         ticket: Ticket | None,
+        *,
+        invocation_deadline_ms: int,
     ) -> dict[str, Any] | None:
         """The step's background response, created and stored; None when the provider has no
         background mode (the caller then makes the call in sync mode)."""
+
+        def create() -> responses.ResponseState:
+            # Only with time left for the create *and* the id's write (llm's safety margin): a
+            # create whose worker the function's timeout kills before the write is paid for again
+            # by the retry. Too little left: a retryable timeout, and the next invocation creates.
+            budget_s = llm.model_timeout(self.settings, invocation_deadline_ms - now_ms())
+            return responses.create_background(
+                self.settings,
+                model=record.model,
+                messages=messages,
+                parameters=parameters,
+                extra_headers=self.jobs.model_headers(record),
+                timeout=min(responses.CONTROL_TIMEOUT_S, budget_s),
+            )
+
         # The create settles the ticket's rate slot but not its lease: the response is in flight.
         unleased = dataclasses.replace(ticket, lease_tenant=None) if ticket is not None else None
         try:
             state = self.jobs.metered(
                 unleased,
-                lambda: responses.create_background(
-                    self.settings,
-                    model=record.model,
-                    messages=messages,
-                    parameters=parameters,
-                    extra_headers=self.jobs.model_headers(record),
-                ),
+                create,
                 settle=lambda created: (None, created.headers or {}),
             )
         except responses.BackgroundUnsupported as why:

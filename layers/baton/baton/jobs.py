@@ -369,6 +369,7 @@ class JobService:
         return {"outcome": "extracted", "chars": extracted.chars, "chunks": planned.document.chunks}
 
     def run_infer(self, command: StageCommand, *, remaining_ms: int) -> dict[str, Any]:
+        invocation_deadline_ms = now_ms() + remaining_ms
         if command.chunk is not None:
             return self.long_documents.run_chunk(command, remaining_ms=remaining_ms)
         if command.poll is not None or command.wake is not None:
@@ -391,7 +392,10 @@ class JobService:
         record = self.store.start_step(record, Step.INFER, progress=PROGRESS[Step.INFER])
         if background:
             try:
-                started = self.background.start(command, record, messages, parameters, ticket)
+                deadline_ms = invocation_deadline_ms
+                started = self.background.start(
+                    command, record, messages, parameters, ticket, invocation_deadline_ms=deadline_ms
+                )
             except ModelError as error:
                 if error.retryable:
                     raise

@@ -169,6 +169,7 @@ def create_background(
     messages: list[dict[str, Any]],
     parameters: dict[str, Any],
     extra_headers: dict[str, str] | None = None,
+    timeout: float = CONTROL_TIMEOUT_S,
 ) -> ResponseState:
     """Start the model call at the provider; it answers at once with the response's id."""
     import openai
@@ -176,12 +177,12 @@ def create_background(
     client = _checked(settings)
     body = request_body(model, messages, parameters)
     try:
-        with provider_errors(model, CONTROL_TIMEOUT_S):
+        with provider_errors(model, timeout):
             raw = client.responses.with_raw_response.create(
                 **body,
                 background=True,
                 store=True,
-                timeout=CONTROL_TIMEOUT_S,
+                timeout=timeout,
                 extra_headers=extra_headers or {},
             )
             response = raw.parse()
