@@ -253,7 +253,7 @@ class Demo:
             )
             self.stack.spawn()
             # Import the domain helpers (openai, powertools: seconds) while the stack boots.
-            threading.Thread(target=importlib.import_module, args=("baton.jobs",), daemon=True).start()
+            threading.Thread(target=importlib.import_module, args=("baton.intake",), daemon=True).start()
             try:
                 self.stack.wait_ready(STARTUP_TIMEOUT_S)
                 target = resolve_target(state_dir=self.options.state_dir)
@@ -302,7 +302,7 @@ class Demo:
 
     # -- submitting --------------------------------------------------------------------------------
     def _submit_all(self, client: BatonClient, target: Target, receiver: WebhookReceiver) -> DemoJob:
-        from baton.jobs import upload_job_id
+        from baton.intake import upload_job_id
 
         bucket = target.bucket
         if not bucket:

@@ -22,7 +22,6 @@ from baton.batches import BatchService
 from baton.documents import DocumentService
 from baton.http_errors import error_responses, register_error_handlers
 from baton.idempotency import persistence_layer, submission_config
-from baton.jobs import JobService
 from baton.models import (
     BatchList,
     BatchView,
@@ -40,17 +39,19 @@ from baton.models import (
 from baton.openapi import OPENAPI_PATH, SWAGGER_PATH, openapi_info
 from baton.records import JobList, JobView
 from baton.settings import get_settings
+from baton.wiring import job_intake, webhook_service
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
 settings = get_settings()
 idempotency = submission_config(settings)
-service = JobService(settings)
-jobs = JobsHttp(service, persistence_layer(settings), idempotency)
+intake = job_intake(settings)
+deliveries = webhook_service(settings)
+jobs = JobsHttp(intake, persistence_layer(settings), idempotency)
 documents = DocumentService(settings)
-webhooks = WebhooksHttp(service)
-batches = BatchService(settings, service)
+webhooks = WebhooksHttp(deliveries, intake.tenants)
+batches = BatchService(settings, intake, deliveries)
 
 # Browsers read answers (errors included) only with the allowed origin on them; the preflight is
 # API Gateway's (template.yaml JobsApi Cors), which this mirrors.

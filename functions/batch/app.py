@@ -5,14 +5,14 @@ from collections.abc import Callable
 from typing import Any
 
 from baton.batches import BatchService, SliceCommand
-from baton.jobs import JobService
 from baton.parsing import BatchMessageRecord
 from baton.retries import Failure
 from baton.settings import get_settings
 from baton.stages import sqs_stage_handler
+from baton.wiring import job_intake, webhook_service
 
 settings = get_settings()
-batches = BatchService(settings, JobService(settings))
+batches = BatchService(settings, job_intake(settings), webhook_service(settings))
 
 
 def handle(message: Any) -> dict[str, Any]:

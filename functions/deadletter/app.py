@@ -4,12 +4,11 @@ as dead_lettered, the message is archived in S3, then deleted from the DLQ."""
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 
-from baton.deadletters import DeadLetterHandler
-from baton.jobs import JobService
 from baton.settings import get_settings
 from baton.stages import sqs_stage_handler
+from baton.wiring import dead_letter_handler
 
-dead_letters = DeadLetterHandler(JobService(get_settings()), Metrics())
+dead_letters = dead_letter_handler(get_settings(), Metrics())
 
 # Idempotent by construction (a conditional archive write, a conditional job transition): no
 # idempotency record. A failure (AWS unreachable) backs off and retries; a body cannot make it fail.

@@ -17,19 +17,19 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from baton.jobs import JobService
 from baton.parsing import DeliveryMessageRecord
 from baton.settings import get_settings
+from baton.wiring import webhook_service
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
-service = JobService(get_settings()).webhooks
+webhooks = webhook_service(get_settings())
 processor = AsyncBatchProcessor(event_type=EventType.SQS, model=DeliveryMessageRecord)
 
 
 async def record_handler(record: DeliveryMessageRecord) -> dict[str, Any]:
-    return await asyncio.to_thread(service.attempt, record.body)
+    return await asyncio.to_thread(webhooks.attempt, record.body)
 
 
 @logger.inject_lambda_context

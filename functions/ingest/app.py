@@ -4,16 +4,16 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEventBridgeDetailModel
 
-from baton.jobs import JobService
 from baton.parsing import UploadEventRecord
 from baton.settings import get_settings
 from baton.stages import sqs_stage_handler
+from baton.wiring import job_intake
 
-service = JobService(get_settings())
+intake = job_intake(get_settings())
 
 
 def accept(detail: S3EventNotificationEventBridgeDetailModel) -> dict[str, Any]:
-    job = service.accept_upload(detail.bucket.name, detail.object.key, detail.object.etag)
+    job = intake.accept_upload(detail.bucket.name, detail.object.key, detail.object.etag)
     return {"job_id": job.job_id if job else None}
 
 

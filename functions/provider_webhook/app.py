@@ -10,15 +10,15 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from baton.http_errors import error_response
-from baton.jobs import JobService
-from baton.provider_webhooks import ProviderWebhooks, WebhookRejected
+from baton.provider_webhooks import WebhookRejected
 from baton.settings import get_settings
+from baton.wiring import provider_webhooks
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
 settings = get_settings()
-webhooks = ProviderWebhooks(settings, JobService(settings))
+webhooks = provider_webhooks(settings)
 app = APIGatewayRestResolver()
 
 

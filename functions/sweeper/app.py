@@ -7,14 +7,13 @@ from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from baton.jobs import JobService
 from baton.settings import get_settings
-from baton.sweeper import Sweeper
+from baton.wiring import job_sweeper
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
-sweeper = Sweeper(JobService(get_settings()))
+sweeper = job_sweeper(get_settings())
 
 
 @logger.inject_lambda_context

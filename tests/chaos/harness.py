@@ -45,7 +45,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from baton.jobs import keyed_job_id
+from baton.intake import keyed_job_id
 from baton.models import StageCommand, Step
 from baton_dev.launcher import CONFIGURING_PREFIXES, LaunchedStack, StackConfig, StackStartError
 from baton_dev.runtime.local import free_port, wait_for_port

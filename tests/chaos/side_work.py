@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from baton.batches import line_job_id
-from baton.jobs import keyed_job_id
+from baton.intake import keyed_job_id
 
 if TYPE_CHECKING:
     from .harness import ChaosStack

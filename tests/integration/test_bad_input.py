@@ -21,7 +21,7 @@ import httpx
 import pypdf
 import pytest
 
-from baton.jobs import upload_job_id
+from baton.intake import upload_job_id
 
 from .conftest import LocalStack, Tenant, wait_for_terminal
 

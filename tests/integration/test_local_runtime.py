@@ -8,7 +8,7 @@ import uuid
 import httpx
 import pytest
 
-from baton.jobs import upload_job_id
+from baton.intake import upload_job_id
 from baton_dev.runtime.template import AppTemplate
 from baton_dev.samples import sample_report_pdf
 from baton_dev.webhook_receiver import WebhookReceiver

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import pytest
 
-import baton.jobs
+import baton.intake
 import baton.llm
 from baton.llm import Completion
 from baton.models import StageCommand, Step
@@ -338,7 +338,7 @@ def test_prefer_wait_answers_200_with_the_finished_job(
             infer(aws.take_event("InferQueue"))
         sleeps.append(seconds)
 
-    monkeypatch.setattr(baton.jobs.time, "sleep", pipeline_runs_meanwhile)
+    monkeypatch.setattr(baton.intake.time, "sleep", pipeline_runs_meanwhile)
     response = post(aws, api, headers={"Prefer": "wait=5"})
     assert response["statusCode"] == 200, response["body"]
     assert header(response, "Preference-Applied") == "wait=5"
@@ -361,7 +361,7 @@ def test_get_with_wait_returns_when_the_job_changes(
         if record.status.value == "pending":
             store.start_step(record, Step.INFER, progress=50)
 
-    monkeypatch.setattr(baton.jobs.time, "sleep", job_starts_meanwhile)
+    monkeypatch.setattr(baton.intake.time, "sleep", job_starts_meanwhile)
     response = api(aws.api_event(GET, job_id=job_id, query={"wait": "20"}))
     job = body_of(response)
     assert (job["status"], job["current_step"], job["progress"]) == ("processing", "infer", 50)
@@ -389,14 +389,14 @@ def test_idempotency_key_still_in_flight_is_409(
     processed is told to retry shortly, and no second job is made."""
     other_instance = aws.load("ApiFunction")
     concurrent: list[dict[str, Any]] = []
-    start = baton.jobs.JobService._start
+    start = baton.intake.JobIntake._start
 
-    def slow_start(service: baton.jobs.JobService, record: JobRecord) -> None:
+    def slow_start(service: baton.intake.JobIntake, record: JobRecord) -> None:
         if not concurrent:
             concurrent.append(other_instance(aws.api_event(CREATE)))
         start(service, record)
 
-    monkeypatch.setattr(baton.jobs.JobService, "_start", slow_start)
+    monkeypatch.setattr(baton.intake.JobIntake, "_start", slow_start)
     first = api(aws.api_event(CREATE))
     assert first["statusCode"] == 202
     assert_error(concurrent[0], 409, "idempotency_in_flight")
@@ -421,7 +421,7 @@ def test_list_pages_through_the_tenants_jobs_newest_first(
     aws: AwsStack, api: LoadedFunction, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = iter(range(1_900_000_000_000, 1_900_000_100_000, 1000))
-    monkeypatch.setattr(baton.jobs, "now_ms", lambda: next(clock))  # one created_ms per job
+    monkeypatch.setattr(baton.intake, "now_ms", lambda: next(clock))  # one created_ms per job
     created = [create_job(aws, api) for _ in range(5)]
     create_job(aws, api, tenant="globex")
 

@@ -13,12 +13,12 @@ from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 
 from baton.clock import now_ms
 from baton.deadletters import ARCHIVE_PREFIX, ArchivedDeadLetter, archive_key
-from baton.jobs import JobService
 from baton.models import StageCommand, Step
 from baton.records import JobRecord
 from baton.settings import get_settings
 from baton.store import OPEN_SHARDS, JobStore, open_shard
 from baton.sweeper import Sweeper
+from baton.wiring import job_failures, job_intake, job_sweeper, webhook_service
 from baton_dev.dlq import DlqError, find_letter, list_archive, redrive_letter
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def test_dead_letters_that_cannot_fail_a_job_are_archived_with_what_they_found(
 ) -> None:
     open_job = accept(api, aws)
     ended = accept(api, aws)
-    JobService(get_settings()).cancel(TENANT, ended)
+    job_intake(get_settings()).cancel(TENANT, ended)
     dead_letter(aws, command(open_job, version=2).model_dump_json())  # a newer version is running
     dead_letter(aws, command(open_job, step=Step.TOOL, depth=3).model_dump_json(), "ToolDeadLetterQueue")
     dead_letter(aws, command(ended).model_dump_json())
@@ -232,7 +232,7 @@ def test_bounded_sweeps_cover_every_overdue_job_and_skip_none(
     # Expired jobs (TTL has not removed them yet) sit first in their shards: they must not block.
     expired = {open_job(aws, deadline_ms=now - 10**9, expired=True) for _ in range(12)}
     monkeypatch.setattr("baton.store.OVERDUE_PAGE", 3)
-    sweeper = Sweeper(JobService(get_settings()), max_per_run=7)
+    sweeper = Sweeper(job_failures(get_settings()), webhook_service(get_settings()), max_per_run=7)
 
     store = JobStore(aws.jobs_table)
     runs: list[int] = []
@@ -260,7 +260,7 @@ def test_a_sweep_stops_starting_work_when_the_invocation_runs_out_of_time(aws: A
         open_job(aws, deadline_ms=now - 1000 - i)
     remaining = iter([60_000, 60_000, 5_000])
 
-    result = Sweeper(JobService(get_settings())).sweep(lambda: next(remaining, 0))
+    result = job_sweeper(get_settings()).sweep(lambda: next(remaining, 0))
 
     assert result == {"overdue_failed": 2, "deliveries_resent": 0}
 

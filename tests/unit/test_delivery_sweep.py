@@ -10,10 +10,10 @@ import pytest
 
 from baton.clock import now_ms
 from baton.deliveries import OVERDUE_MARGIN_MS
-from baton.jobs import JobService
 from baton.settings import get_settings
 from baton.sweeper import Sweeper
 from baton.webhooks import PENDING_SHARDS, Delivery, DeliveryMessage, DeliveryStore, pending_shard
+from baton.wiring import job_failures, job_sweeper, webhook_service
 
 from . import test_notify_handler as notify_tests
 from .test_notify_handler import HOOK, Receiver, attempt_queued, deliveries
@@ -98,7 +98,7 @@ def test_a_lost_retry_is_sent_again_with_its_attempt_number(
     set_due(aws, job_id, scheduled.webhook_id, now_ms() - LONG_AGO_MS)
     receiver.status = 204
 
-    assert Sweeper(JobService(get_settings())).sweep()["deliveries_resent"] == 1
+    assert job_sweeper(get_settings()).sweep()["deliveries_resent"] == 1
 
     [raw] = aws.receive("WebhookDeliveryQueue")
     resent = DeliveryMessage.model_validate_json(raw["Body"])
@@ -137,7 +137,7 @@ def test_bounded_sweeps_resend_every_overdue_delivery_once_and_skip_the_rest(
     expired = make_delivery(aws, 300, due_ms=now - 10**9, expires_at=now // 1000 - 60)
     assert len({pending_shard(d.webhook_id) for d in overdue}) == PENDING_SHARDS  # spans every shard
     monkeypatch.setattr("baton.webhooks.OVERDUE_PAGE", 2)
-    sweeper = Sweeper(JobService(get_settings()), max_per_run=5)
+    sweeper = Sweeper(job_failures(get_settings()), webhook_service(get_settings()), max_per_run=5)
 
     runs: list[int] = []
     while not runs or runs[-1]:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-import baton.jobs
+import baton.execution
 import baton.llm
 from baton.clock import now_ms
 from baton.errors import ModelError
@@ -374,8 +374,8 @@ def test_job_past_its_timeout_fails_without_a_model_call(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     job_id = accept(aws, api, {"input": {"prompt": "hi"}, "parameters": {"timeout_seconds": 1}})
-    later = baton.jobs.now_ms() + 2_000
-    monkeypatch.setattr(baton.jobs, "now_ms", lambda: later)
+    later = baton.execution.now_ms() + 2_000
+    monkeypatch.setattr(baton.execution, "now_ms", lambda: later)
     assert infer(aws.take_event("InferQueue")) == {"batchItemFailures": []}
     assert model.calls == []
     record = JobStore(aws.jobs_table).get("acme", job_id)

@@ -10,7 +10,7 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-from baton.jobs import upload_job_id
+from baton.intake import upload_job_id
 from baton.messaging import EventPublisher
 from baton.models import StageCommand, Step
 from baton.store import JobStore

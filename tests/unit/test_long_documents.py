@@ -12,12 +12,12 @@ import pytest
 from baton import chunking
 from baton.clock import now_ms
 from baton.errors import ModelError
-from baton.jobs import JobService
 from baton.llm import Completion
 from baton.models import StageCommand
 from baton.records import Usage
 from baton.settings import get_settings
 from baton.store import JobStore
+from baton.wiring import infer_stage
 
 from .test_infer_handler import FakeModel, delayed_messages, model, provider_item  # noqa: F401 (the fixture)
 
@@ -158,9 +158,9 @@ def test_a_redelivered_chunk_neither_calls_the_model_again_nor_counts_twice(
     extract(aws.take_event("ExtractQueue"))
     commands, _ = queued_commands(aws)
     first = commands[0]
-    jobs = JobService(get_settings())  # the infer function's settings (its environment is applied)
-    jobs.run_infer(first, remaining_ms=60_000)
-    jobs.run_infer(first, remaining_ms=60_000)  # the same command again (its idempotency record lost)
+    infer = infer_stage(get_settings())  # the infer function's settings (its environment is applied)
+    infer.run(first, remaining_ms=60_000)
+    infer.run(first, remaining_ms=60_000)  # the same command again (its idempotency record lost)
     assert len(model.calls) == 1
     item = boto3.client("dynamodb").get_item(
         TableName=aws.jobs_table, Key={"pk": {"S": "TENANT#acme"}, "sk": {"S": f"JOB#{job_id}"}}

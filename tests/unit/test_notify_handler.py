@@ -268,8 +268,8 @@ def test_a_wait_beyond_sqs_15_minutes_takes_hops(
     first = DeliveryMessage.model_validate_json(queued["Body"])
     due = first.due_ms + 2 * 3600 * 1000  # as if the schedule said 2 h
     early = first.model_copy(update={"due_ms": due})
-    service = deliver.module.service
-    assert service.attempt(early) == {"outcome": "waiting", "due_ms": due}
+    webhooks = deliver.module.webhooks
+    assert webhooks.attempt(early) == {"outcome": "waiting", "due_ms": due}
     assert receiver.deliveries == []  # not attempted before it is due
     assert delayed_messages(aws) == 1
 

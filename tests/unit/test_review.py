@@ -11,13 +11,13 @@ import pytest
 import baton.llm
 from baton.clock import now_ms
 from baton.errors import JobConflictError
-from baton.jobs import JobService
 from baton.llm import Completion
 from baton.models import ReviewRequest, StageCommand, Step
 from baton.records import Usage
 from baton.settings import get_settings
 from baton.store import JobStore
 from baton.webhook_auth import unseal
+from baton.wiring import job_failures, job_intake
 
 if TYPE_CHECKING:
     from conftest import AwsStack, LoadedFunction
@@ -141,7 +141,7 @@ def test_approval_continues_from_the_tool_step_as_a_new_version(
 
 def test_two_approvals_racing_one_wins(aws: AwsStack, stopped_for_review: tuple[str, dict[str, Any]]) -> None:
     job_id, _ = stopped_for_review
-    service = JobService(get_settings())
+    service = job_intake(get_settings())
     seen_by_both = service.store.get("acme", job_id)
     service._approve(seen_by_both, ReviewRequest(decision="approve"))
     with pytest.raises(JobConflictError):
@@ -189,7 +189,7 @@ def test_rejection_fails_the_job_and_other_states_conflict(
 
 def test_a_job_nobody_reviews_expires(aws: AwsStack, stopped_for_review: tuple[str, dict[str, Any]]) -> None:
     job_id, _ = stopped_for_review
-    service = JobService(get_settings())
+    service = job_failures(get_settings())
     window_ms = get_settings().review_window_ms
     assert service.fail_overdue(now_ms() + window_ms - 60_000, limit=100) == 0
     assert service.store.get("acme", job_id).status.value == "needs_review"

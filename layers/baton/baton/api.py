@@ -13,9 +13,10 @@ from aws_lambda_powertools.utilities.idempotency.config import IdempotencyConfig
 from pydantic import BaseModel
 
 from baton.clock import iso_from_ms
+from baton.deliveries import WebhookService
 from baton.errors import InvalidRequestError, JobNotFoundError, UnauthorizedError
 from baton.idempotency import idempotency_prefix
-from baton.jobs import JobService
+from baton.intake import JobIntake
 from baton.models import (
     CreateJobRequest,
     DeliveryList,
@@ -27,6 +28,7 @@ from baton.models import (
     RotatedWebhookSecret,
 )
 from baton.records import JobList, JobRecord, JobView
+from baton.tenants import TenantStore
 from baton.webhook_auth import forwarded_value
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -80,7 +82,7 @@ def json_response[Body: BaseModel](
 
 class JobsHttp:
     def __init__(
-        self, service: JobService, persistence: BasePersistenceLayer, config: IdempotencyConfig
+        self, service: JobIntake, persistence: BasePersistenceLayer, config: IdempotencyConfig
     ) -> None:
         self.service = service
         self.config = config
@@ -215,24 +217,23 @@ SECRET_OVERLAP_SECONDS = 24 * 3600
 
 
 class WebhooksHttp:
-    def __init__(self, service: JobService) -> None:
-        self.service = service
+    def __init__(self, webhooks: WebhookService, tenants: TenantStore) -> None:
+        self.webhooks = webhooks
+        self.tenants = tenants
 
     def deliveries(self, event: APIGatewayProxyEvent, job_id: str) -> Response[DeliveryList]:
-        found = self.service.webhooks.list(tenant_of(event), known_job_id(job_id))
+        found = self.webhooks.list(tenant_of(event), known_job_id(job_id))
         body = DeliveryList(data=[DeliveryView.model_validate(d.public_view()) for d in found])
         return json_response(200, body)
 
     def redeliver(self, event: APIGatewayProxyEvent, job_id: str, webhook_id: str) -> Response[DeliveryView]:
         if not WEBHOOK_ID_PATTERN.fullmatch(webhook_id):
             raise JobNotFoundError(f"delivery {webhook_id[:80]} not found")
-        delivery = self.service.webhooks.redeliver(tenant_of(event), known_job_id(job_id), webhook_id)
+        delivery = self.webhooks.redeliver(tenant_of(event), known_job_id(job_id), webhook_id)
         return json_response(202, DeliveryView.model_validate(delivery.public_view()))
 
     def rotate_secret(self, event: APIGatewayProxyEvent) -> Response[RotatedWebhookSecret]:
-        rotated = self.service.tenants.rotate_webhook_secret(
-            tenant_of(event), overlap_seconds=SECRET_OVERLAP_SECONDS
-        )
+        rotated = self.tenants.rotate_webhook_secret(tenant_of(event), overlap_seconds=SECRET_OVERLAP_SECONDS)
         body = RotatedWebhookSecret(
             webhook_secret=rotated.webhook_secret,
             previous_valid_until=iso_from_ms(rotated.previous_valid_until_ms),

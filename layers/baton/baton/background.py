@@ -25,11 +25,17 @@ from baton import llm, responses
 from baton.clock import now_ms
 from baton.errors import JobNotFoundError, ModelError
 from baton.limiter import Ticket
-from baton.models import JobStatus, StageCommand, Step
+from baton.model_calls import model_headers
+from baton.models import JobStatus, StageCommand
 from baton.records import JobRecord, ProviderCall
 
 if TYPE_CHECKING:
-    from baton.jobs import JobService
+    from baton.completions import Completions
+    from baton.failures import JobFailures
+    from baton.lifecycle import StageQueues
+    from baton.model_calls import ModelCalls
+    from baton.settings import Settings
+    from baton.store import JobStore
 
 logger = Logger(child=True)
 metrics = Metrics()
@@ -41,9 +47,21 @@ _unsupported: set[str] = set()
 
 
 class BackgroundInference:
-    def __init__(self, jobs: JobService) -> None:
-        self.jobs = jobs
-        self.settings = jobs.settings
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        queues: StageQueues,
+        model_calls: ModelCalls,
+        completions: Completions,
+        failures: JobFailures,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.queues = queues
+        self.model_calls = model_calls
+        self.completions = completions
+        self.failures = failures
 
     def supported(self) -> bool:
         return (self.settings.openai_base_url or "") not in _unsupported
@@ -72,14 +90,14 @@ class BackgroundInference:
                 model=record.model,
                 messages=messages,
                 parameters=parameters,
-                extra_headers=self.jobs.model_headers(record),
+                extra_headers=model_headers(record),
                 timeout=min(responses.CONTROL_TIMEOUT_S, budget_s),
             )
 
         # The create settles the ticket's rate slot but not its lease: the response is in flight.
         unleased = dataclasses.replace(ticket, lease_tenant=None) if ticket is not None else None
         try:
-            state = self.jobs.metered(
+            state = self.model_calls.metered(
                 unleased,
                 create,
                 settle=lambda created: (None, created.headers or {}),
@@ -99,7 +117,7 @@ class BackgroundInference:
             mode="background", step=record.step_key, response_id=state.response_id, status=state.status
         )
         try:
-            attached = self.jobs.store.attach_response(record, call)
+            attached = self.store.attach_response(record, call)
         except Exception:
             # The id could not be stored (an AWS error): the retry would not find this response,
             # so stop it now rather than pay for it and another.
@@ -121,7 +139,7 @@ class BackgroundInference:
     # -- a poll, a webhook wake-up, a cancel wake-up, or a retry that finds the stored id --------
     def resume(self, command: StageCommand) -> dict[str, Any]:
         outcome = self._resume(command)
-        limiter = self.jobs.limiter
+        limiter = self.model_calls.limiter
         if outcome.get("outcome") != "waiting" and limiter is not None and limiter.tenant_max_in_flight:
             # The step ended (or was never this command's): its response is no longer in flight.
             lease_id = f"{command.job_id}:{command.version}:{command.depth}"
@@ -130,7 +148,7 @@ class BackgroundInference:
 
     def _resume(self, command: StageCommand) -> dict[str, Any]:
         try:
-            record = self.jobs.store.get(command.tenant_id, command.job_id)
+            record = self.store.get(command.tenant_id, command.job_id)
         except JobNotFoundError:
             return {"outcome": "skipped"}
         call = record.provider_call
@@ -147,14 +165,14 @@ class BackgroundInference:
             return {"outcome": "skipped", "reason": f"job is {record.status.value}"}
         if now_ms() > record.deadline_ms:
             self._cancel_at_provider(record, call, reason="timeout")
-            self.jobs.fail(record, "timeout", "the job ran past its timeout_seconds")
+            self.failures.fail(record, "timeout", "the job ran past its timeout_seconds")
             return {"outcome": "failed", "error": "timeout"}
         try:
             state = responses.retrieve(self.settings, call.response_id, model=record.model)
         except ModelError as error:
             if error.retryable:
                 raise
-            self.jobs.fail(record, error.type, error.message)
+            self.failures.fail(record, error.type, error.message)
             return {"outcome": "failed", "error": error.type}
         logger.debug("background response polled", extra={"job_id": record.job_id, "status": state.status})
         if state.pending:
@@ -162,44 +180,32 @@ class BackgroundInference:
                 self._schedule_poll(command, record, (command.poll or 0) + 1)
             return {"outcome": "waiting", "status": state.status}
         if state.status == "failed":
-            self.jobs.fail(record, "model_error", state.error or "the provider's response failed")
+            self.failures.fail(record, "model_error", state.error or "the provider's response failed")
             return {"outcome": "failed", "error": "model_error"}
         if state.completion is None:  # cancelled at the provider, not by Baton
-            self.jobs.fail(record, "provider_cancelled", f"the provider's response is {state.status}")
+            self.failures.fail(record, "provider_cancelled", f"the provider's response is {state.status}")
             return {"outcome": "failed", "error": "provider_cancelled"}
         logger.info(
             "background response finished",
             extra={"job_id": record.job_id, "response_id": call.response_id, "by": command.wake or "poll"},
         )
-        return self.jobs.record_completion(record, self.jobs.messages(record), state.completion)
-
-    def wake(self, record: JobRecord, reason: str) -> None:
-        """Resume the job's current step now (the provider's webhook, or a cancel)."""
-        command = StageCommand(
-            job_id=record.job_id,
-            tenant_id=record.tenant_id,
-            step=Step.INFER,
-            version=record.version,
-            depth=record.depth,
-            wake=reason[:200],
-        )
-        self.jobs.queues[Step.INFER].send(command)
+        return self.completions.record(record, self.completions.messages(record), state.completion)
 
     # -- helpers -------------------------------------------------------------------------------
     def _hold(self, ticket: Ticket | None, record: JobRecord) -> None:
-        if ticket is not None and self.jobs.limiter is not None:
+        if ticket is not None and self.model_calls.limiter is not None:
             until = record.deadline_ms + LEASE_MARGIN_MS
-            self.jobs.limiter.hold_lease(ticket, until_ms=until, now_ms=now_ms())
+            self.model_calls.limiter.hold_lease(ticket, until_ms=until, now_ms=now_ms())
 
     def _release(self, ticket: Ticket | None) -> None:
-        if ticket is not None and self.jobs.limiter is not None:
-            self.jobs.limiter.release(ticket)
+        if ticket is not None and self.model_calls.limiter is not None:
+            self.model_calls.limiter.release(ticket)
 
     def _schedule_poll(self, command: StageCommand, record: JobRecord, poll: int) -> None:
         # Never sleep past the job's deadline: the poll after it fails the job and cancels the call.
         left_s = max(1, (record.deadline_ms - now_ms()) // 1000 + 1)
         delay = int(min(self.settings.poll_delay(poll), left_s))
-        self.jobs.queues[Step.INFER].send(
+        self.queues.send(
             command.model_copy(update={"poll": poll, "wake": None, "not_before_ms": None}),
             delay_seconds=delay,
         )
@@ -221,5 +227,5 @@ class BackgroundInference:
         )
         if reason != "surplus":
             updated = call.model_copy(update={"status": state.status, "cancelled": cancelled})
-            self.jobs.store.record_provider_call(record, updated)
+            self.store.record_provider_call(record, updated)
         metrics.add_metric(name="ProviderResponsesCancelled", unit=MetricUnit.Count, value=int(cancelled))

@@ -62,7 +62,8 @@ from baton.webhook_auth import forwarded_value
 from baton.webhooks import Delivery
 
 if TYPE_CHECKING:
-    from baton.jobs import JobService
+    from baton.deliveries import WebhookService
+    from baton.intake import JobIntake
 
 logger = Logger(child=True)
 
@@ -163,9 +164,10 @@ def line_request(batch: dict[str, Any], line: BatchLine) -> CreateJobRequest:
 
 
 class BatchService:
-    def __init__(self, settings: Settings, jobs: JobService) -> None:
+    def __init__(self, settings: Settings, jobs: JobIntake, webhooks: WebhookService) -> None:
         self.settings = settings
         self.jobs = jobs
+        self.webhooks = webhooks
         self.blobs = BlobStore(settings.bucket)
 
     @property
@@ -378,10 +380,10 @@ class BatchService:
 
     def _start_line(self, tenant_id: str, item: dict[str, Any], line: BatchLine, job_id: str) -> None:
         batch = {"batch_id": item["batch_id"], "defaults": json.loads(item["defaults"])}
-        record = self.jobs._new_record(
+        record = self.jobs.new_record(
             tenant_id, job_id=job_id, request=line_request(batch, line), document_key=None, source="batch"
         )
-        self.jobs._store_and_start(record)
+        self.jobs.store_and_start(record)
 
     def _cancel_line(self, tenant_id: str, batch_id: str, custom_id: str, job_id: str) -> int:
         try:
@@ -633,7 +635,7 @@ class BatchService:
         if not item.get("webhook"):
             return
         webhook = json.loads(str(item["webhook"]))
-        self.jobs.webhooks.start(
+        self.webhooks.start(
             Delivery(
                 tenant_id=tenant_id,
                 job_id=view.id,
@@ -650,7 +652,7 @@ class BatchService:
     def deliveries(self, tenant_id: str, batch_id: str) -> list[DeliveryView]:
         """GET /v1/batches/{id}/deliveries: the batch's webhook deliveries (404 like the batch)."""
         self._item(tenant_id, batch_id)
-        found = self.jobs.webhooks.store.list(tenant_id, batch_id)
+        found = self.webhooks.store.list(tenant_id, batch_id)
         return [DeliveryView.model_validate(delivery.public_view()) for delivery in found]
 
     def redeliver(self, tenant_id: str, batch_id: str, webhook_id: str) -> DeliveryView:
@@ -659,5 +661,5 @@ class BatchService:
         self._item(tenant_id, batch_id)
         if webhook_id not in {batch_webhook_id(batch_id, status) for status in TERMINAL}:
             raise JobNotFoundError(f"delivery {webhook_id[:80]} not found")
-        delivery = self.jobs.webhooks.restart(tenant_id, batch_id, webhook_id)
+        delivery = self.webhooks.restart(tenant_id, batch_id, webhook_id)
         return DeliveryView.model_validate(delivery.public_view())

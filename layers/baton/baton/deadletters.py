@@ -29,8 +29,9 @@ from pydantic import BaseModel, ValidationError
 
 from baton.aws import client
 from baton.clock import iso_from_ms, now_ms
-from baton.jobs import JobService
+from baton.failures import JobFailures
 from baton.models import StageCommand
+from baton.settings import Settings
 
 logger = Logger(child=True)
 
@@ -93,9 +94,10 @@ class DeadLetterHandler:
     record then returns after the DLQ's visibility timeout); nothing in a message body can make it
     raise, so a dead letter never becomes a crash loop of its own."""
 
-    def __init__(self, service: JobService, metrics: Metrics) -> None:
-        self.service = service
-        self.bucket = service.settings.bucket
+    def __init__(self, failures: JobFailures, settings: Settings, metrics: Metrics) -> None:
+        self.failures = failures
+        self.settings = settings
+        self.bucket = settings.bucket
         # The handler's own instance: its namespace is read from the function's environment.
         self.metrics = metrics
 
@@ -107,7 +109,7 @@ class DeadLetterHandler:
         archive_id = archive_id_of(stage, sent_ms, record.messageId)
         # The redrive policy moved it after exactly MaxReceiveCount deliveries; the receive count it
         # carries also counts deliveries from the DLQ (ours), so it is archived but not reported.
-        attempts = self.service.settings.max_receive_count
+        attempts = self.settings.max_receive_count
         if command is None:
             outcome = Outcome.UNRECOGNISED
             logger.warning(
@@ -116,7 +118,7 @@ class DeadLetterHandler:
             )
         else:
             outcome = Outcome(
-                self.service.fail_dead_lettered(command, attempts=attempts, archive_id=archive_id)
+                self.failures.fail_dead_lettered(command, attempts=attempts, archive_id=archive_id)
             )
         letter = ArchivedDeadLetter(
             id=archive_id,

@@ -1,4 +1,5 @@
-"""WebhookService: terminal events become deliveries; each queue message is one attempt."""
+"""WebhookService: terminal events become deliveries (the notify stage); each queue message is one
+attempt (the deliver stage); the sweeper sends lost ones again."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from baton.blobs import BlobStore
 from baton.clock import now_ms
 from baton.egress import BlockedAddressError
 from baton.errors import JobNotFoundError
-from baton.models import JobStatus, WebhookAuth
+from baton.models import JobStatus, LifecycleDetail, WebhookAuth
 from baton.records import JobRecord
 from baton.settings import Settings
 from baton.store import JobStore
@@ -59,13 +60,33 @@ class AttemptNotRecordedYet(Exception):
 
 
 class WebhookService:
-    def __init__(self, settings: Settings, *, jobs: JobStore, tenants: TenantStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        jobs: JobStore,
+        tenants: TenantStore,
+        store: DeliveryStore,
+        queue: DeliveryQueue,
+        blobs: BlobStore,
+    ) -> None:
         self.settings = settings
         self.jobs = jobs
         self.tenants = tenants
-        self.store = DeliveryStore(settings.jobs_table)
-        self.queue = DeliveryQueue(settings.webhook_queue_url)
-        self.blobs = BlobStore(settings.bucket)
+        self.store = store
+        self.queue = queue
+        self.blobs = blobs
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, jobs: JobStore, blobs: BlobStore) -> WebhookService:
+        return cls(
+            settings,
+            jobs=jobs,
+            tenants=TenantStore(settings.jobs_table),
+            store=DeliveryStore(settings.jobs_table),
+            queue=DeliveryQueue(settings.webhook_queue_url),
+            blobs=blobs,
+        )
 
     @property
     def _timeout(self) -> float:
@@ -77,6 +98,17 @@ class WebhookService:
         return int(self._timeout * 4 * 1000) + 10_000
 
     # -- terminal event -> delivery ------------------------------------------------------------
+    def notify(self, detail: LifecycleDetail) -> dict[str, Any]:
+        """A terminal event becomes a webhook delivery (attempted from the delivery queue)."""
+        if not detail.status.is_settled or detail.job is None:
+            return {"outcome": "ignored"}
+        try:
+            record = self.jobs.get(detail.tenant_id, detail.job_id)
+        except JobNotFoundError:
+            logger.warning("notification for a job that no longer exists", extra={"job_id": detail.job_id})
+            return {"outcome": "gone"}
+        return self.intake(record, detail.status, detail.job)
+
     def intake(self, record: JobRecord, status: JobStatus, job_view: dict[str, Any]) -> dict[str, Any]:
         if record.webhook is None:
             return {"outcome": "no_webhook"}

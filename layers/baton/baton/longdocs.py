@@ -25,11 +25,16 @@ from aws_lambda_powertools import Logger
 
 from baton import chunking
 from baton.errors import DocumentTooLongError
+from baton.lifecycle import command_for
 from baton.models import StageCommand, Step
 from baton.records import DocumentInfo, JobRecord, Usage
 
 if TYPE_CHECKING:
-    from baton.jobs import JobService
+    from baton.blobs import BlobStore
+    from baton.lifecycle import StageQueues
+    from baton.model_calls import ModelCalls
+    from baton.settings import Settings
+    from baton.store import JobStore
 
 logger = Logger(child=True)
 
@@ -99,41 +104,33 @@ def plan(record: JobRecord, text: str, *, context_tokens: int, document_id: str 
     return Plan(text=text, document=info.model_copy(update={"chunks": len(spans)}), spans=spans)
 
 
+# -- extract side -------------------------------------------------------------------------------
+def fan_out_level0(
+    blobs: BlobStore, queues: StageQueues, record: JobRecord, text: str, spans: list[tuple[int, int]]
+) -> None:
+    for index, (start, end) in enumerate(spans):
+        key = chunk_key(record.tenant_id, record.job_id, 0, index)
+        blobs.write(key, text[start:end].encode(), content_type="text/plain; charset=utf-8")
+    _send(queues, record, level=0, count=len(spans))
+
+
+def _send(queues: StageQueues, record: JobRecord, *, level: int, count: int) -> None:
+    commands = [command_for(record, Step.INFER, chunk=index, level=level) for index in range(count)]
+    queues.send_many(Step.INFER, commands)
+
+
+@dataclass(frozen=True)
 class LongDocuments:
-    """The map-reduce half that runs in the infer stage, on the JobService's stores and queues."""
+    """The map-reduce half that runs in the infer stage."""
 
-    def __init__(self, service: JobService) -> None:
-        self.service = service
+    settings: Settings
+    store: JobStore
+    blobs: BlobStore
+    queues: StageQueues
+    model_calls: ModelCalls
 
-    # -- extract side ---------------------------------------------------------------------------
-    def fan_out_level0(self, record: JobRecord, text: str, spans: list[tuple[int, int]]) -> None:
-        blobs = self.service.blobs
-        for index, (start, end) in enumerate(spans):
-            key = chunk_key(record.tenant_id, record.job_id, 0, index)
-            blobs.write(key, text[start:end].encode(), content_type="text/plain; charset=utf-8")
-        self._send(record, level=0, count=len(spans))
-
-    def _send(self, record: JobRecord, *, level: int, count: int) -> None:
-        commands = [
-            StageCommand(
-                job_id=record.job_id,
-                tenant_id=record.tenant_id,
-                step=Step.INFER,
-                version=record.version,
-                depth=record.depth,
-                chunk=index,
-                level=level,
-            )
-            for index in range(count)
-        ]
-        self.service.queues[Step.INFER].send_many(commands)
-
-    # -- infer side -----------------------------------------------------------------------------
-    def run_chunk(self, command: StageCommand, *, remaining_ms: int) -> dict[str, Any]:
-        service = self.service
-        record = service._runnable(command)
-        if record is None:
-            return {"outcome": "skipped"}
+    def run_chunk(self, command: StageCommand, record: JobRecord, *, remaining_ms: int) -> dict[str, Any]:
+        """One chunk's call (`record`: the job, found runnable for this command)."""
         assert command.chunk is not None
         level, index = command.level, command.chunk
         if level >= len(record.chunk_levels) or index >= record.chunk_levels[level]:
@@ -141,10 +138,10 @@ class LongDocuments:
             return {"outcome": "skipped"}
         total = record.chunk_levels[level]
         stored_key = answer_key(record.tenant_id, record.job_id, level, index)
-        if not service.blobs.exists(stored_key):
+        if not self.blobs.exists(stored_key):
             # Answered before but the invocation died before counting it: never pay twice.
             self._answer(record, command, stored_key, total, remaining_ms)
-        answered = service.store.mark_chunk_answered(record, level=level, chunk=index, total=total)
+        answered = self.store.mark_chunk_answered(record, level=level, chunk=index, total=total)
         if answered < total:
             return {"outcome": "chunk_answered", "level": level, "chunk": index, "answered": answered}
         return self._combine(record, level)
@@ -152,9 +149,8 @@ class LongDocuments:
     def _answer(
         self, record: JobRecord, command: StageCommand, key: str, total: int, remaining_ms: int
     ) -> None:
-        service = self.service
         index = command.chunk or 0
-        text = service.blobs.read_text(chunk_key(record.tenant_id, record.job_id, command.level, index))
+        text = self.blobs.read_text(chunk_key(record.tenant_id, record.job_id, command.level, index))
         if command.level == 0:
             note = (
                 f"(This is part {index + 1} of {total} of a document too long for one call; "
@@ -166,7 +162,7 @@ class LongDocuments:
                 "parts of it. Combine them into one answer.)"
             )
         parameters = record.request.get("parameters", {})
-        room = budget(service.settings.model_context_tokens, record)
+        room = budget(self.settings.model_context_tokens, record)
         request: dict[str, Any] = {"max_tokens": room.answer_tokens}
         if parameters.get("temperature") is not None:
             request["temperature"] = parameters["temperature"]
@@ -174,18 +170,19 @@ class LongDocuments:
         # Through the provider limiter like any model call: no capacity (or a 429) defers the
         # chunk's command (Deferred), its own lease counting against the tenant's calls in flight.
         step_key = f"{record.job_id}:{record.version}:{command.level}:{command.chunk}"
-        ticket = service._admit(command, record, messages, request, lease_id=step_key)
-        completion = service._call_model(record, messages, request, remaining_ms, ticket, step_key=step_key)
-        service.blobs.write_json(key, {"text": completion.text or "", "usage": completion.usage.model_dump()})
+        ticket = self.model_calls.admit(command, record, messages, request, lease_id=step_key)
+        completion = self.model_calls.complete(
+            record, messages, request, remaining_ms, ticket, step_key=step_key
+        )
+        self.blobs.write_json(key, {"text": completion.text or "", "usage": completion.usage.model_dump()})
 
     def _combine(self, record: JobRecord, level: int) -> dict[str, Any]:
         """Every chunk of `level` is answered: one more level, or the job's own (final) call."""
-        service = self.service
         answers = self.answers(record, level)
-        room = budget(service.settings.model_context_tokens, record)
+        room = budget(self.settings.model_context_tokens, record)
         joined = _join(answers)
         if room.fits(joined):
-            service._schedule(record, Step.INFER)
+            self.queues.schedule(record, Step.INFER)
             return {"outcome": "combining", "level": level, "answers": len(answers)}
         groups = chunking.group([len(answer) + 2 for answer in answers], room.text_chars)
         if len(groups) >= len(answers):
@@ -196,10 +193,10 @@ class LongDocuments:
         for index, members in enumerate(groups):
             key = chunk_key(record.tenant_id, record.job_id, level + 1, index)
             text = _join([answers[member] for member in members])
-            service.blobs.write(key, text.encode(), content_type="text/plain; charset=utf-8")
+            self.blobs.write(key, text.encode(), content_type="text/plain; charset=utf-8")
         levels = [*record.chunk_levels[: level + 1], len(groups)]
-        record = service.store.add_chunk_level(record, levels)
-        self._send(record, level=level + 1, count=len(groups))
+        record = self.store.add_chunk_level(record, levels)
+        _send(self.queues, record, level=level + 1, count=len(groups))
         return {"outcome": "next_level", "level": level + 1, "chunks": len(groups)}
 
     def answers(self, record: JobRecord, level: int) -> list[str]:
@@ -217,7 +214,7 @@ class LongDocuments:
         return total
 
     def _stored_answer(self, record: JobRecord, level: int, index: int) -> dict[str, Any]:
-        stored: dict[str, Any] = self.service.blobs.read_json(
+        stored: dict[str, Any] = self.blobs.read_json(
             answer_key(record.tenant_id, record.job_id, level, index)
         )
         return stored

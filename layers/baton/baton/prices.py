@@ -133,7 +133,7 @@ class JobPath:
     stage_ms: int  # measured time of the stages (extract + infer + notify), for Lambda GB-seconds
 
 
-# The AWS requests one step of the pipeline makes, read from the code (JobService and its stores):
+# The AWS requests one step of the pipeline makes, read from the code (intake, execution and their stores):
 # each stage command is one SQS send, one receive and one delete; each stage reads the job, writes
 # its start and its outcome (conditional updates) and its idempotency record twice, and publishes
 # one event. Retries, polls and long-polls are not counted: `aws_usd` is the price of the job's

@@ -21,7 +21,8 @@ from baton.settings import Settings
 if TYPE_CHECKING:
     import openai
 
-    from baton.jobs import JobService
+    from baton.lifecycle import StageQueues
+    from baton.store import JobStore
 
 logger = Logger(child=True)
 
@@ -44,9 +45,10 @@ def _verifier() -> openai.OpenAI:
 
 
 class ProviderWebhooks:
-    def __init__(self, settings: Settings, jobs: JobService) -> None:
+    def __init__(self, settings: Settings, store: JobStore, queues: StageQueues) -> None:
         self.settings = settings
-        self.jobs = jobs
+        self.store = store
+        self.queues = queues
 
     def _secret(self) -> str:
         if not self.settings.provider_webhook_secret_arn:
@@ -67,7 +69,7 @@ class ProviderWebhooks:
         response_id = getattr(getattr(event, "data", None), "id", None)
         if event_type not in FINISHED_EVENTS or not isinstance(response_id, str):
             return {"outcome": "ignored", "type": event_type}
-        owner = self.jobs.store.job_of_response(response_id)
+        owner = self.store.job_of_response(response_id)
         if owner is None:
             logger.info(
                 "provider webhook for a response Baton does not know", extra={"response_id": response_id}
@@ -75,12 +77,12 @@ class ProviderWebhooks:
             return {"outcome": "unknown_response"}
         tenant_id, job_id = owner
         try:
-            record = self.jobs.store.get(tenant_id, job_id)
+            record = self.store.get(tenant_id, job_id)
         except JobNotFoundError:
             return {"outcome": "unknown_response"}
         call = record.provider_call
         if record.is_terminal or call is None or call.response_id != response_id:
             return {"outcome": "job_advanced"}
-        self.jobs.background.wake(record, f"webhook:{getattr(event, 'id', '')}")
+        self.queues.wake(record, f"webhook:{getattr(event, 'id', '')}")
         logger.info("provider webhook woke the job", extra={"job_id": job_id, "response_id": response_id})
         return {"outcome": "woken", "job_id": job_id}

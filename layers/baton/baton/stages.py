@@ -59,7 +59,7 @@ def sqs_stage_handler[RecordT: SqsRecordModel, PayloadT: BaseModel](
     - `payload(record)`: what the step acts on (the command, the lifecycle event's detail...); the
       idempotency key is computed from it, never from the SQS message, so a duplicated or
       redelivered message finds the stored outcome;
-    - `work(payload, context)`: the step, in the domain (JobService);
+    - `work(payload, context)`: the step, in the domain (baton.execution...);
     - `idempotency`: the Powertools config keying the step (None: idempotent by construction);
     - `give_up(payload)`: what ends the job (or batch) when the step cannot succeed (None, or
       None for this payload: nothing to end);

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from aws_lambda_powertools import Logger
 
 from baton.clock import now_ms
-from baton.jobs import JobService
+from baton.deliveries import WebhookService
+from baton.failures import JobFailures
 
 logger = Logger(child=True)
 
@@ -25,8 +26,11 @@ RESERVE_MS = 10_000
 
 
 class Sweeper:
-    def __init__(self, service: JobService, *, max_per_run: int = MAX_OVERDUE_PER_RUN) -> None:
-        self.service = service
+    def __init__(
+        self, failures: JobFailures, webhooks: WebhookService, *, max_per_run: int = MAX_OVERDUE_PER_RUN
+    ) -> None:
+        self.failures = failures
+        self.webhooks = webhooks
         self.max_per_run = max_per_run
 
     def sweep(self, remaining_ms: Callable[[], int] | None = None) -> dict[str, int]:
@@ -34,8 +38,8 @@ class Sweeper:
             return remaining_ms is None or remaining_ms() > RESERVE_MS
 
         now = now_ms()
-        overdue = self.service.fail_overdue(now, limit=self.max_per_run, keep_going=keep_going)
-        resent = self.service.webhooks.resend_overdue(now, limit=self.max_per_run, keep_going=keep_going)
+        overdue = self.failures.fail_overdue(now, limit=self.max_per_run, keep_going=keep_going)
+        resent = self.webhooks.resend_overdue(now, limit=self.max_per_run, keep_going=keep_going)
         if overdue or resent:
             logger.info(
                 "sweep",

@@ -1,0 +1,161 @@
+"""A model call as every caller makes it (a job's hop, a long document's chunk, a background
+response): admitted by the provider limiter, timed, metered, and stopped when its job is cancelled."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from baton import llm, telemetry
+from baton.clock import now_ms
+from baton.errors import JobNotFoundError, ModelError
+from baton.limiter import (
+    DEFAULT_COMPLETION_TOKENS,
+    Limits,
+    ProviderLimiter,
+    RateLimitHeaders,
+    Ticket,
+    estimate_tokens,
+    provider_key,
+)
+from baton.models import JobStatus, StageCommand
+from baton.records import JobRecord
+from baton.settings import Settings
+from baton.store import JobStore
+
+# A tenant lease outlives the model call it covers by this much (then it returns on its own).
+LEASE_MARGIN_MS = 10_000
+
+
+def provider_limiter(settings: Settings) -> ProviderLimiter | None:
+    """The deployment's limiter (None without its table: calls go straight to the provider)."""
+    if not settings.limiter_table:
+        return None
+    return ProviderLimiter(
+        settings.limiter_table,
+        configured=Limits(settings.provider_requests_per_minute, settings.provider_tokens_per_minute),
+        tenant_max_in_flight=settings.tenant_max_in_flight,
+    )
+
+
+def model_headers(record: JobRecord, step_key: str | None = None) -> dict[str, str]:
+    """Sent with every model call: the simulator's log (and a proxy's) ties calls to steps."""
+    step = step_key or f"{record.job_id}:{record.step_key}"
+    return {"X-Baton-Job-Id": record.job_id, "X-Baton-Step-Key": step}
+
+
+@dataclass(frozen=True)
+class ModelCalls:
+    settings: Settings
+    store: JobStore
+    limiter: ProviderLimiter | None
+
+    def admit(
+        self,
+        command: StageCommand,
+        record: JobRecord,
+        messages: list[dict[str, Any]],
+        parameters: dict[str, Any],
+        *,
+        lease_id: str | None = None,
+    ) -> Ticket | None:
+        """Wait for the provider's capacity (RPM/TPM, the tenant's calls in flight), or raise
+        Deferred. `lease_id`: the call's own id (a long document's chunks run concurrently)."""
+        if self.limiter is None:
+            return None
+        ticket = self.limiter.admit(
+            provider_key(self.settings.openai_base_url, record.model),
+            tenant_id=record.tenant_id,
+            lease_id=lease_id or f"{record.job_id}:{record.version}:{record.depth}",
+            tokens=estimate_tokens(messages, parameters.get("max_tokens")),
+            now_ms=now_ms(),
+            held_slot_ms=command.not_before_ms,
+            lease_ms=int(self.settings.model_timeout_seconds * 1000) + LEASE_MARGIN_MS,
+        )
+        wait_ms = ticket.slot_ms - now_ms()
+        if wait_ms > 0:
+            time.sleep(wait_ms / 1000)  # at most limiter.MAX_WAIT_IN_FUNCTION_S
+        return ticket
+
+    def complete(
+        self,
+        record: JobRecord,
+        messages: list[dict[str, Any]],
+        parameters: dict[str, Any],
+        remaining_ms: int,
+        ticket: Ticket | None,
+        *,
+        step_key: str | None = None,
+    ) -> llm.Completion:
+        """The chat completion, metered under `ticket`. `step_key`: the call's own step (a long
+        document's chunk), else the job's hop."""
+        started, outcome = time.monotonic(), "ok"
+        try:
+            return self.metered(
+                ticket,
+                lambda: llm.complete(
+                    self.settings,
+                    model=record.model,
+                    messages=messages,
+                    parameters=parameters,
+                    # Below the function's remaining time, and never past the job's own deadline.
+                    timeout=min(llm.model_timeout(self.settings, remaining_ms), _seconds_left(record)),
+                    extra_headers=model_headers(record, step_key),
+                    # Streamed: a cancel closes the stream, so the provider stops generating.
+                    cancelled=lambda: self._is_cancelled(record),
+                    prompt_tokens_estimate=estimate_tokens(messages, None) - DEFAULT_COMPLETION_TOKENS,
+                ),
+                settle=lambda completion: (completion.usage.total_tokens or None, completion.headers),
+            )
+        except ModelError as error:
+            outcome = error.type
+            raise
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            # ModelLatency by model and outcome (the dashboard's model latency widget).
+            telemetry.model_call(record.model, (time.monotonic() - started) * 1000, outcome)
+
+    def metered[T](
+        self,
+        ticket: Ticket | None,
+        call: Callable[[], T],
+        *,
+        settle: Callable[[T], tuple[int | None, dict[str, str]]],
+    ) -> T:
+        """A provider call under the limiter's ticket: a 429 defers the command (not an attempt),
+        another failure gives the slot back, success settles it with (used tokens, headers)."""
+        try:
+            result = call()
+        except ModelError as error:
+            if ticket is not None and self.limiter is not None:
+                if error.type == "rate_limited":
+                    # Not an attempt: wait for the provider, however long, until the job's deadline.
+                    raise self.limiter.rate_limited(
+                        ticket, headers=RateLimitHeaders.parse(error.headers), now_ms=now_ms()
+                    ) from error
+                self.limiter.abandon(ticket, now_ms=now_ms())
+            raise
+        except BaseException:
+            if ticket is not None and self.limiter is not None:
+                self.limiter.abandon(ticket, now_ms=now_ms())
+            raise
+        if ticket is not None and self.limiter is not None:
+            used_tokens, headers = settle(result)
+            self.limiter.settle(
+                ticket, used_tokens=used_tokens, headers=RateLimitHeaders.parse(headers), now_ms=now_ms()
+            )
+        return result
+
+    def _is_cancelled(self, record: JobRecord) -> bool:
+        try:
+            return self.store.get(record.tenant_id, record.job_id).status is JobStatus.CANCELLED
+        except JobNotFoundError:
+            return True
+
+
+def _seconds_left(record: JobRecord) -> float:
+    return max(1.0, (record.deadline_ms - now_ms()) / 1000)
