@@ -10,6 +10,7 @@ from openai.types.responses import Response
 
 from baton.responses import completion_of, request_body
 from baton.settings import Settings
+from baton.tools import expand_tools
 
 CALC: dict[str, Any] = {
     "type": "function",
@@ -115,3 +116,15 @@ def test_a_finished_response_becomes_the_same_completion_as_chat() -> None:
 def test_the_poll_schedule_grows_then_repeats_its_last_delay() -> None:
     settings = Settings(BATON_BACKGROUND_POLL_SCHEDULE="1s,2s,15m")
     assert [settings.poll_delay(n) for n in (1, 2, 3, 4, 9)] == [1, 2, 900, 900, 900]
+
+
+def test_built_in_tools_reach_the_responses_api_not_strict() -> None:
+    """The Responses API treats a function tool as strict unless told; the built-ins have optional
+    arguments, which strict mode refuses, so their definitions say `strict: false`."""
+    body = request_body(
+        "m", [{"role": "user", "content": "hi"}], {"tools": expand_tools(["read_document_section"])}
+    )
+
+    [tool] = body["tools"]
+    assert (tool["name"], tool["strict"]) == ("read_document_section", False)
+    assert "query" in tool["parameters"]["properties"] and "required" not in tool["parameters"]

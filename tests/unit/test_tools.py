@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict
 
 from baton.errors import InvalidRequestError
@@ -435,7 +436,6 @@ def _tool(name: str, handler: Any) -> Tool[Any]:
     return Tool(
         name=name,
         description="test tool",
-        parameters={"type": "object", "properties": {}},
         arguments=_NoArgs,
         handler=handler,
     )
@@ -511,7 +511,8 @@ def test_tool_definitions_are_openai_function_tools() -> None:
         assert set(definition) == {"type", "function"}
         assert definition["type"] == "function"
         function = definition["function"]
-        assert set(function) == {"name", "description", "parameters"}
+        assert set(function) == {"name", "description", "parameters", "strict"}
+        assert function["strict"] is False  # optional arguments: not strict mode, on either API
         assert isinstance(function["description"], str) and function["description"]
         assert function["parameters"]["type"] == "object"
         assert function["parameters"]["additionalProperties"] is False
@@ -525,6 +526,63 @@ def test_tool_definitions_describe_exactly_the_arguments_each_tool_accepts() -> 
         assert set(parameters["properties"]) == set(tool.arguments.model_fields), name
         required = {field for field, info in tool.arguments.model_fields.items() if info.is_required()}
         assert set(parameters.get("required", [])) == required, name
+
+
+def _titles_dropped(schema: dict[str, Any]) -> dict[str, Any]:
+    dropped: dict[str, Any] = json.loads(
+        json.dumps(schema), object_hook=lambda node: {k: v for k, v in node.items() if k != "title"}
+    )
+    return dropped
+
+
+@pytest.mark.parametrize("name", list(TOOLS))
+def test_each_tool_advertises_its_argument_models_own_schema(name: str) -> None:
+    """One source: the schema the model sees is the argument model's, not a hand-written copy."""
+    tool = TOOLS[name]
+    assert all(field != "title" for field in tool.arguments.model_fields)  # _titles_dropped's premise
+    advertised = tool_definitions([name])[0]["function"]["parameters"]
+
+    assert advertised == _titles_dropped(tool.arguments.model_json_schema())
+    assert advertised["additionalProperties"] is False
+    assert all(prop.get("description") for prop in advertised["properties"].values()), name
+
+
+def _bounds(prop: dict[str, Any]) -> list[Any]:
+    """Values at and just past each bound the property's schema states, and of the wrong types."""
+    values: list[Any] = [None, True, 1, "1", [], {}]
+    for option in prop.get("anyOf", [prop]):
+        if "minLength" in option:
+            values += ["x" * option["minLength"], "x" * (option["minLength"] - 1)]
+        if "maxLength" in option:
+            values += ["x" * option["maxLength"], "x" * (option["maxLength"] + 1)]
+        if "minimum" in option:
+            values += [option["minimum"], option["minimum"] - 1]
+        if "maximum" in option:
+            values += [option["maximum"], option["maximum"] + 1]
+    return values
+
+
+@pytest.mark.parametrize("name", list(TOOLS))
+def test_the_advertised_schema_accepts_exactly_what_the_tool_accepts(name: str) -> None:
+    """Every argument object at a bound of the advertised schema (or past it, of a wrong type,
+    with an unknown key, without a required key) is valid for the schema exactly when the tool
+    runs it rather than answering `invalid arguments`."""
+    tool = TOOLS[name]
+    schema = tool_definitions([name])[0]["function"]["parameters"]
+    validator = Draft202012Validator(schema)
+    required = {key: "1" for key in schema.get("required", [])}
+    candidates: list[dict[str, Any]] = [dict(required), {**required, "unexpected": 1}]
+    if required:
+        candidates.append({})
+    for key, prop in schema["properties"].items():
+        candidates += [{**required, key: value} for value in _bounds(prop)]
+    verdicts = []
+    for arguments in candidates:
+        advertised_valid = validator.is_valid(arguments)
+        answer = tool.run(arguments, context())
+        assert advertised_valid is not answer.startswith("error: invalid arguments"), (arguments, answer)
+        verdicts.append(advertised_valid)
+    assert True in verdicts and False in verdicts  # both sides of every bound were tried
 
 
 def test_tool_definitions_select_by_name_in_the_given_order() -> None:

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
+from functools import cached_property
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -60,15 +61,44 @@ class ToolError(Exception):
 _ARGUMENTS = ConfigDict(extra="forbid", strict=True)
 
 
+def openai_parameters(arguments: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema a model sees for a tool: its argument model's own, so what the model is
+    told and what `Tool.run` accepts cannot drift apart. Pydantic's titles are dropped (noise in
+    the prompt); `extra="forbid"` already gives `additionalProperties: false`. Not strict mode
+    (`Tool.definition`): optional arguments stay optional, as the models declare them."""
+    return _without_titles(arguments.model_json_schema())
+
+
+def _without_titles(schema: Any) -> Any:
+    if isinstance(schema, list):
+        return [_without_titles(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {
+        key: (
+            # Under "properties" the keys are argument names (one may be called "title").
+            {name: _without_titles(value) for name, value in item.items()}
+            if key == "properties"
+            else _without_titles(item)
+        )
+        for key, item in schema.items()
+        if key != "title"
+    }
+
+
 @dataclass(frozen=True)
 class Tool[A: BaseModel]:
-    """A built-in tool: `parameters` is the JSON schema the model sees, `arguments` validates it."""
+    """A built-in tool: `arguments` validates the model's arguments and is the JSON schema the
+    model sees (`parameters`), one source for both."""
 
     name: str
     description: str
-    parameters: dict[str, Any]
     arguments: type[A]
     handler: Callable[[A, ToolContext], str]
+
+    @cached_property
+    def parameters(self) -> dict[str, Any]:
+        return openai_parameters(self.arguments)
 
     def definition(self) -> dict[str, Any]:
         """The OpenAI `tools` entry for this tool."""
@@ -78,6 +108,9 @@ class Tool[A: BaseModel]:
                 "name": self.name,
                 "description": self.description,
                 "parameters": copy.deepcopy(self.parameters),
+                # Said, not left to the endpoint: strict mode wants every argument required (these
+                # have optional ones), and the Responses API (background mode) is strict unless told.
+                "strict": False,
             },
         }
 
@@ -140,7 +173,9 @@ _ALLOWED_NODES: Final = (
 class CalculatorArgs(BaseModel):
     model_config = _ARGUMENTS
 
-    expression: str = Field(min_length=1, max_length=MAX_EXPRESSION_CHARS)
+    expression: str = Field(
+        min_length=1, max_length=MAX_EXPRESSION_CHARS, description="For example '(17 + 3) * 2 ** 10 / 7'."
+    )
 
 
 def _reject(node: ast.AST) -> ToolError:
@@ -240,9 +275,13 @@ _MIN_EXCERPT_CHARS: Final = 80
 class DocumentSectionArgs(BaseModel):
     model_config = _ARGUMENTS
 
-    start: int = Field(0, ge=0)
-    length: int = Field(DEFAULT_SECTION_CHARS, ge=1, le=MAX_SECTION_CHARS)
-    query: str | None = Field(None, min_length=1, max_length=200)
+    start: int = Field(0, ge=0, description="Character offset to start reading at.")
+    length: int = Field(
+        DEFAULT_SECTION_CHARS, ge=1, le=MAX_SECTION_CHARS, description="Number of characters to read."
+    )
+    query: str | None = Field(
+        None, min_length=1, max_length=200, description="Text to look for; use instead of start/length."
+    )
 
     @model_validator(mode="after")
     def _one_mode(self) -> DocumentSectionArgs:
@@ -325,7 +364,12 @@ def _read_document_section(args: DocumentSectionArgs, ctx: ToolContext) -> str:
 class CurrentTimeArgs(BaseModel):
     model_config = _ARGUMENTS
 
-    timezone: str | None = Field(None, min_length=1, max_length=64)
+    timezone: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="IANA timezone name such as 'Europe/Paris'; default UTC.",
+    )
 
 
 def _current_time(args: CurrentTimeArgs, ctx: ToolContext) -> str:
@@ -351,18 +395,6 @@ TOOLS: Final[dict[str, Tool[Any]]] = {
                 "Evaluate an arithmetic expression exactly: numbers, + - * / // % **, unary minus "
                 "and parentheses. No variables or functions."
             ),
-            parameters={
-                "type": "object",
-                "properties": {
-                    "expression": {
-                        "type": "string",
-                        "description": "For example '(17 + 3) * 2 ** 10 / 7'.",
-                        "maxLength": MAX_EXPRESSION_CHARS,
-                    }
-                },
-                "required": ["expression"],
-                "additionalProperties": False,
-            },
             arguments=CalculatorArgs,
             handler=_calculator,
         ),
@@ -373,46 +405,12 @@ TOOLS: Final[dict[str, Tool[Any]]] = {
                 "or, with `query`, the paragraphs that contain that text (case-insensitive). "
                 "Each excerpt starts with its character range."
             ),
-            parameters={
-                "type": "object",
-                "properties": {
-                    "start": {
-                        "type": "integer",
-                        "minimum": 0,
-                        "default": 0,
-                        "description": "Character offset to start reading at.",
-                    },
-                    "length": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "maximum": MAX_SECTION_CHARS,
-                        "default": DEFAULT_SECTION_CHARS,
-                        "description": "Number of characters to read.",
-                    },
-                    "query": {
-                        "type": "string",
-                        "maxLength": 200,
-                        "description": "Text to look for; use instead of start/length.",
-                    },
-                },
-                "additionalProperties": False,
-            },
             arguments=DocumentSectionArgs,
             handler=_read_document_section,
         ),
         Tool(
             name="current_time",
             description="The current date and time, in UTC or in the given IANA timezone.",
-            parameters={
-                "type": "object",
-                "properties": {
-                    "timezone": {
-                        "type": "string",
-                        "description": "IANA timezone name such as 'Europe/Paris'; default UTC.",
-                    }
-                },
-                "additionalProperties": False,
-            },
             arguments=CurrentTimeArgs,
             handler=_current_time,
         ),
