@@ -5,7 +5,8 @@ Document: 1 MB of text uploaded through `POST /v1/documents` (presigned PUT), on
 combines, from the simulator's log), wall time, tokens, the AWS requests the job made (counted
 where the handlers run, bench/stack.py) and their list price, and the model's at a listed price.
 
-Batch: a JSONL document of `BENCH_BATCH_LINES` lines (default 10,000; 200 with --quick) through
+Batch: a JSONL document of `BENCH_BATCH_LINES` lines (default 1,000, so `make bench` stays within
+about 15 minutes for it; the issue's 10,000 take ~2 h 20 min on 2 cores; 200 with --quick) through
 `POST /v1/batches`: lines per second from the POST to the batch's end, the AWS requests per line
 and their price per million lines, beside the same lines on
 - Step Functions Distributed Map: one Express child workflow per line running the infer Lambda,
@@ -206,7 +207,7 @@ def _batch(live: StackProcess, result: Result, lines_total: int) -> dict[str, An
 def run(*, quick: bool = False, stack: StackProcess | None = None) -> Result:
     """A stack of its own (the default simulator: no latency, the 32,768-token context)."""
     del stack
-    lines_total = 200 if quick else int(os.environ.get("BENCH_BATCH_LINES", "10000"))
+    lines_total = 200 if quick else int(os.environ.get("BENCH_BATCH_LINES", "1000"))
     result = Result("documents_batches", "9. A 1 MB document (map-reduce) and a batch of many lines")
     with StackProcess(StackOptions(parameters={"ProviderRequestsPerMinute": "60000"})) as live:
         document = _document(live, result)
