@@ -19,7 +19,7 @@ from baton.llm import endpoint_problem
 from baton.retries import RetryPolicy, queue_url_of
 from baton.settings import Settings
 from baton.store import JobStore
-from baton_dev.runtime.api_gateway import render_gateway_template
+from baton_dev.runtime.api_gateway import authorizer_refusal, render_gateway_template
 from baton_dev.runtime.template import AppTemplate
 from baton_dev.target import TargetError, stack_region
 
@@ -168,6 +168,26 @@ def test_every_gateway_response_renders_json_as_aws_does(
     assert set(body) == {"error"}
     if "$context.error.messageString" in template:
         assert body["error"]["message"] == message
+
+
+@pytest.mark.parametrize(
+    ("authorizer_status", "answered", "error_type"),
+    [(401, 401, "unauthorized"), (403, 403, "forbidden"), (500, 500, "internal_error")],
+)
+def test_a_failed_authorizer_answers_a_retryable_5xx_not_access_denied(
+    app_template: AppTemplate, authorizer_status: int, answered: int, error_type: str
+) -> None:
+    """An authorizer that timed out under load was rendered as ACCESS_DENIED: a valid key got a
+    final 403 "this API key may not do that" (chaos clients gave up on three jobs). API Gateway
+    answers a failed authorizer with AUTHORIZER_CONFIGURATION_ERROR, a 500 (DEFAULT_5XX here)."""
+    kind, status, message = authorizer_refusal(authorizer_status)
+    response = (
+        app_template.gateway_responses.get(kind)
+        or app_template.gateway_responses["DEFAULT_4XX" if status < 500 else "DEFAULT_5XX"]
+    )
+    assert int(response.get("statusCode") or status) == answered
+    template = response["responseTemplates"]["application/json"]
+    assert json.loads(render_gateway_template(template, message))["error"]["type"] == error_type
 
 
 def test_rendering_quotes_message_string_as_aws_does() -> None:

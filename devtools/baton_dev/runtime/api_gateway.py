@@ -164,10 +164,7 @@ class LocalApiGateway:
         if route.spec.authorizer:
             allowed, status = self._authorize(self.app.authorizers[route.spec.authorizer], event)
             if allowed is None:
-                kind = "UNAUTHORIZED" if status == 401 else "ACCESS_DENIED"
-                self._gateway_response(
-                    request, kind, status, "Unauthorized" if status == 401 else "Forbidden"
-                )
+                self._gateway_response(request, *authorizer_refusal(status))
                 return
             event["requestContext"]["authorizer"] = allowed
         outcome = self.functions[route.spec.function].invoke(event)
@@ -337,6 +334,19 @@ class LocalApiGateway:
         request.end_headers()
         if request.command != "HEAD":
             request.wfile.write(payload)
+
+
+def authorizer_refusal(status: int) -> tuple[str, int, str]:
+    """The gateway response (type, status, message) for a request the authorizer did not allow.
+
+    A failed authorizer (an error, a timeout) is API Gateway's AUTHORIZER_CONFIGURATION_ERROR, a
+    500 the client may retry: rendered as ACCESS_DENIED it told a valid key "403" under load.
+    """
+    if status == 401:
+        return "UNAUTHORIZED", 401, "Unauthorized"
+    if status == 403:
+        return "ACCESS_DENIED", 403, "Forbidden"
+    return "AUTHORIZER_CONFIGURATION_ERROR", 500, "Internal server error"
 
 
 def render_gateway_template(template: str, message: str) -> str:
