@@ -46,8 +46,9 @@ logger = logging.getLogger("baton.runtime")
 # runtime's admin identity (provision.bootstrap_admin). Everything after is signed and authorized.
 UNAUTHENTICATED_BOOTSTRAP_REQUESTS = 3
 # What the local "Lambda service" adds to every function's environment (a template value wins):
-# there is no X-Ray daemon or CloudWatch agent locally, so Powertools tracing and metrics stay off.
-LOCAL_SERVICE_DEFAULTS = {"POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_DISABLED": "true"}
+# there is no X-Ray daemon locally, so Powertools tracing stays off. Metrics stay on, as on Lambda:
+# Powertools prints EMF to stdout, which is the function's log (`baton stats` reads it back).
+LOCAL_SERVICE_DEFAULTS = {"POWERTOOLS_TRACE_DISABLED": "true"}
 # Environments of each function kept started and idle (after the first, in the background): the
 # second concurrent invocation of a function does not wait seconds for a cold start on a busy laptop.
 WARM_ENVIRONMENTS = 2
@@ -357,7 +358,8 @@ class LocalRuntime:
             "schedules": [schedule.spec.logical_id for schedule in self.schedules],
             "parameters": self.parameters,
             "iam_enforced": self.iam_enforced,
-            "logs": str(self.options.state_dir / "logs"),
+            # Absolute: commands read it from any directory (`baton stats`).
+            "logs": str((self.options.state_dir / "logs").resolve()),
             # The runtime's own (admin) identity on the local endpoint: moto's keys, not AWS's.
             "credentials": {
                 "aws_access_key_id": self.admin.access_key_id,
