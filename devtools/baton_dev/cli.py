@@ -240,6 +240,63 @@ def url(
     typer.echo(target.api_url.rstrip("/"))
 
 
+@app.command()
+def stats(
+    since: Annotated[
+        str, typer.Option(help="Window: metrics stamped this recently (30s, 10m, 2h, 1d).")
+    ] = "10m",
+    state_dir: StateDirOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
+) -> None:
+    """The local stack's metrics (the EMF lines its functions log, as CloudWatch gets them): count,
+    sum, p50, p95 and max per metric and dimension set."""
+    from rich.table import Table
+
+    from baton_dev.state import read_state, user_state_file
+    from baton_dev.stats import parse_duration, read_series
+
+    try:
+        window_s = parse_duration(since)
+    except ValueError as error:
+        _fail(f"--since: {error}")
+    state_file = state_dir / "dev.json" if state_dir is not None else user_state_file()
+    try:
+        state = read_state(state_file)
+    except (OSError, ValueError) as error:
+        _fail(f"unreadable state of the local stack: {error}")
+    if state is not None and state.get("logs"):
+        log_dir = Path(str(state["logs"]))
+    elif state_dir is not None:  # a stopped stack's logs stay behind
+        log_dir = state_dir / "logs"
+    else:
+        _fail(f"no running local stack ({state_file} missing): start `baton dev`, or pass --state-dir")
+    if not log_dir.is_dir():
+        _fail(f"no function logs in {log_dir}")
+    since_ms = (time.time() - window_s) * 1000
+    summaries = [series.summary() for series in read_series(log_dir, since_ms)]
+    if json_output:
+        out.print_json(data={"since_s": window_s, "logs": str(log_dir), "metrics": summaries})
+        return
+    if not summaries:
+        err.print(f"no metrics in the last {since} ({log_dir})")
+        return
+    table = Table(title=f"metrics of the last {since} ({log_dir})")
+    for column in ("metric", "dimensions", "unit", "count", "sum", "p50", "p95", "max"):
+        table.add_column(
+            column, justify="right" if column in {"count", "sum", "p50", "p95", "max"} else "left"
+        )
+    for summary in summaries:
+        dimensions = ", ".join(f"{name}={value}" for name, value in summary["dimensions"].items())
+        table.add_row(
+            summary["metric"],
+            escape(dimensions),
+            summary["unit"],
+            str(summary["count"]),
+            *(f"{summary[figure]:.6g}" for figure in ("sum", "p50", "p95", "max")),
+        )
+    out.print(table)
+
+
 # -- jobs --------------------------------------------------------------------------------------------
 
 
