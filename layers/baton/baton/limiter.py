@@ -12,9 +12,9 @@ time", each booking one atomic conditional update, no read):
 - The send pace (one per provider, shared by every tenant): the calls actually sent, spaced evenly
   (providers enforce a per-minute limit over shorter windows too: no burst beyond one call). A
   call whose turn came books its send slot only if it is at most `MAX_WAIT_IN_FUNCTION_S` away
-  (it sleeps until then); else its slot went to others (calls that came back late, a 429's block)
-  and it takes a new turn. A turn that came back late uses the next free send slot, so capacity a
-  late message left idle is used by whoever is ready, never lost.
+  (it sleeps until then); else it is deferred briefly, keeping its turn. A turn that came back
+  late uses the next free send slot, so capacity a late message left idle is used by whoever is
+  ready, never lost, and the late call never goes to the back of the queue.
 - Tokens are reserved in the send pace at the estimate (prompt + max_tokens) and settled with the
   real usage.
 - Limits come from the template (ProviderRequestsPerMinute / ProviderTokensPerMinute) or, when
@@ -258,7 +258,7 @@ class ProviderLimiter:
             if probe:
                 slot = self._probe(provider, now_ms)
             else:
-                slot = self._send_slot(provider, tenant_id, limits, tokens, now_ms)
+                slot = self._send_slot(provider, limits, tokens, now_ms)
         except Deferred:
             if lease_tenant is not None:
                 self.release_lease(lease_tenant, lease_id)
@@ -288,9 +288,9 @@ class ProviderLimiter:
             cost = max(cost, expected_tokens * _interval_ms(limits.tokens_per_minute))
         return cost
 
-    def _send_slot(self, provider: str, tenant_id: str, limits: Limits, tokens: int, now_ms: int) -> int:
+    def _send_slot(self, provider: str, limits: Limits, tokens: int, now_ms: int) -> int:
         """Book the call's slot in the provider's send pace (and its estimated tokens in the token
-        pace) if it is at most MAX_WAIT_IN_FUNCTION_S away; else Deferred to a new turn."""
+        pace) if it is at most MAX_WAIT_IN_FUNCTION_S away; else Deferred, keeping its turn."""
         latest_ms = now_ms + math.floor(MAX_WAIT_IN_FUNCTION_S * 1000)
         request_cost = _interval_ms(limits.requests_per_minute)
         token_cost = tokens * _interval_ms(limits.tokens_per_minute)
@@ -306,17 +306,12 @@ class ProviderLimiter:
                     self._update(provider, sets={}, adds={"request_tat": -math.ceil(request_cost)})
                     raise
         except _Busy as busy:
-            # Its slot went to calls that came back late, or to a 429's block: it takes a new turn
-            # in its tenant's queue, so the calls ready to go never outnumber the slots (else the
-            # excess would come back every second for as long as the queue stays full), and comes
-            # back no sooner than the pace frees.
-            free_s = (busy.next_free_ms - latest_ms) / 1000 + MAX_WAIT_IN_FUNCTION_S / 2
-            turn = self._queue(provider, tenant_id, limits, tokens, now_ms)
-            delay_s = max(MIN_DEFER_S, free_s, (turn - now_ms) / 1000)
+            # Back just before the pace frees: its turn is kept, so it is sent then, not queued again.
+            delay_s = max(MIN_DEFER_S, (busy.next_free_ms - latest_ms) / 1000 + MAX_WAIT_IN_FUNCTION_S / 2)
             raise Deferred(
-                "its send slot was taken: queued again",
+                "waiting for a send slot at the provider",
                 delay_s=delay_s,
-                slot_ms=now_ms + math.ceil(delay_s * 1000),
+                slot_ms=now_ms + math.floor(delay_s * 1000),
             ) from None
         return slot
 
