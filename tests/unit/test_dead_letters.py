@@ -191,10 +191,10 @@ def test_a_new_dead_letter_behind_more_than_a_hundred_old_ones_still_fails_its_j
 # -- the overdue sweep ----------------------------------------------------------------------------
 
 
-def open_job(aws: AwsStack, *, deadline_ms: int, expired: bool = False) -> str:
+def open_job(aws: AwsStack, *, deadline_ms: int, expired: bool = False, job_id: str | None = None) -> str:
     now = now_ms()
     record = JobRecord(
-        job_id=f"job_{uuid.uuid4().hex}",
+        job_id=job_id or f"job_{uuid.uuid4().hex}",
         tenant_id=TENANT,
         model="m",
         created_ms=now,
@@ -207,9 +207,26 @@ def open_job(aws: AwsStack, *, deadline_ms: int, expired: bool = False) -> str:
     return record.job_id
 
 
+def ids_spread_over_shards(*, per_shard: int) -> list[str]:
+    """Job ids with exactly `per_shard` in every open shard: random ids left a shard with fewer
+    than two now and then (a 40-job test failed by chance about once in 25 runs)."""
+    by_shard: dict[str, list[str]] = {f"open#{shard}": [] for shard in range(OPEN_SHARDS)}
+    for n in range(100_000):
+        job_id = f"job_{n:032x}"
+        ids = by_shard[open_shard(job_id)]
+        if len(ids) < per_shard:
+            ids.append(job_id)
+        if all(len(ids) == per_shard for ids in by_shard.values()):
+            return [job_id for ids in by_shard.values() for job_id in ids]
+    raise AssertionError("crc32 left a shard empty")
+
+
 def test_overdue_jobs_are_found_across_pages_and_shards(aws: AwsStack) -> None:
     now = now_ms()
-    overdue = {open_job(aws, deadline_ms=now - 1000 - i) for i in range(40)}
+    overdue = {
+        open_job(aws, deadline_ms=now - 1000 - i, job_id=job_id)
+        for i, job_id in enumerate(ids_spread_over_shards(per_shard=5))
+    }
     not_yet = {open_job(aws, deadline_ms=now + 60_000) for _ in range(5)}
     store = JobStore(aws.jobs_table)
 
