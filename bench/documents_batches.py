@@ -37,12 +37,12 @@ from baton.prices import (
     lambda_cost,
     per_million,
 )
+from baton_dev.client import BATCH_TERMINAL_STATUSES as BATCH_TERMINAL
 from bench.cost import job_units, price
 from bench.report import Result, scenario_main
 from bench.stack import StackOptions, StackProcess
 
 DOCUMENT_BYTES = 1_000_000
-BATCH_TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 
 def _document_text(size: int) -> bytes:

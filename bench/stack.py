@@ -40,11 +40,12 @@ from typing import Any
 
 import httpx
 
+from baton_dev.client import TERMINAL_STATUSES as TERMINAL
+
 REPO = Path(__file__).resolve().parents[1]
 TENANT = "bench"
 OTHER_TENANT = "bench-other"  # a second tenant, for fairness scenarios
 START_TIMEOUT_S = 240
-TERMINAL = frozenset({"completed", "failed", "cancelled", "needs_review"})
 # Attributes that are keys of the jobs table's sparse open-jobs index (KEYS_ONLY): writing or
 # removing them also writes an index entry, billed as one more write request unit.
 INDEX_KEY_ATTRIBUTES = ("open_shard",)

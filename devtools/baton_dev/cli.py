@@ -887,6 +887,8 @@ def _follow_batch(client: BatonClient, batch_id: str, timeout: float) -> dict[st
     """Poll the batch with a progress bar of finished lines until it ends."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from baton_dev.client import BATCH_TERMINAL_STATUSES
+
     started = time.monotonic()
     with Progress(
         TextColumn("[bold]{task.description}[/bold] {task.fields[status]}"),
@@ -901,7 +903,7 @@ def _follow_batch(client: BatonClient, batch_id: str, timeout: float) -> dict[st
             counts = batch["request_counts"]
             done = counts["completed"] + counts["failed"] + counts["cancelled"]
             progress.update(task, total=counts["total"], completed=done, status=batch["status"])
-            if batch["status"] in {"completed", "failed", "cancelled"}:
+            if batch["status"] in BATCH_TERMINAL_STATUSES:
                 return batch
             if time.monotonic() - started > timeout:
                 progress.stop()

@@ -12,12 +12,16 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
+from baton.models import BATCH_TERMINAL_STATUSES as BATCH_STATUSES_DONE
+from baton.models import SETTLED_STATUSES
+
 if TYPE_CHECKING:
     from baton_dev.target import Target
 
 logger = logging.getLogger("baton.client")
 
 __all__ = [
+    "BATCH_TERMINAL_STATUSES",
     "TERMINAL_STATUSES",
     "BatonApiError",
     "BatonClient",
@@ -28,7 +32,10 @@ __all__ = [
     "upload_document",
 ]
 
-TERMINAL_STATUSES: Final = frozenset({"completed", "failed", "cancelled", "needs_review"})
+# What a client waits for: a terminal status, or needs_review (waiting for a person). From the
+# domain's one set, so the CLI, bench and chaos cannot disagree with the API.
+TERMINAL_STATUSES: Final = frozenset(status.value for status in SETTLED_STATUSES)
+BATCH_TERMINAL_STATUSES: Final = frozenset(BATCH_STATUSES_DONE)
 
 
 class BatonClientError(Exception):

@@ -47,6 +47,7 @@ from rich.table import Table
 
 from baton.intake import keyed_job_id
 from baton.models import StageCommand, Step
+from baton_dev.client import TERMINAL_STATUSES as TERMINAL
 from baton_dev.launcher import CONFIGURING_PREFIXES, LaunchedStack, StackConfig, StackStartError
 from baton_dev.runtime.local import free_port, wait_for_port
 from baton_dev.webhook_receiver import WebhookEvent
@@ -64,7 +65,6 @@ logger = logging.getLogger("baton.chaos")
 ROOT = Path(__file__).resolve().parents[2]
 TENANT = "chaos"
 REGION = "us-east-1"
-TERMINAL = frozenset({"completed", "failed", "cancelled", "needs_review"})
 CHAT_PATH_SUFFIX = "/chat/completions"
 # A background response's create (InferenceMode=background): the paid call. Its polls and cancels
 # (GET /v1/responses/{id}, POST .../cancel) are not logged as calls.

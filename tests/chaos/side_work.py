@@ -28,12 +28,12 @@ import httpx
 
 from baton.batches import line_job_id
 from baton.intake import keyed_job_id
+from baton_dev.client import BATCH_TERMINAL_STATUSES as BATCH_TERMINAL
+from baton_dev.client import TERMINAL_STATUSES as JOB_TERMINAL
 
 if TYPE_CHECKING:
     from .harness import ChaosStack
 
-BATCH_TERMINAL = frozenset({"completed", "failed", "cancelled"})
-JOB_TERMINAL = frozenset({"completed", "failed", "cancelled", "needs_review"})
 # Twice the simulator's default context (32,768 tokens at ~4 characters each) and then some.
 LONG_DOCUMENT_CHARS = 300_000
 POISON_LINE = "poison"

@@ -47,6 +47,7 @@ from baton.blobs import BlobStore
 from baton.clock import iso_from_ms, now_ms
 from baton.errors import InvalidRequestError, JobConflictError, JobNotFoundError
 from baton.models import (
+    BATCH_TERMINAL_STATUSES,
     EVENT_SOURCE,
     BatchLine,
     BatchList,
@@ -71,7 +72,7 @@ SLICE: Final = 100
 MAX_INLINE: Final = 1_000
 MAX_LINES: Final = 50_000
 BATCH_ID_PATTERN_PREFIX: Final = "batch_"
-TERMINAL: Final = frozenset({"completed", "failed", "cancelled"})
+TERMINAL: Final = BATCH_TERMINAL_STATUSES
 # A line's job ends its part of the batch in one of these (needs_review included: see above).
 LINE_BUCKETS: Final = {"completed": "completed", "cancelled": "cancelled"}
 

@@ -40,6 +40,8 @@ class JobStatus(StrEnum):
 # The one set of terminal statuses; clients and tools import it rather than keep their own.
 TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 SETTLED_STATUSES = TERMINAL_STATUSES | {JobStatus.NEEDS_REVIEW}
+# A batch's statuses after which nothing more happens to it (OpenAI's batch statuses).
+BATCH_TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
 class Step(StrEnum):
