@@ -1250,10 +1250,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(405, err.body())
 
     def _log(
-        self, path: str, model: str | None, status: int, fault: str | None, prompt: int, completion: int
+        self,
+        path: str,
+        model: str | None,
+        status: int,
+        fault: str | None,
+        prompt: int,
+        completion: int,
+        *,
+        response_id: str | None = None,
     ) -> None:
         self.sim._record(
             {
+                **({"response_id": response_id} if response_id else {}),  # a create: what it made
                 "ts": time.time(),
                 "path": path,
                 "model": model,
@@ -1447,7 +1456,9 @@ class _Handler(BaseHTTPRequestHandler):
         )
         headers = {"x-request-id": f"req_{digest[:24]}", "openai-model": model, **limit_headers}
         # The create is the paid call: logged once, whether it answers now or in the background.
-        self._log(path, model, 200, fault, reply.prompt_tokens, reply.completion_tokens)
+        self._log(
+            path, model, 200, fault, reply.prompt_tokens, reply.completion_tokens, response_id=response.id
+        )
         sim.responses.add(response)
         if not background:
             sim._sleep(latency_s)

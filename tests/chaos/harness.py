@@ -52,6 +52,15 @@ from baton_dev.launcher import CONFIGURING_PREFIXES, LaunchedStack, StackConfig,
 from baton_dev.runtime.local import free_port, wait_for_port
 from baton_dev.webhook_receiver import WebhookEvent
 
+from .attribution import (
+    WINDOW_HITS,
+    Cause,
+    Duplicate,
+    InferLog,
+    attribute,
+    read_infer_log_file,
+    store_latencies,
+)
 from .receivers import ChaosReceiver, ReceiverKind, account_deliveries, settled, start_receivers
 from .side_work import SideWork
 
@@ -611,6 +620,7 @@ class Observations:
     clean_stops: dict[str, bool] = field(default_factory=dict)
     harness_errors: list[str] = field(default_factory=list)
     side_work: SideWork | None = None  # a batch and a long document beside the jobs (side_work.py)
+    infer_log: InferLog | None = None  # background mode: the evidence for duplicate paid creates
 
 
 class _SimLogCollector:
@@ -1134,6 +1144,10 @@ class ChaosReport:
     honest_failures: list[str]
     duplicate_paid_outside: int
     duplicate_paid_inside: int
+    duplicate_paid_unexplained: int = 0
+    window_hits: int = 0  # background mode: duplicate creates through the create -> id-write window
+    paid_creates: int = 0
+    duplicates: list[Duplicate] = field(default_factory=list)  # each with its cause and evidence
 
     def render(self, width: int = 110) -> str:
         table = Table(title="chaos figures", box=box.SIMPLE_HEAD, show_header=True)
@@ -1216,6 +1230,37 @@ def _limit(items: Iterable[str], n: int = 8) -> str:
     return ", ".join(listed[:n]) + more
 
 
+def paid_creates(chat: Sequence[Mapping[str, Any]]) -> int:
+    return sum(1 for entry in chat if _is_paid(entry) and entry["path"].endswith(RESPONSES_PATH_SUFFIX))
+
+
+def background_figures(
+    chat: Sequence[Mapping[str, Any]], causes: Mapping[Cause, int], log: InferLog | None
+) -> list[tuple[str, str]]:
+    """The residual create -> id-write window: how often it was hit, and what the id's write took."""
+    creates, stores = store_latencies(log) if log is not None else ([], [])
+
+    def spread(values: list[float]) -> str:
+        if not values:
+            return "-"
+        return f"{_percentile(values, 0.5):.0f} / {_percentile(values, 0.99):.0f} / {max(values):.0f} ms"
+
+    return [
+        (
+            "residual create -> id-write window hits",
+            f"{sum(causes[cause] for cause in WINDOW_HITS)} of {paid_creates(chat)} paid creates "
+            f"({causes[Cause.TIMED_OUT]} timed out before the id write, "
+            f"{causes[Cause.CREATE_LOST]} create answers lost to a client timeout)",
+        ),
+        ("create round trip p50 / p99 / max", spread(creates)),
+        ("response id write p50 / p99 / max", spread(stores)),
+        (
+            "creates deferred (too little time for the id write)",
+            str(log.deferred_for_time) if log is not None else "-",
+        ),
+    ]
+
+
 def kill_window(config: ChaosConfig, obs: Observations) -> tuple[float, float]:
     """When a model answer may have died with the killed worker, in the simulator's clock.
 
@@ -1244,11 +1289,13 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
     ]
     calls_by_job: dict[str, list[dict[str, Any]]] = defaultdict(list)
     paid_by_step: dict[str, list[float]] = defaultdict(list)
+    paid_entries: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for entry in chat:
         if entry.get("job_id"):
             calls_by_job[str(entry["job_id"])].append(entry)
         if _is_paid(entry) and entry.get("step_key"):
             paid_by_step[str(entry["step_key"])].append(float(entry["ts"]))
+            paid_entries[str(entry["step_key"])].append(entry)
 
     # -- submissions: accepted once, never twice --------------------------------------------------
     not_accepted = [
@@ -1362,22 +1409,38 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
             f"attempt: {_limit(late)}"
         )
 
-    # -- paid model calls: one per step, except answers lost with the killed worker ----------------
+    # -- paid model calls: one per step, except answers lost with the killed worker and (background
+    # mode) creates whose worker timed out before storing the id: each with its evidence ---------
     window_start, window_end = kill_window(config, obs)
-    inside = outside = 0
-    outside_steps: list[str] = []
-    for step_key, stamps in paid_by_step.items():
-        ordered = sorted(stamps)
-        for earlier in ordered[:-1]:  # each answer that was followed by another one for this step
-            if window_start <= earlier <= window_end:
-                inside += 1
-            else:
-                outside += 1
-                outside_steps.append(f"{step_key} ({len(ordered)}x)")
-    if outside:
+    background = config.inference_mode == "background"
+    duplicates = attribute(
+        paid_entries,
+        background=background,
+        log=obs.infer_log,
+        kill_window=(window_start, window_end),
+        kill_at=obs.kill_at,
+        invocation_limit_s=config.infer_timeout_s + 1.0,
+    )
+    causes = Counter(duplicate.cause for duplicate in duplicates)
+    inside = causes[Cause.KILLED]
+    window_hits = sum(causes[cause] for cause in WINDOW_HITS)
+    unexplained = [d for d in duplicates if d.cause is Cause.UNEXPLAINED]
+    outside = len(duplicates) - inside
+    if unexplained:
         problems.append(
-            f"{outside} duplicate paid model call(s) outside the kill window: {_limit(outside_steps)}"
+            f"{len(unexplained)} duplicate paid model call(s) "
+            + (
+                "without evidence of a kill or a timeout before the id write: "
+                if background
+                else "outside the kill window: "
+            )
+            + _limit(f"{d.step_key} ({len(paid_by_step[d.step_key])}x: {d.evidence})" for d in unexplained)
         )
+    for duplicate in duplicates:
+        if duplicate.cause is not Cause.UNEXPLAINED and background:
+            notes.append(
+                f"duplicate paid create {duplicate.step_key}: {duplicate.cause.value} ({duplicate.evidence})"
+            )
 
     # -- webhooks: every terminal event delivered, one stable id per (job, status) ----------------
     final_status = {job_id: str(job.get("status")) for job_id, job in obs.jobs_via_get.items()}
@@ -1472,7 +1535,13 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
             f"{(obs.restart_ready_at or 0) - (obs.kill_at or 0):.1f}s down" if obs.kill_at else "-",
         ),
         ("client retries (refused / 409 / 5xx)", f"{transport} / {conflicts} / {server_errors}"),
-        ("duplicate paid calls outside kill window", str(outside)),
+        (
+            "duplicate paid calls outside kill window",
+            f"{outside} ({window_hits} residual create -> id-write window hits, "
+            f"{len(unexplained)} unexplained)"
+            if background
+            else str(outside),
+        ),
         (
             "duplicate paid calls inside kill window",
             f"{inside} (answers logged {window_start - (obs.kill_at or 0):+.1f}s to "
@@ -1480,6 +1549,7 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
             if obs.kill_at
             else "-",
         ),
+        *(background_figures(chat, causes, obs.infer_log) if background else []),
         ("poison accounted for (dead_lettered, archived)", f"{poison_ok}/{kinds.get('poison', 0)}"),
         (
             "poison: last attempt -> dead_lettered p50 / max",
@@ -1514,6 +1584,10 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
         honest_failures=honest,
         duplicate_paid_outside=outside,
         duplicate_paid_inside=inside,
+        duplicate_paid_unexplained=len(unexplained),
+        window_hits=window_hits,
+        paid_creates=paid_creates(chat),
+        duplicates=duplicates,
     )
 
 
@@ -1529,6 +1603,8 @@ def run_chaos(
     finally:
         clean = stack.stop()
     observations.clean_stops.update({k: v for k, v in clean.items() if k not in observations.clean_stops})
+    if config.inference_mode == "background":
+        observations.infer_log = read_infer_log_file(stack.state_dir / "logs" / "InferFunction.log")
     leftovers = [p.name for p in (stack.runtime, stack.simulator, stack.moto) if p.running]
     if leftovers:
         observations.harness_errors.append(f"processes still running after stop: {leftovers}")
@@ -1567,6 +1643,7 @@ def save_evidence(workdir: Path, config: ChaosConfig, obs: Observations, report:
         "figures": dict(report.figures),
         "samples": [sample.to_dict() for sample in obs.samples],
         "dead_lettered_at": obs.dead_lettered_at,
+        "duplicate_paid_calls": [dataclasses.asdict(duplicate) for duplicate in report.duplicates],
         "problems": report.problems,
         "notes": report.notes,
     }

@@ -34,5 +34,7 @@ def test_every_job_ends_in_one_honest_terminal_state_through_faults_a_kill_and_d
     logger.info("chaos run of %d jobs took %.0fs", chaos_config.jobs, time.monotonic() - started)
 
     assert observations.kill_at is not None, "the runtime was never killed"
-    assert report.duplicate_paid_outside == 0
+    # Background mode: a create whose worker timed out before storing its id is reported as a
+    # residual window hit (with its evidence); any other duplicate paid call fails the run.
+    assert report.duplicate_paid_unexplained == 0
     assert not report.problems, "\n".join(report.problems)

@@ -220,6 +220,9 @@ def test_a_timeout_kills_the_process_and_the_next_invocation_gets_a_new_one(func
 
     assert not outcome.ok
     assert outcome.error == "Task timed out after 3.00 seconds"
+    # Lambda's line in the function's log names the invocation the timeout ended.
+    log = (function.log_dir / f"{function.name}.log").read_text()
+    assert f" {outcome.request_id} Task timed out after 3.00 seconds\n" in log
     assert not _alive(pid)
     assert _invoke(function, {"action": "sleep", "seconds": 0})["pid"] != pid
 

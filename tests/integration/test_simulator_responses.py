@@ -93,7 +93,7 @@ def wait_status(client: openai.OpenAI, response_id: str, wanted: str, timeout_s:
 
 
 def test_background_response_finishes_after_its_scaled_latency_and_signs_its_webhook(
-    client: openai.OpenAI, receiver: Receiver
+    client: openai.OpenAI, receiver: Receiver, sim: ModelSimulator
 ) -> None:
     created = client.responses.create(
         model=MODEL,
@@ -102,6 +102,9 @@ def test_background_response_finishes_after_its_scaled_latency_and_signs_its_web
     )
     assert created.status == "in_progress"
     assert created.output == []
+    # The paid create's log entry names the response it made (the chaos suite attributes with it).
+    [logged] = [entry for entry in sim.request_log() if entry["path"].endswith("/responses")]
+    assert logged["response_id"] == created.id and logged["status"] == 200
     done = wait_status(client, created.id, "completed")
     assert done.output_text
     assert done.usage is not None and done.usage.output_tokens > 0

@@ -188,16 +188,88 @@ def test_no_response_is_created_without_time_left_to_store_its_id(
     aws: AwsStack, api: LoadedFunction, background_infer: LoadedFunction, provider: FakeProvider
 ) -> None:
     """A create whose worker the function's timeout kills before the id's write is paid for again
-    by the retry: an invocation near its end leaves the create to the next one."""
+    by the retry: an invocation without ID_WRITE_RESERVE_S left after the create leaves it to a
+    fresh invocation (deferred: not a failure, no attempt spent)."""
     import dataclasses
+    import time
+
+    from baton.background import ID_WRITE_RESERVE_S
 
     job_id = accept(aws, api)
     event = aws.take_event("InferQueue")
-    nearly_over = dataclasses.replace(background_infer, timeout_s=3)
-    with pytest.raises(BatchProcessingError):  # a retryable timeout: SQS brings the command back
-        nearly_over(event)
+    nearly_over = dataclasses.replace(background_infer, timeout_s=int(ID_WRITE_RESERVE_S))
+    assert nearly_over(event) == {"batchItemFailures": []}
     assert provider.created == []
-    assert background_infer(event) == {"batchItemFailures": []}
+    deadline = time.monotonic() + 30
+    while not (copies := aws.receive("InferQueue")):  # the deferred copy, after its short delay
+        assert time.monotonic() < deadline, "the deferred command never came back"
+        time.sleep(0.2)
+    assert background_infer(aws.sqs_event("InferQueue", copies)) == {"batchItemFailures": []}
     assert len(provider.created) == 1
     stored = JobStore(aws.jobs_table).get("acme", job_id).provider_call
     assert stored is not None and stored.response_id == "resp_1"
+
+
+def test_the_response_id_is_stored_before_the_limiter_is_settled_and_the_webhook_pointer_written(
+    aws: AwsStack,
+    api: LoadedFunction,
+    background_infer: LoadedFunction,
+    provider: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between a create and the write of its id nothing else may run: a worker killed there makes
+    the retry pay for a second response. The limiter's settle, its lease and the webhook's pointer
+    come after the id's write."""
+    from baton.limiter import ProviderLimiter
+
+    order: list[str] = []
+    store_attach, store_point = JobStore.attach_response, JobStore.point_to_response
+    settle, hold = ProviderLimiter.settle, ProviderLimiter.hold_lease
+
+    def spy(name: str, method: Any) -> Any:
+        def called(*args: Any, **kwargs: Any) -> Any:
+            order.append(name)
+            return method(*args, **kwargs)
+
+        return called
+
+    def create(settings: Any, **request: Any) -> ResponseState:
+        order.append("create")
+        return FakeProvider.create_background(provider, settings, **request)
+
+    monkeypatch.setattr(baton.responses, "create_background", create)
+    monkeypatch.setattr(JobStore, "attach_response", spy("store id", store_attach))
+    monkeypatch.setattr(JobStore, "point_to_response", spy("pointer", store_point))
+    monkeypatch.setattr(ProviderLimiter, "settle", spy("settle", settle))
+    monkeypatch.setattr(ProviderLimiter, "hold_lease", spy("lease", hold))
+    job_id = accept(aws, api)
+    assert background_infer(aws.take_event("InferQueue")) == {"batchItemFailures": []}
+    assert order[:2] == ["create", "store id"]
+    assert {"settle", "pointer"} <= set(order[2:])
+    assert JobStore(aws.jobs_table).job_of_response("resp_1") == ("acme", job_id)
+
+
+def test_a_retry_that_finds_the_stored_id_writes_the_webhooks_pointer_its_worker_may_have_missed(
+    aws: AwsStack,
+    api: LoadedFunction,
+    background_infer: LoadedFunction,
+    provider: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job_id = accept(aws, api)
+    event = aws.take_event("InferQueue")
+    point, schedule = JobStore.point_to_response, baton.background.BackgroundInference._schedule_poll
+
+    def worker_dies(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the worker died after storing the response id")
+
+    monkeypatch.setattr(JobStore, "point_to_response", worker_dies)
+    monkeypatch.setattr(baton.background.BackgroundInference, "_schedule_poll", worker_dies)
+    with pytest.raises(BatchProcessingError):
+        background_infer(event)
+    assert JobStore(aws.jobs_table).job_of_response("resp_1") is None
+    monkeypatch.setattr(JobStore, "point_to_response", point)
+    monkeypatch.setattr(baton.background.BackgroundInference, "_schedule_poll", schedule)
+    assert background_infer(event) == {"batchItemFailures": []}
+    assert len(provider.created) == 1  # found, not paid again
+    assert JobStore(aws.jobs_table).job_of_response("resp_1") == ("acme", job_id)

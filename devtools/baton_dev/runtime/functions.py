@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ class Invocation:
     result: Any = None
     error: str | None = None
     duration_ms: float = 0.0
+    request_id: str | None = None  # the invocation's aws_request_id, as its log lines carry it
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,12 @@ class ExecutionEnvironment:
             call.delivered.set()
             return call
 
+    def _log_timeout(self, call: _Call) -> None:
+        """Lambda's line in the function's own log: which invocation the timeout ended."""
+        stamp = datetime.now(tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        with self.function.log_file() as log:
+            log.write(f"{stamp} {call.request_id} {call.error}\n".encode())
+
     def _finish(self, request_id: str, kind: str, body: bytes) -> bool:
         with self._lock:
             call = self._call
@@ -341,14 +349,15 @@ class ExecutionEnvironment:
             if not call.done.wait(function.spec.timeout + 0.5 if call.delivered.is_set() else 0):
                 self.kill()
                 call.error = f"Task timed out after {function.spec.timeout:.2f} seconds"
+                self._log_timeout(call)
                 call.done.set()
         finally:
             with self._lock:
                 self._call = None
         elapsed = (time.monotonic() - started) * 1000
         if call.error is not None:
-            return Invocation(ok=False, error=call.error, duration_ms=elapsed)
-        return Invocation(ok=True, result=call.result, duration_ms=elapsed)
+            return Invocation(ok=False, error=call.error, duration_ms=elapsed, request_id=call.request_id)
+        return Invocation(ok=True, result=call.result, duration_ms=elapsed, request_id=call.request_id)
 
 
 class LocalFunction:

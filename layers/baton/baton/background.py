@@ -16,6 +16,8 @@ webhook or cancel that ends the step.
 from __future__ import annotations
 
 import dataclasses
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -24,7 +26,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from baton import llm, responses
 from baton.clock import now_ms
 from baton.errors import JobNotFoundError, ModelError
-from baton.limiter import Ticket
+from baton.limiter import Deferred, Ticket
 from baton.model_calls import model_headers
 from baton.models import JobStatus, StageCommand
 from baton.records import JobRecord, ProviderCall
@@ -44,6 +46,20 @@ metrics = Metrics()
 LEASE_MARGIN_MS = 60_000
 # Endpoints found without background responses in this process: their calls go sync at once.
 _unsupported: set[str] = set()
+# Invocation time a create leaves for storing its response id. About twice the slowest create ->
+# stored id seen in background chaos under the restart's load (5.4 s, with the limiter's writes
+# still in between then); a create refused for it is deferred to a fresh invocation, not failed.
+ID_WRITE_RESERVE_S = 10.0
+
+
+@dataclass(frozen=True)
+class _Created:
+    """A background create and what became of its id's write: stored (True), the job moved on
+    (False), or the write's error."""
+
+    state: responses.ResponseState
+    call: ProviderCall
+    stored: bool | Exception
 
 
 class BackgroundInference:
@@ -79,28 +95,72 @@ class BackgroundInference:
     ) -> dict[str, Any] | None:
         """The step's background response, created and stored; None when the provider has no
         background mode (the caller then makes the call in sync mode)."""
+        step = f"{record.job_id}:{record.step_key}"
 
-        def create() -> responses.ResponseState:
-            # Only with time left for the create *and* the id's write (llm's safety margin): a
-            # create whose worker the function's timeout kills before the write is paid for again
-            # by the retry. Too little left: a retryable timeout, and the next invocation creates.
-            budget_s = llm.model_timeout(self.settings, invocation_deadline_ms - now_ms())
-            return responses.create_background(
-                self.settings,
-                model=record.model,
-                messages=messages,
-                parameters=parameters,
-                extra_headers=model_headers(record),
-                timeout=min(responses.CONTROL_TIMEOUT_S, budget_s),
+        def create_and_store() -> _Created:
+            # The provider has no idempotency key and no lookup for a create: a response whose id
+            # is not stored is paid for again by the retry. So nothing runs between the create and
+            # the id's write (the limiter's settle and lease come after), and no create is sent
+            # without ID_WRITE_RESERVE_S left for that write: the invocation defers instead.
+            budget_s = (invocation_deadline_ms - now_ms()) / 1000 - ID_WRITE_RESERVE_S
+            if budget_s < llm.MIN_MODEL_TIMEOUT_SECONDS:
+                raise Deferred(
+                    "not enough time left in this invocation to create a response and store its id",
+                    delay_s=1,
+                )
+            sent = time.monotonic()
+            try:
+                state = responses.create_background(
+                    self.settings,
+                    model=record.model,
+                    messages=messages,
+                    parameters=parameters,
+                    extra_headers=model_headers(record),
+                    timeout=min(responses.CONTROL_TIMEOUT_S, budget_s),
+                )
+            except ModelError as error:
+                if error.type == "timeout":
+                    # The provider may have made it: a response nobody will read (paid, and paid
+                    # again by the retry). Named here so such a payment can be found.
+                    logger.warning(
+                        "background create timed out: the provider may hold a response Baton cannot find",
+                        extra={"job_id": record.job_id, "step_key": step},
+                    )
+                raise
+            answered = time.monotonic()
+            # The id, then the write: a worker that dies in between leaves this line without its
+            # "stored" line (tests/chaos attributes a duplicate paid create with it).
+            logger.info(
+                "background response created, storing its id",
+                extra={"job_id": record.job_id, "step_key": step, "response_id": state.response_id},
             )
+            call = ProviderCall(
+                mode="background", step=record.step_key, response_id=state.response_id, status=state.status
+            )
+            try:
+                stored: bool | Exception = self.store.attach_response(record, call)
+            except Exception as error:
+                stored = error
+            if stored is True:
+                logger.info(
+                    "background response stored",
+                    extra={
+                        "job_id": record.job_id,
+                        "step_key": step,
+                        "response_id": state.response_id,
+                        "create_ms": round((answered - sent) * 1000),
+                        "store_ms": round((time.monotonic() - answered) * 1000),
+                    },
+                )
+            return _Created(state, call, stored)
 
         # The create settles the ticket's rate slot but not its lease: the response is in flight.
         unleased = dataclasses.replace(ticket, lease_tenant=None) if ticket is not None else None
         try:
-            state = self.model_calls.metered(
+            created = self.model_calls.metered(
                 unleased,
-                create,
-                settle=lambda created: (None, created.headers or {}),
+                create_and_store,
+                settle=lambda created: (None, created.state.headers or {}),
             )
         except responses.BackgroundUnsupported as why:
             _unsupported.add(self.settings.openai_base_url or "")
@@ -112,29 +172,24 @@ class BackgroundInference:
         except BaseException:
             self._release(ticket)
             raise
-        self._hold(ticket, record)
-        call = ProviderCall(
-            mode="background", step=record.step_key, response_id=state.response_id, status=state.status
-        )
-        try:
-            attached = self.store.attach_response(record, call)
-        except Exception:
+        call = created.call
+        if isinstance(created.stored, Exception):
             # The id could not be stored (an AWS error): the retry would not find this response,
             # so stop it now rather than pay for it and another.
+            self._release(ticket)
             self._cancel_at_provider(record, call, reason="surplus")
-            raise
-        if not attached:
+            raise created.stored
+        self._hold(ticket, record)
+        if created.stored:
+            self._point(record, call)
+        else:
             # Cancelled or superseded meanwhile, or a copy of this command stored its own response
             # first: this one is surplus, so it stops generating now.
             self._cancel_at_provider(record, call, reason="surplus")
             return {"outcome": "skipped", "reason": "job moved on; its response was cancelled"}
         metrics.add_metric(name="BackgroundResponses", unit=MetricUnit.Count, value=1)
-        logger.info(
-            "background response created",
-            extra={"job_id": record.job_id, "response_id": state.response_id, "step": call.step},
-        )
         self._schedule_poll(command, record, 1)
-        return {"outcome": "response_created", "response_id": state.response_id}
+        return {"outcome": "response_created", "response_id": call.response_id}
 
     # -- a poll, a webhook wake-up, a cancel wake-up, or a retry that finds the stored id --------
     def resume(self, command: StageCommand) -> dict[str, Any]:
@@ -163,6 +218,10 @@ class BackgroundInference:
             if ended and call.status in responses.PENDING and not call.cancelled:
                 self._cancel_at_provider(record, call, reason=record.status.value)
             return {"outcome": "skipped", "reason": f"job is {record.status.value}"}
+        if command.poll is None and command.wake is None:
+            # A retry (or a copy) of the step's first command: the worker that stored the id may
+            # have died before the webhook's pointer.
+            self._point(record, call)
         if now_ms() > record.deadline_ms:
             self._cancel_at_provider(record, call, reason="timeout")
             self.failures.fail(record, "timeout", "the job ran past its timeout_seconds")
@@ -200,6 +259,15 @@ class BackgroundInference:
     def _release(self, ticket: Ticket | None) -> None:
         if ticket is not None and self.model_calls.limiter is not None:
             self.model_calls.limiter.release(ticket)
+
+    def _point(self, record: JobRecord, call: ProviderCall) -> None:
+        try:
+            self.store.point_to_response(record, call)
+        except Exception as error:  # the job has its id: polls resume it, the retry points again
+            logger.warning(
+                "could not store the webhook's pointer to the response; polls will resume the job",
+                extra={"job_id": record.job_id, "response_id": call.response_id, "error": str(error)},
+            )
 
     def _schedule_poll(self, command: StageCommand, record: JobRecord, poll: int) -> None:
         # Never sleep past the job's deadline: the poll after it fails the job and cancels the call.

@@ -467,21 +467,11 @@ class JobStore:
     # -- background responses ------------------------------------------------------------------
     def attach_response(self, record: JobRecord, call: ProviderCall) -> bool:
         """Store the provider's response id on the job's current step (one conditional write).
-        A pointer from the id to the job goes first (the provider's webhook carries only the id;
-        a pointer whose job never took the id is harmless: the webhook finds the job advanced).
+        Alone: until it lands a retry cannot find the response and pays for another, so nothing
+        waits in front of it; the webhook's pointer (`point_to_response`) comes after.
         False when the job moved on (cancelled, superseded) or this step already has a response:
         then the caller's response is surplus and must be cancelled."""
         assert call.response_id is not None
-        pointer = {
-            **response_key(call.response_id),
-            "tenant_id": record.tenant_id,
-            "job_id": record.job_id,
-            "step": call.step,
-            "expires_at": record.expires_at,
-        }
-        # Not one transaction: moto's IAM asks for dynamodb:TransactWriteItems, which AWS has no
-        # such action for; two plain writes need only what DynamoDBCrudPolicy grants everywhere.
-        self._ddb.put_item(TableName=self.table_name, Item=to_dynamo(pointer))
         try:
             self._ddb.update_item(
                 TableName=self.table_name,
@@ -510,6 +500,19 @@ class JobStore:
                 return False
             raise
         return True
+
+    def point_to_response(self, record: JobRecord, call: ProviderCall) -> None:
+        """The pointer from a response id to its job: the provider's webhook carries only the id.
+        A job without it is still resumed by its polls; writing it again writes the same item."""
+        assert call.response_id is not None
+        pointer = {
+            **response_key(call.response_id),
+            "tenant_id": record.tenant_id,
+            "job_id": record.job_id,
+            "step": call.step,
+            "expires_at": record.expires_at,
+        }
+        self._ddb.put_item(TableName=self.table_name, Item=to_dynamo(pointer))
 
     def job_of_response(self, response_id: str) -> tuple[str, str] | None:
         """(tenant_id, job_id) of a stored provider response; None when it is not Baton's."""
