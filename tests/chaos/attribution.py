@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -36,11 +37,12 @@ from typing import Any
 CREATED = "background response created, storing its id"
 STORED = "background response stored"
 CREATE_TIMED_OUT = "background create timed out"
+FINISHED = "background response finished"  # `by`: "poll" or "webhook:<event id>"
 # The local runtime's (and Lambda's) line when the function's timeout ends an invocation.
 _TIMEOUT_LINE = re.compile(r"^(?P<ts>\S+Z) (?P<request_id>[0-9a-f-]{36}) Task timed out after ")
 _STAMP = re.compile(r'"timestamp": ?"(?P<ts>[^"]+)"')
 _REQUEST = re.compile(r'"function_request_id": ?"(?P<id>[^"]+)"')
-_WANTED = (CREATED, STORED, CREATE_TIMED_OUT, "Task timed out after ", "deferred")
+_WANTED = (CREATED, STORED, CREATE_TIMED_OUT, FINISHED, "Task timed out after ", "deferred")
 # A create timed out at the client no more than this after the simulator answered it (the client
 # would have read an earlier answer), and at most this long before (the client's own timeout).
 CREATE_LOST_AFTER_S = 2.0
@@ -75,6 +77,7 @@ class InferLog:
     timed_out: dict[str, float] = field(default_factory=dict)  # request id -> when
     last_line: dict[str, float] = field(default_factory=dict)  # request id -> its last line
     deferred_for_time: int = 0  # creates left to a fresh invocation (too little time for the write)
+    finished_by: Counter[str] = field(default_factory=Counter)  # "poll" / "webhook": what resumed
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ def read_infer_log(lines: Iterable[str]) -> InferLog:
             log.stored[response_id] = entry
         elif message.startswith(CREATE_TIMED_OUT):
             log.create_timeouts.append((str(entry.get("step_key") or ""), at))
+        elif message == FINISHED:
+            log.finished_by[str(entry.get("by") or "poll").split(":")[0]] += 1
         elif message == "model call deferred" and str(entry.get("reason", "")).startswith(NOT_ENOUGH_TIME):
             log.deferred_for_time += 1
     return log

@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Callable[[], Any]] = {
     "chaos_deadline": lambda: _env_float("CHAOS_DEADLINE"),
     "chaos_seed": lambda: int(os.environ.get("CHAOS_SEED", DEFAULT_SEED)),
     "chaos_inference_mode": lambda: os.environ.get("CHAOS_INFERENCE_MODE", "sync"),
+    "chaos_provider_webhooks": lambda: os.environ.get("CHAOS_PROVIDER_WEBHOOKS", "1") != "0",
 }
 
 
@@ -58,6 +59,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=DEFAULTS["chaos_inference_mode"](),
         help="the stack's InferenceMode parameter (env CHAOS_INFERENCE_MODE; default sync)",
     )
+    group.addoption(
+        "--chaos-no-provider-webhooks",
+        dest="chaos_provider_webhooks",
+        action="store_false",
+        default=DEFAULTS["chaos_provider_webhooks"](),
+        help="background mode: jobs resume by polls alone, the simulator sends no webhooks "
+        "(env CHAOS_PROVIDER_WEBHOOKS=0)",
+    )
 
 
 def _option(config: pytest.Config, name: str) -> Any:
@@ -72,6 +81,7 @@ def _chaos_config(config: pytest.Config) -> ChaosConfig:
         deadline_s=_option(config, "chaos_deadline"),
         seed=_option(config, "chaos_seed"),
         inference_mode=_option(config, "chaos_inference_mode"),
+        provider_webhooks=_option(config, "chaos_provider_webhooks"),
     )
 
 

@@ -18,6 +18,7 @@ an empty list means every job ended in exactly one honest terminal state.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 import json
@@ -25,6 +26,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -49,7 +51,7 @@ from baton.intake import keyed_job_id
 from baton.models import StageCommand, Step
 from baton_dev.client import TERMINAL_STATUSES as TERMINAL
 from baton_dev.launcher import CONFIGURING_PREFIXES, LaunchedStack, StackConfig, StackStartError
-from baton_dev.runtime.local import free_port, wait_for_port
+from baton_dev.runtime.local import PROVIDER_WEBHOOK_PATH, free_port, wait_for_port
 from baton_dev.webhook_receiver import WebhookEvent
 
 from .attribution import (
@@ -80,6 +82,7 @@ CHAT_PATH_SUFFIX = "/chat/completions"
 RESPONSES_PATH_SUFFIX = "/responses"
 READ_BACK_S = 120.0  # at most for reading every submitted job back through the API
 SIM_CONTEXT_TOKENS = 32_768  # the simulator's default context window (the template's default too)
+SIM_WEBHOOK_SECRET = "BATON_SIM_WEBHOOK_SECRET"  # the standalone simulator signs webhooks with it
 KILL_AIM_S = 15.0  # how long the kill may wait for a moment with a job in its infer step
 # Errors a step may honestly give up on once its retry budget (MaxAttempts) is spent.
 RETRYABLE_MODEL_ERRORS = frozenset({"rate_limited", "model_unavailable", "timeout", "model_error"})
@@ -146,9 +149,10 @@ class ChaosConfig:
     # A batch and a long document ride along (side_work.py) from this many jobs: `make chaos`. Not
     # in the 50-job run of `make test` (a loaded machine made that run miss its deadline with them).
     side_work_from_jobs: int = 100
-    # InferenceMode (template parameter): sync, or background (Responses API, resumed by polls:
-    # the chaos stack's simulator sends no provider webhooks).
+    # InferenceMode (template parameter): sync, or background (Responses API, resumed by polls and,
+    # with provider_webhooks, by the simulator's signed webhooks: whichever comes first).
     inference_mode: str = "sync"
+    provider_webhooks: bool = True
     poll_schedule: str = "1s,1s,2s,3s"
     poison_latency_s: float = 60.0  # a poison job fails as dead_lettered this soon after its last attempt
     # Template parameters that make recovery fast (visibility timeouts of seconds, not minutes).
@@ -294,6 +298,20 @@ class ChaosStack:
             log_path=workdir / "moto.log",
         )
         c = config
+        # Background mode: the simulator signs its responses' webhooks (Standard Webhooks) and sends
+        # them to the stack's provider webhook endpoint, so a webhook and the polls race to resume
+        # each job, through the runtime's kill too. The secret goes where a deploy keeps it:
+        # Secrets Manager, named by ProviderWebhookSecretArn (stored once moto is up).
+        self.provider_webhook_secret = (
+            "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+            if c.inference_mode == "background" and c.provider_webhooks
+            else None
+        )
+        webhooks = (
+            ["--webhook-url", f"{self.api_url}{PROVIDER_WEBHOOK_PATH}"]
+            if self.provider_webhook_secret
+            else []
+        )
         self.simulator = ManagedProcess(
             "simulator",
             [
@@ -320,8 +338,11 @@ class ChaosStack:
                 str(c.seed),
                 "--log-level",
                 "WARNING",
+                *webhooks,
             ],
-            env=base,
+            env={**base, SIM_WEBHOOK_SECRET: self.provider_webhook_secret}
+            if self.provider_webhook_secret
+            else base,
             log_path=workdir / "simulator.log",
         )
         parameters = dict(pair.split("=", 1) for pair in c.parameter_overrides.split())
@@ -348,6 +369,13 @@ class ChaosStack:
         self.simulator.start()
         self._wait_port(self.moto, self.moto_port)
         self._wait_port(self.simulator, self.sim_port)
+        if self.provider_webhook_secret is not None:
+            arn = self._client("secretsmanager").create_secret(
+                Name=f"{self.stack_name}/provider-webhook-secret", SecretString=self.provider_webhook_secret
+            )["ARN"]
+            config = self.runtime.config
+            parameters = {**config.parameters, "ProviderWebhookSecretArn": arn}
+            self.runtime.config = dataclasses.replace(config, parameters=parameters)
         self.start_runtime()
         self.credentials = self._create_key()
         return self
@@ -419,6 +447,12 @@ class ChaosStack:
             headers={"Authorization": f"Bearer {self.credentials.api_key}"},
             timeout=httpx.Timeout(40.0, connect=5.0),
         )
+
+    def sim_webhooks(self) -> list[dict[str, Any]]:
+        """The provider webhooks the simulator sent (with their final status code, attempts)."""
+        answer = httpx.get(f"{self.sim_url}/_sim/webhooks", timeout=30)
+        answer.raise_for_status()
+        return list(answer.json())
 
     def sim_log(self) -> list[dict[str, Any]]:
         answer = httpx.get(f"{self.sim_url}/_sim/requests", timeout=30)
@@ -621,6 +655,7 @@ class Observations:
     harness_errors: list[str] = field(default_factory=list)
     side_work: SideWork | None = None  # a batch and a long document beside the jobs (side_work.py)
     infer_log: InferLog | None = None  # background mode: the evidence for duplicate paid creates
+    provider_webhooks: list[dict[str, Any]] = field(default_factory=list)  # the simulator's, sent
 
 
 class _SimLogCollector:
@@ -1002,6 +1037,11 @@ class ChaosRun:
         self.obs.clean_stops["baton dev"] = self.stack.runtime.stop()
         self._collect_sim_log()
         self.obs.sim_log = self._sim_log.entries
+        if self.stack.provider_webhook_secret is not None:
+            try:
+                self.obs.provider_webhooks = self.stack.sim_webhooks()
+            except httpx.HTTPError as error:
+                logger.warning("could not read the simulator's webhooks: %s", error)
         self._scan_table()
         self._read_dead_letter_archive("infer")
 
@@ -1235,10 +1275,19 @@ def paid_creates(chat: Sequence[Mapping[str, Any]]) -> int:
 
 
 def background_figures(
-    chat: Sequence[Mapping[str, Any]], causes: Mapping[Cause, int], log: InferLog | None
+    chat: Sequence[Mapping[str, Any]],
+    causes: Mapping[Cause, int],
+    log: InferLog | None,
+    webhooks: Sequence[Mapping[str, Any]],
 ) -> list[tuple[str, str]]:
-    """The residual create -> id-write window: how often it was hit, and what the id's write took."""
+    """The residual create -> id-write window: how often it was hit, and what the id's write took;
+    which path resumed the jobs (polls or the provider's webhooks)."""
     creates, stores = store_latencies(log) if log is not None else ([], [])
+    answered = Counter(
+        "2xx" if (hook.get("status_code") or 0) // 100 == 2 else str(hook.get("status_code") or "failed")
+        for hook in webhooks
+    )
+    resumed = log.finished_by if log is not None else Counter()
 
     def spread(values: list[float]) -> str:
         if not values:
@@ -1257,6 +1306,14 @@ def background_figures(
         (
             "creates deferred (too little time for the id write)",
             str(log.deferred_for_time) if log is not None else "-",
+        ),
+        (
+            "provider webhooks sent by the simulator",
+            f"{len(webhooks)} ({', '.join(f'{k} {v}' for k, v in sorted(answered.items())) or '-'})",
+        ),
+        (
+            "responses finished, found by poll / webhook",
+            f"{resumed.get('poll', 0)} / {resumed.get('webhook', 0)}",
         ),
     ]
 
@@ -1549,7 +1606,7 @@ def analyse(config: ChaosConfig, obs: Observations) -> ChaosReport:
             if obs.kill_at
             else "-",
         ),
-        *(background_figures(chat, causes, obs.infer_log) if background else []),
+        *(background_figures(chat, causes, obs.infer_log, obs.provider_webhooks) if background else []),
         ("poison accounted for (dead_lettered, archived)", f"{poison_ok}/{kinds.get('poison', 0)}"),
         (
             "poison: last attempt -> dead_lettered p50 / max",

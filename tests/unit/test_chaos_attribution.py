@@ -10,6 +10,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from tests.chaos.attribution import (
     CREATED,
     STORED,
@@ -353,3 +355,36 @@ def test_the_report_fails_the_run_on_a_duplicate_without_evidence() -> None:
     report = analyse(config, obs)
     assert (report.window_hits, report.duplicate_paid_unexplained) == (0, 1)
     assert [problem for problem in report.problems if "duplicate paid" in problem]
+
+
+# -- background chaos: the simulator's webhooks race the polls -----------------------------------
+
+
+def test_the_background_chaos_simulator_signs_webhooks_to_the_stacks_provider_endpoint(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tests.chaos.harness
+    from tests.chaos.harness import SIM_WEBHOOK_SECRET, ChaosStack
+
+    ports = iter(range(41000, 41100))
+    monkeypatch.setattr(tests.chaos.harness, "free_port", lambda: next(ports))  # no sockets here
+
+    stack = ChaosStack(ChaosConfig(inference_mode="background"), tmp_path)
+    argv = list(stack.simulator.argv)
+    assert argv[argv.index("--webhook-url") + 1] == f"{stack.api_url}/v1/provider-webhooks/openai"
+    secret = stack.simulator.env[SIM_WEBHOOK_SECRET]
+    assert secret == stack.provider_webhook_secret and secret.startswith("whsec_")
+
+    polls_only = ChaosStack(ChaosConfig(inference_mode="background", provider_webhooks=False), tmp_path)
+    assert "--webhook-url" not in polls_only.simulator.argv
+    assert SIM_WEBHOOK_SECRET not in polls_only.simulator.env
+    assert ChaosStack(ChaosConfig(), tmp_path).provider_webhook_secret is None  # sync mode
+
+
+def test_what_resumed_each_response_is_counted_from_the_log() -> None:
+    lines = [
+        powertools(T0, "background response finished", WORKER, job_id="job_a", by="poll"),
+        powertools(T0, "background response finished", RETRY, job_id="job_b", by="webhook:evt_1"),
+        powertools(T0, "background response finished", RETRY, job_id="job_c", by="webhook:evt_2"),
+    ]
+    assert read_infer_log(lines).finished_by == {"poll": 1, "webhook": 2}
