@@ -273,3 +273,22 @@ def test_a_retry_that_finds_the_stored_id_writes_the_webhooks_pointer_its_worker
     assert background_infer(event) == {"batchItemFailures": []}
     assert len(provider.created) == 1  # found, not paid again
     assert JobStore(aws.jobs_table).job_of_response("resp_1") == ("acme", job_id)
+
+
+def test_storing_the_same_response_id_again_succeeds_and_another_for_the_step_does_not(
+    aws: AwsStack, api: LoadedFunction
+) -> None:
+    """botocore resends a write whose answer it lost (the write may have landed): the same id
+    again is stored, not mistaken for a surplus response (which would be cancelled)."""
+    from baton.records import ProviderCall
+
+    job_id = accept(aws, api)
+    store = JobStore(aws.jobs_table)
+    record = store.get("acme", job_id)
+    ours = ProviderCall(mode="background", step=record.step_key, response_id="resp_1", status="queued")
+    assert store.attach_response(record, ours)
+    assert store.attach_response(record, ours)  # the resent write
+    other = ours.model_copy(update={"response_id": "resp_2"})
+    assert not store.attach_response(record, other)
+    stored = store.get("acme", job_id).provider_call
+    assert stored is not None and stored.response_id == "resp_1"

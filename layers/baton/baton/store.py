@@ -469,8 +469,10 @@ class JobStore:
         """Store the provider's response id on the job's current step (one conditional write).
         Alone: until it lands a retry cannot find the response and pays for another, so nothing
         waits in front of it; the webhook's pointer (`point_to_response`) comes after.
-        False when the job moved on (cancelled, superseded) or this step already has a response:
-        then the caller's response is surplus and must be cancelled."""
+        False when the job moved on (cancelled, superseded) or this step already has another
+        response: then the caller's response is surplus and must be cancelled. The same call
+        again is stored (True): botocore resends a write whose answer it lost, and that write may
+        have landed."""
         assert call.response_id is not None
         try:
             self._ddb.update_item(
@@ -480,7 +482,8 @@ class JobStore:
                 ConditionExpression=(
                     "attribute_exists(pk) AND #status IN (:pending, :processing)"
                     " AND #version = :version AND #depth = :depth"
-                    " AND (attribute_not_exists(provider_step) OR provider_step <> :step)"
+                    " AND (attribute_not_exists(provider_step) OR provider_step <> :step"
+                    " OR provider_call = :call)"
                 ),
                 ExpressionAttributeNames={"#status": "status", "#version": "version", "#depth": "depth"},
                 ExpressionAttributeValues=to_dynamo(
