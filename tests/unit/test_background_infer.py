@@ -188,16 +188,17 @@ def test_no_response_is_created_without_time_left_to_store_its_id(
     aws: AwsStack, api: LoadedFunction, background_infer: LoadedFunction, provider: FakeProvider
 ) -> None:
     """A create whose worker the function's timeout kills before the id's write is paid for again
-    by the retry: an invocation without ID_WRITE_RESERVE_S left after the create leaves it to a
-    fresh invocation (deferred: not a failure, no attempt spent)."""
+    by the retry: an invocation without time for the create and ID_WRITE_RESERVE_S after it leaves
+    the create to a fresh invocation (deferred: not a failure, no attempt spent)."""
     import dataclasses
     import time
 
-    from baton.background import ID_WRITE_RESERVE_S
+    from baton.background import CREATE_TIMEOUT_MIN_S, ID_WRITE_RESERVE_S
 
     job_id = accept(aws, api)
     event = aws.take_event("InferQueue")
-    nearly_over = dataclasses.replace(background_infer, timeout_s=int(ID_WRITE_RESERVE_S))
+    too_short = int(ID_WRITE_RESERVE_S + CREATE_TIMEOUT_MIN_S) - 1
+    nearly_over = dataclasses.replace(background_infer, timeout_s=too_short)
     assert nearly_over(event) == {"batchItemFailures": []}
     assert provider.created == []
     deadline = time.monotonic() + 30

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from baton import llm, responses
+from baton import responses
 from baton.clock import now_ms
 from baton.errors import JobNotFoundError, ModelError
 from baton.limiter import Deferred, Ticket
@@ -50,6 +50,9 @@ _unsupported: set[str] = set()
 # stored id seen in background chaos under the restart's load (5.4 s, with the limiter's writes
 # still in between then); a create refused for it is deferred to a fresh invocation, not failed.
 ID_WRITE_RESERVE_S = 10.0
+# The create's own timeout, at least: one that times out at the client may still have been made
+# (paid, its id never seen), so a create is not squeezed into the invocation's last seconds.
+CREATE_TIMEOUT_MIN_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -101,9 +104,9 @@ class BackgroundInference:
             # The provider has no idempotency key and no lookup for a create: a response whose id
             # is not stored is paid for again by the retry. So nothing runs between the create and
             # the id's write (the limiter's settle and lease come after), and no create is sent
-            # without ID_WRITE_RESERVE_S left for that write: the invocation defers instead.
+            # without time for itself and ID_WRITE_RESERVE_S for that write: it is deferred.
             budget_s = (invocation_deadline_ms - now_ms()) / 1000 - ID_WRITE_RESERVE_S
-            if budget_s < llm.MIN_MODEL_TIMEOUT_SECONDS:
+            if budget_s < CREATE_TIMEOUT_MIN_S:
                 raise Deferred(
                     "not enough time left in this invocation to create a response and store its id",
                     delay_s=1,
