@@ -16,6 +16,7 @@ from tests.chaos.attribution import (
     CREATED,
     STORED,
     Cause,
+    Duplicate,
     InferLog,
     attribute,
     read_infer_log,
@@ -107,6 +108,24 @@ def timed_out_before_the_write() -> list[str]:
     ]
 
 
+def attributed(
+    paid: dict[str, list[dict[str, Any]]],
+    lines: list[str],
+    *,
+    kill_at: float | None = None,
+    window: tuple[float, float] = NO_KILL,
+) -> list[Duplicate]:
+    """Background mode's attribution of `paid` (the simulator's entries) with these log lines."""
+    return attribute(
+        paid,
+        background=True,
+        log=read_infer_log(lines),
+        kill_window=window,
+        kill_at=kill_at,
+        invocation_limit_s=21,
+    )
+
+
 def test_the_log_is_read_for_creates_stored_ids_timeouts_and_deferred_creates() -> None:
     lines = [
         *timed_out_before_the_write(),
@@ -132,11 +151,8 @@ def test_the_log_is_read_for_creates_stored_ids_timeouts_and_deferred_creates() 
 
 
 def test_a_create_whose_worker_timed_out_before_storing_its_id_is_a_window_hit() -> None:
-    log = read_infer_log(timed_out_before_the_write())
     paid = {STEP: [create(T0 + 41.0, "resp_second"), create(T0, "resp_first")]}
-    [duplicate] = attribute(
-        paid, background=True, log=log, kill_window=NO_KILL, kill_at=None, invocation_limit_s=21
-    )
+    [duplicate] = attributed(paid, timed_out_before_the_write())
     assert duplicate.cause is Cause.TIMED_OUT
     assert duplicate.response_id == "resp_first"
     assert WORKER in duplicate.evidence
@@ -145,25 +161,15 @@ def test_a_create_whose_worker_timed_out_before_storing_its_id_is_a_window_hit()
 def test_a_duplicate_without_a_timeout_or_a_kill_is_unexplained() -> None:
     lines = [line for line in timed_out_before_the_write() if "Task timed out" not in line]
     paid = {STEP: [create(T0, "resp_first"), create(T0 + 41.0, "resp_second")]}
-    [duplicate] = attribute(
-        paid,
-        background=True,
-        log=read_infer_log(lines),
-        kill_window=NO_KILL,
-        kill_at=None,
-        invocation_limit_s=21,
-    )
+    [duplicate] = attributed(paid, lines)
     assert duplicate.cause is Cause.UNEXPLAINED
 
 
 def test_an_invocation_that_timed_out_before_its_create_answered_is_no_evidence() -> None:
     lines = [runtime_timeout(T0 - 1.0, WORKER), *timed_out_before_the_write()[:1]]
+    lines += worker_got_and_stored(T0 + 41.0, "resp_second", RETRY)
     paid = {STEP: [create(T0, "resp_first"), create(T0 + 41.0, "resp_second")]}
-    log = read_infer_log([*lines, *worker_got_and_stored(T0 + 41.0, "resp_second", RETRY)])
-    log.timed_out[WORKER] = T0 - 1.0  # the timeout came before the id: another invocation's end
-    [duplicate] = attribute(
-        paid, background=True, log=log, kill_window=NO_KILL, kill_at=None, invocation_limit_s=21
-    )
+    [duplicate] = attributed(paid, lines)
     assert duplicate.cause is Cause.UNEXPLAINED
 
 
@@ -173,14 +179,7 @@ def test_a_stored_id_followed_by_another_paid_create_is_unexplained_even_inside_
         *worker_got_and_stored(T0 + 3, "resp_second", RETRY),
     ]
     paid = {STEP: [create(T0, "resp_first"), create(T0 + 3, "resp_second")]}
-    duplicates = attribute(
-        paid,
-        background=True,
-        log=read_infer_log(lines),
-        kill_window=(T0 - 5, T0 + 5),
-        kill_at=T0 + 1,
-        invocation_limit_s=21,
-    )
+    duplicates = attributed(paid, lines, kill_at=T0 + 1, window=(T0 - 5, T0 + 5))
     assert [d.cause for d in duplicates] == [Cause.UNEXPLAINED]
     assert "stored" in duplicates[0].evidence
 
@@ -195,28 +194,14 @@ def test_the_unused_create_is_the_one_never_stored_whatever_the_order() -> None:
         runtime_timeout(T0 + 5, RETRY),
     ]
     paid = {STEP: [create(T0, "resp_first"), create(T0 + 2, "resp_second")]}
-    [duplicate] = attribute(
-        paid,
-        background=True,
-        log=read_infer_log(lines),
-        kill_window=NO_KILL,
-        kill_at=None,
-        invocation_limit_s=21,
-    )
+    [duplicate] = attributed(paid, lines)
     assert duplicate.response_id == "resp_second" and duplicate.cause is Cause.TIMED_OUT
 
 
 def test_a_create_answered_in_the_kill_window_and_never_stored_is_the_kill() -> None:
     lines = worker_got_and_stored(T0 + 30, "resp_second", RETRY)
     paid = {STEP: [create(T0, "resp_first"), create(T0 + 30, "resp_second")]}
-    [duplicate] = attribute(
-        paid,
-        background=True,
-        log=read_infer_log(lines),
-        kill_window=(T0 - 5, T0 + 4),
-        kill_at=T0 + 1,
-        invocation_limit_s=21,
-    )
+    [duplicate] = attributed(paid, lines, kill_at=T0 + 1, window=(T0 - 5, T0 + 4))
     assert duplicate.cause is Cause.KILLED
 
 
@@ -226,26 +211,13 @@ def test_a_worker_that_got_its_id_before_the_kill_window_and_died_with_the_runti
         *worker_got_and_stored(T0 + 40, "resp_second", RETRY),
     ]
     kill_at = T0 + 8  # the id's write was still waiting on moto 8 s later
+    window = (kill_at - 5, kill_at + 4)
     paid = {STEP: [create(T0, "resp_first"), create(T0 + 40, "resp_second")]}
-    [duplicate] = attribute(
-        paid,
-        background=True,
-        log=read_infer_log(lines),
-        kill_window=(kill_at - 5, kill_at + 4),
-        kill_at=kill_at,
-        invocation_limit_s=21,
-    )
+    [duplicate] = attributed(paid, lines, kill_at=kill_at, window=window)
     assert duplicate.cause is Cause.KILLED
     # The same worker still logging after the kill was not killed by it: no evidence.
     alive = [*lines, powertools(kill_at + 2, "step failed; SQS will redeliver", WORKER)]
-    [duplicate] = attribute(
-        paid,
-        background=True,
-        log=read_infer_log(alive),
-        kill_window=(kill_at - 5, kill_at + 4),
-        kill_at=kill_at,
-        invocation_limit_s=21,
-    )
+    [duplicate] = attributed(paid, alive, kill_at=kill_at, window=window)
     assert duplicate.cause is Cause.UNEXPLAINED
 
 
@@ -266,17 +238,7 @@ def test_a_create_that_timed_out_at_the_client_explains_one_duplicate_of_its_ste
         STEP: [create(T0, "resp_first"), create(T0 + 20, "resp_second")],
         OTHER: [create(T0, "resp_a", step=OTHER), create(T0 + 20, "resp_b", step=OTHER)],
     }
-    causes = {
-        d.step_key: d.cause
-        for d in attribute(
-            paid,
-            background=True,
-            log=read_infer_log(lines),
-            kill_window=NO_KILL,
-            kill_at=None,
-            invocation_limit_s=21,
-        )
-    }
+    causes = {d.step_key: d.cause for d in attributed(paid, lines)}
     assert causes == {STEP: Cause.CREATE_LOST, OTHER: Cause.UNEXPLAINED}
 
 
