@@ -1,7 +1,8 @@
 """Dead letters (`baton dlq`): the archive of the job steps' dead letters, and the DLQs themselves.
 
-The job steps' DLQs (extract, infer, tool) are consumed by the dead-letter function as messages
-arrive: each one fails its job as `dead_lettered` and is archived in S3 under
+The job steps' DLQs (extract, infer, tool) and the batch DLQ are consumed by the dead-letter
+function as messages arrive: each one fails its job as `dead_lettered` (a batch message: its
+batch, as `failed`) and is archived in S3 under
 `dead-letters/<stage>/<date>/<message id>.json` (baton.deadletters). `list`, `show` and
 `redrive` of an archive id read that archive. A redrive puts the command back on its stage's
 queue only while its job still waits for it; a job the dead letter failed is finished and never
@@ -639,6 +640,12 @@ def redrive_letter(
     arrived while the table was unreachable). A job the dead letter failed is terminal, and a
     terminal job never changes (contract): redrive refuses and names the re-run, which runs the
     same request again as a new job (`rerun_of`)."""
+    if letter.batch_id is not None:
+        raise DlqError(
+            f"dead letter {letter.id} is a batch message: batch {letter.batch_id} failed on it (every "
+            "line is in its output or errors file), and a finished batch never changes: submit the "
+            "lines again as a new batch"
+        )
     if letter.job_id is None or letter.tenant_id is None:
         raise DlqError(f"dead letter {letter.id} is not a stage command: there is nothing to redrive")
     try:

@@ -4,15 +4,14 @@ terminal job event is counted; the last one writes the output and errors files."
 from collections.abc import Callable
 from typing import Any
 
-from baton.batches import BatchService, SliceCommand
+from baton.batches import SliceCommand
 from baton.parsing import BatchMessageRecord
 from baton.retries import Failure
 from baton.settings import get_settings
 from baton.stages import sqs_stage_handler
-from baton.wiring import job_intake, webhook_service
+from baton.wiring import batch_service
 
-settings = get_settings()
-batches = BatchService(settings, job_intake(settings), webhook_service(settings))
+batches = batch_service(get_settings())
 
 
 def handle(message: Any) -> dict[str, Any]:
@@ -20,14 +19,17 @@ def handle(message: Any) -> dict[str, Any]:
 
 
 def give_up(message: Any) -> Callable[[Failure, int], None] | None:
-    """A slice that cannot run (permanently, or past its attempts) fails the batch: its lines
-    could never start. A line's count that cannot be made is left to retry (and to the DLQ)."""
+    """A slice command that cannot run (permanently, or past its attempts) fails the batch: its
+    lines could never start (baton.batches.BatchService.give_up). A line's count that cannot be
+    made is left to retry, then to the batch DLQ, whose dead letters fail the batch too."""
     if not isinstance(message, SliceCommand):
         return None
 
     def fail_batch(failure: Failure, attempt: int) -> None:
-        reason = f"slice of lines from {message.start} failed after {attempt} attempt(s): {failure.type}"
-        batches.fail(message.tenant_id, message.batch_id, reason)
+        reason = (
+            f"{message.kind} of lines from {message.start} failed after {attempt} attempt(s): {failure.type}"
+        )
+        batches.give_up(message, reason)
 
     return fail_batch
 

@@ -1,5 +1,6 @@
 """deadletter: each message of a job step's DLQ (extract, infer, tool), handled once: its job fails
-as dead_lettered, the message is archived in S3, then deleted from the DLQ."""
+as dead_lettered, the message is archived in S3, then deleted from the DLQ. A message of the batch
+DLQ fails its batch instead (every line still accounted for once)."""
 
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel

@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import pytest
 from standardwebhooks import Webhook
 
 from baton.errors import ModelError
@@ -207,14 +208,14 @@ def test_a_batch_whose_slice_cannot_run_fails_and_still_accounts_for_every_line(
     from baton.errors import InvalidRequestError
 
     aws.monkeypatch.setattr(baton.batches, "SLICE", 2)
-    start_line = baton.batches.BatchService._start_line
+    line_record = baton.batches.BatchService._line_record
 
-    def start_or_refuse(self: Any, tenant_id: str, item: Any, request: Any, job_id: str) -> None:
+    def record_or_refuse(self: Any, tenant_id: str, batch: Any, request: Any) -> Any:
         if request.custom_id == "c":
             raise InvalidRequestError("the stored line is unreadable", field="line 3")
-        start_line(self, tenant_id, item, request, job_id)
+        return line_record(self, tenant_id, batch, request)
 
-    aws.monkeypatch.setattr(baton.batches.BatchService, "_start_line", start_or_refuse)
+    aws.monkeypatch.setattr(baton.batches.BatchService, "_line_record", record_or_refuse)
     batch = aws.load("BatchFunction")
     _, created = call(api, batch_event(aws, "POST", body={"requests": [line(c) for c in "abcde"]}))
     drain(aws, batch, infer)
@@ -230,3 +231,196 @@ def test_a_batch_whose_slice_cannot_run_fails_and_still_accounts_for_every_line(
     assert {entry["error"]["type"] for entry in errors} == {"batch_failed"}
     assert "invalid_request" in errors[0]["error"]["message"] or "slice" in errors[0]["error"]["message"]
     assert len(model.calls) == 2
+
+
+def move_to_dlq(aws: AwsStack, message: dict[str, Any]) -> None:
+    """What SQS's redrive does to a message that crashed its worker MaxReceiveCount times."""
+    sqs = boto3.client("sqs")
+    sqs.send_message(QueueUrl=aws.queue_url("BatchDeadLetterQueue"), MessageBody=message["Body"])
+    sqs.delete_message(QueueUrl=aws.queue_url("BatchQueue"), ReceiptHandle=message["ReceiptHandle"])
+
+
+def run_dead_letters(aws: AwsStack, dead_letters: LoadedFunction) -> list[dict[str, Any]]:
+    """The dead-letter function over the batch DLQ, as its event source runs it; the messages."""
+    messages = aws.receive("BatchDeadLetterQueue")
+    assert messages
+    assert dead_letters(aws.sqs_event("BatchDeadLetterQueue", messages)) == {"batchItemFailures": []}
+    sqs = boto3.client("sqs")
+    for message in messages:
+        sqs.delete_message(
+            QueueUrl=aws.queue_url("BatchDeadLetterQueue"), ReceiptHandle=message["ReceiptHandle"]
+        )
+    return messages
+
+
+def custom_ids_once(aws: AwsStack, batch_id: str) -> tuple[list[str], list[dict[str, Any]]]:
+    prefix = f"batches/acme/{batch_id}"
+    output = read_jsonl(aws, f"{prefix}/output.jsonl")
+    errors = read_jsonl(aws, f"{prefix}/errors.jsonl")
+    every = [entry["custom_id"] for entry in output + errors]
+    assert len(every) == len(set(every)), every
+    return [entry["custom_id"] for entry in output], errors
+
+
+def test_a_slice_that_crashes_its_worker_fails_the_batch_through_the_dlq_every_line_once(
+    aws: AwsStack,
+    api: LoadedFunction,
+    infer: LoadedFunction,
+    model: FakeModel,  # noqa: F811
+    receiver: Receiver,  # noqa: F811
+    secret: str,  # noqa: F811
+    bus_events: Any,
+) -> None:
+    """The second slice's command crashed its worker MaxReceiveCount times and SQS moved it to the
+    batch DLQ: the dead-letter function fails the batch (archiving the message), lines already
+    jobs keep their job's outcome, the others go to errors as batch_failed, the batch ends
+    `failed` with its event and webhook; a copy of the same dead letter changes nothing."""
+    import baton.batches
+    from baton.deadletters import ARCHIVE_PREFIX, ArchivedDeadLetter
+    from baton.store import JobStore
+    from baton_dev.dlq import DlqError, redrive_letter
+
+    aws.monkeypatch.setattr(baton.batches, "SLICE", 2)
+    batch, dead_letters, deliver = (
+        aws.load("BatchFunction"),
+        aws.load("DeadLetterFunction"),
+        aws.load("DeliverFunction"),
+    )
+    body = {"requests": [line(c) for c in "abcde"], "webhook": {"url": HOOK}}
+    _, created = call(api, batch_event(aws, "POST", body=body))
+    batch_id = created["id"]
+    assert batch(aws.take_event("BatchQueue")) == {"batchItemFailures": []}  # slice 0: a, b
+    [second] = aws.receive("BatchQueue")
+    assert json.loads(second["Body"]) == {
+        "kind": "slice",
+        "tenant_id": "acme",
+        "batch_id": batch_id,
+        "start": 2,
+    }
+    move_to_dlq(aws, second)
+
+    [letter_message] = run_dead_letters(aws, dead_letters)
+    assert aws.queued("BatchDeadLetterQueue") == 0  # consumed, not peeked
+    drain(aws, batch, infer)
+
+    _, ended = call(api, batch_event(aws, "GET", batch_id=batch_id))
+    assert ended["status"] == "failed", ended
+    assert ended["request_counts"] == {"total": 5, "completed": 2, "failed": 3, "cancelled": 0}
+    output, errors = custom_ids_once(aws, batch_id)
+    assert output == ["a", "b"]
+    assert [entry["custom_id"] for entry in errors] == ["c", "d", "e"]
+    assert {entry["error"]["type"] for entry in errors} == {"batch_failed"}
+    assert all(entry["job_id"] is None for entry in errors)
+    assert len(model.calls) == 2
+
+    # The copy for operators, as a job step's dead letter is kept (baton dlq list / show).
+    s3 = boto3.client("s3")
+    [key] = [
+        item["Key"]
+        for item in s3.list_objects_v2(Bucket=aws.bucket, Prefix=f"{ARCHIVE_PREFIX}/batch/").get(
+            "Contents", []
+        )
+    ]
+    letter = ArchivedDeadLetter.model_validate_json(s3.get_object(Bucket=aws.bucket, Key=key)["Body"].read())
+    assert (letter.stage, letter.batch_id, letter.tenant_id, letter.outcome) == (
+        "batch",
+        batch_id,
+        "acme",
+        "batch_failing",
+    )
+    assert letter.body == second["Body"] and letter.message_id == letter_message["MessageId"]
+    assert f"dead letter {letter.id}" in errors[0]["error"]["message"]
+    with pytest.raises(DlqError, match="is a batch message"):
+        redrive_letter(letter, jobs=JobStore(aws.jobs_table), sqs=boto3.client("sqs"), queues={})
+
+    # The terminal event once, and the webhook through its delivery record.
+    finished = [e for e in bus_events.drain() if e["detail-type"] == "Batch Completed"]
+    assert [e["detail"]["status"] for e in finished] == ["failed"]
+    assert deliver(aws.take_event("WebhookDeliveryQueue")) == {"batchItemFailures": []}
+    [delivery] = receiver.deliveries
+    assert delivery["headers"]["webhook-id"] == f"msg_{batch_id}_failed"
+    payload = Webhook(secret).verify(delivery["body"], delivery["headers"])
+    assert payload["type"] == "batch.failed"
+    assert payload["data"]["request_counts"] == ended["request_counts"]
+
+    # At-least-once: the same dead letter again is archived once and changes nothing.
+    boto3.client("sqs").send_message(
+        QueueUrl=aws.queue_url("BatchDeadLetterQueue"), MessageBody=second["Body"]
+    )
+    run_dead_letters(aws, dead_letters)
+    drain(aws, batch, infer)
+    _, again = call(api, batch_event(aws, "GET", batch_id=batch_id))
+    assert (again["status"], again["request_counts"]) == ("failed", ended["request_counts"])
+    assert aws.receive("WebhookDeliveryQueue") == []  # no second webhook
+
+
+def test_a_line_whose_count_crashes_its_worker_is_counted_once_from_its_job(
+    aws: AwsStack,
+    api: LoadedFunction,
+    infer: LoadedFunction,
+    model: FakeModel,  # noqa: F811
+) -> None:
+    """A line's terminal event that dead-lettered (its count kept crashing): the batch fails
+    (it could not count its lines itself), and the fail chain counts that line from its job."""
+    batch, dead_letters = aws.load("BatchFunction"), aws.load("DeadLetterFunction")
+    _, created = call(api, batch_event(aws, "POST", body={"requests": [line(c) for c in "xyz"]}))
+    batch_id = created["id"]
+    assert batch(aws.take_event("BatchQueue")) == {"batchItemFailures": []}
+    assert infer(aws.take_event("InferQueue")) == {"batchItemFailures": []}
+    events = aws.receive("BatchQueue")
+    assert len(events) == 3
+    [lost] = [e for e in events if json.loads(e["Body"])["detail"]["metadata"]["custom_id"] == "y"]
+    move_to_dlq(aws, lost)
+    rest = [e for e in events if e is not lost]
+    assert batch(aws.sqs_event("BatchQueue", rest)) == {"batchItemFailures": []}
+    _, waiting = call(api, batch_event(aws, "GET", batch_id=batch_id))
+    assert (waiting["status"], waiting["request_counts"]["completed"]) == ("in_progress", 2)
+
+    run_dead_letters(aws, dead_letters)
+    drain(aws, batch, infer)
+    _, ended = call(api, batch_event(aws, "GET", batch_id=batch_id))
+    assert ended["status"] == "failed", ended
+    assert ended["request_counts"] == {"total": 3, "completed": 3, "failed": 0, "cancelled": 0}
+    output, errors = custom_ids_once(aws, batch_id)
+    assert sorted(output) == ["x", "y", "z"] and errors == []
+
+
+def test_the_fan_out_makes_few_aws_requests_per_line(
+    aws: AwsStack,
+    api: LoadedFunction,
+    infer: LoadedFunction,
+    model: FakeModel,  # noqa: F811
+) -> None:
+    """A slice of lines: one conditional write per job, its commands and Job Accepted events ten
+    per request, one hand-off mark per slice (not per line). Then each line's count. (50 lines:
+    the unit-test process keeps more than 100 values of one metric in a module whose namespace
+    was read before the functions' environment was set, and Powertools' auto-flush then fails.)"""
+    from tests.unit.conftest import recorded_calls
+
+    batch = aws.load("BatchFunction")
+    lines = 50
+    _, created = call(api, batch_event(aws, "POST", body={"requests": [line(str(i)) for i in range(lines)]}))
+    with recorded_calls() as calls:
+        assert batch(aws.take_event("BatchQueue")) == {"batchItemFailures": []}
+    fan_out = [f"{c.service}:{c.operation}" for c in calls if c.function == "BatchFunction"]
+    assert fan_out.count("dynamodb:PutItem") == lines
+    assert fan_out.count("sqs:SendMessageBatch") == lines // 10
+    assert fan_out.count("events:PutEvents") == lines // 10
+    assert "sqs:SendMessage" not in fan_out  # a single slice: no next one
+    assert len(fan_out) / lines <= 1.3, sorted(fan_out)
+
+    def run_batches_of_ten(queue: str, function: LoadedFunction) -> None:
+        """As the event source does (BatchSize 10)."""
+        while messages := aws.receive(queue):
+            for start in range(0, len(messages), 10):
+                event = aws.sqs_event(queue, messages[start : start + 10])
+                assert function(event) == {"batchItemFailures": []}
+
+    run_batches_of_ten("InferQueue", infer)
+    with recorded_calls() as calls:
+        run_batches_of_ten("BatchQueue", batch)
+    counting = [f"{c.service}:{c.operation}" for c in calls if c.function == "BatchFunction"]
+    assert counting.count("dynamodb:TransactWriteItems") == lines
+    _, ended = call(api, batch_event(aws, "GET", batch_id=created["id"]))
+    assert ended["request_counts"]["completed"] == lines
+    assert counting.count("dynamodb:GetItem") == lines  # is the batch done?

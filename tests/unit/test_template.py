@@ -37,6 +37,7 @@ FUNCTIONS = {
 }
 # The DLQs whose messages are job commands: consumed by the dead-letter function as they arrive.
 JOB_STEP_DLQS = {"ExtractDeadLetterQueue", "InferDeadLetterQueue", "ToolDeadLetterQueue"}
+CONSUMED_DLQS = JOB_STEP_DLQS | {"BatchDeadLetterQueue"}
 LAMBDA_RECURSION_LIMIT = 16  # Lambda stops chains of more than 16 invocations through SQS/SNS
 
 
@@ -160,9 +161,9 @@ def test_every_consumed_queue_redrives_to_a_dead_letter_queue(app_template: AppT
         assert redrive["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
         dead_letter_queues.add(target[0])
     assert len(dead_letter_queues) == len(stage_queues)  # one DLQ per stage
-    # The job steps' DLQs are consumed by the dead-letter function (never peeked: issue 8); the
-    # others keep their messages for `baton dlq redrive`.
-    assert {q for q, f in consumers.items() if f == "DeadLetterFunction"} == JOB_STEP_DLQS
+    # The job steps' DLQs and the batch DLQ are consumed by the dead-letter function (never
+    # peeked: issues 8 and 12); the others keep their messages for `baton dlq redrive`.
+    assert {q for q, f in consumers.items() if f == "DeadLetterFunction"} == CONSUMED_DLQS
     for dlq in dead_letter_queues:
         assert queues[dlq]["Properties"]["MessageRetentionPeriod"] == 1_209_600
         assert "RedrivePolicy" not in queues[dlq]["Properties"]
@@ -190,7 +191,6 @@ def test_dead_letters_are_alarmed_on_arrival_not_on_depth(app_template: AppTempl
         "IngestDeadLetterQueue": ["DIFF(depth)"],
         "NotifyDeadLetterQueue": ["DIFF(depth)"],
         "WebhookDeliveryDeadLetterQueue": ["DIFF(depth)"],
-        "BatchDeadLetterQueue": ["DIFF(depth)"],
     }
     depth = [
         a
@@ -202,8 +202,8 @@ def test_dead_letters_are_alarmed_on_arrival_not_on_depth(app_template: AppTempl
 
 def test_every_event_source_reports_batch_item_failures(app_template: AppTemplate) -> None:
     mappings = resources(app_template, "AWS::Lambda::EventSourceMapping")
-    # 5 stages + webhook attempts + batch + 3 job-step DLQs
-    assert len(mappings) == len(app_template.sqs_sources) == 10
+    # 5 stages + webhook attempts + batch + 3 job-step DLQs + the batch DLQ
+    assert len(mappings) == len(app_template.sqs_sources) == 11
     for logical_id, mapping in mappings.items():
         assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"], logical_id
         concurrency = int(
@@ -221,7 +221,7 @@ def test_every_event_source_reports_batch_item_failures(app_template: AppTemplat
         "ToolQueue",
         "NotifyQueue",
         "BatchQueue",
-        *sorted(JOB_STEP_DLQS),
+        *sorted(CONSUMED_DLQS),
     ],
 )
 def test_visibility_timeout_is_at_least_six_times_the_consumer_timeout(

@@ -1,30 +1,41 @@
 """Batches: many requests in one submission, each line a job through the same pipeline.
 
 A batch is one DynamoDB item (pk TENANT#<tenant>, sk BATCH#<id>) with its counts, and its lines
-as JSONL in S3 (batches/<tenant>/<id>/input.jsonl). The batch queue carries three kinds of
-message, all handled by `BatchService.handle`:
-- a slice command: turn lines [start, start + SLICE) into jobs, then queue the next slice (so a
-  50,000-line file never needs one long invocation);
-- a cancel command: cancel the jobs of lines [start, start + SLICE), then the next slice;
+as JSONL in S3 (batches/<tenant>/<id>/input.jsonl). The batch queue carries two kinds of message,
+both handled by `BatchService.handle`:
+- a slice command over lines [start, start + SLICE), then the next slice (so a 50,000-line file
+  never needs one long invocation), of one of three kinds:
+  - `slice` (the fan-out): claim the slice on the batch item (`started_slices`, only while the
+    batch runs and has not failed), create each line's job (one conditional write: a line is one
+    job however often this runs), hand them off in bulk (ten commands per SQS request, ten Job
+    Accepted events per PutEvents call) and mark the slice `handed_off_slices`: about 1.25 AWS
+    requests per line, where a job at a time took 4;
+  - `cancel` (DELETE): cancel the lines' running jobs, count the lines that never started;
+  - `fail`: count every line not counted yet (below);
 - a terminal job event (EventBridge rule, jobs with metadata.batch_id): count the line.
 
 Counting is exactly once per line: a conditional put of a line marker (pk BATCH#<id>,
-sk LINE#<custom_id>) and the count's ADD go in one DynamoDB transaction, so a redelivered event
-or a line both cancelled and finished counts once. The invocation that sees the counts reach the
-total writes output.jsonl and errors.jsonl (every line once: lines are read from the input, in
-order, and each one's job decides which file it goes to), ends the batch, publishes
-`Batch Completed` and hands the batch's webhook to the delivery machinery (baton.deliveries: a
-delivery record keyed by the batch id, attempts and retries from the delivery queue).
+sk LINE#<custom_id>) and the count's ADD go in one DynamoDB transaction (up to 99 lines in one),
+so a redelivered event or a line both cancelled and finished counts once. The invocation that
+sees the counts reach the total writes output.jsonl and errors.jsonl (every line once: lines are
+read from the input, in order, and each one's job decides which file it goes to), ends the batch,
+publishes `Batch Completed` and hands the batch's webhook to the delivery machinery
+(baton.deliveries: a delivery record keyed by the batch id, attempts and retries from the
+delivery queue).
 
 A line that stops in `needs_review` counts as ended (in errors.jsonl, status `needs_review`): a
 batch does not wait for a person.
 
 `completed` vs `failed` (as OpenAI's Batch API): a batch whose every line ran ends `completed`,
 however many lines failed (their errors are in errors.jsonl). It ends `failed` only when the batch
-itself could not be carried out: a slice command (or a line's count) failed for good, so lines
-could no longer be started or counted. `fail` then counts every line not counted yet from its
-job (a line that never started fails as `batch_failed`), running lines end on their own, and
-the batch finishes as `failed` with both files written as usual.
+itself could not be carried out: a slice command failed for good (a permanent error, its attempts
+spent, or it crashed its worker MaxReceiveCount times and the dead-letter function consumed it
+from the batch DLQ), or a line's count did. `abandon` then records the reason (and the dead
+slice) and starts the `fail` chain, which counts each line not counted yet: a line without a job
+in a slice that never started (none starts once the batch has failed) or whose command died
+fails as `batch_failed`; an ended line is counted from its job (in case its own count was the one
+that failed); a running line is counted by its own terminal event; a slice still being started is
+waited for. The last count finishes the batch as `failed` with both files written as usual.
 
 The batch's webhook carries the batch without presigned URLs at rest: the delivery signs fresh
 ones at each attempt (baton.deliveries), so a retry hours later still carries working links.
@@ -36,6 +47,7 @@ import hashlib
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from aws_lambda_powertools import Logger
@@ -45,7 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from baton.aws import client, from_dynamo, to_dynamo
 from baton.blobs import BlobStore
 from baton.clock import iso_from_ms, now_ms
-from baton.errors import InvalidRequestError, JobConflictError, JobNotFoundError
+from baton.errors import BatonError, InvalidRequestError, JobConflictError, JobNotFoundError
 from baton.models import (
     BATCH_TERMINAL_STATUSES,
     EVENT_SOURCE,
@@ -69,6 +81,8 @@ if TYPE_CHECKING:
 logger = Logger(child=True)
 
 SLICE: Final = 100
+# One TransactWriteItems holds 100 items: up to 99 lines' markers and the batch's counts.
+MAX_LINES_PER_COUNT: Final = 99
 MAX_INLINE: Final = 1_000
 MAX_LINES: Final = 50_000
 BATCH_ID_PATTERN_PREFIX: Final = "batch_"
@@ -105,10 +119,79 @@ class SliceCommand(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["slice", "cancel"]
+    kind: Literal["slice", "cancel", "fail"]
     tenant_id: str
     batch_id: str
     start: int = Field(ge=0)
+
+
+class SliceStillStarting(BatonError):
+    """A settling chain met a slice whose lines are still being made into jobs: it looks again
+    later (the slice either finishes its hand-off or dead-letters)."""
+
+    type = "slice_starting"
+    retryable = True
+
+
+@dataclass(frozen=True)
+class SliceMarks:
+    """What the batch item records of its slices (by index): claimed by the fan-out (`started`),
+    every line a job and handed off (`handed_off`), or its command failed for good (`dead`)."""
+
+    started: frozenset[int]
+    handed_off: frozenset[int]
+    dead: frozenset[int]
+
+    @classmethod
+    def of(cls, item: dict[str, Any]) -> SliceMarks:
+        def marks(name: str) -> frozenset[int]:
+            return frozenset(int(index) for index in item.get(name) or ())
+
+        return cls(marks("started_slices"), marks("handed_off_slices"), marks("dead_slices"))
+
+    def settled(self, index: int) -> bool:
+        """No line of this slice becomes a job any more."""
+        return index in self.handed_off or index in self.dead
+
+
+def _running(item: dict[str, Any]) -> bool:
+    return item["status"] == "in_progress" and not item.get("failure")
+
+
+@dataclass(frozen=True)
+class BatchLineEvent:
+    """A batch line's terminal job event as the batch queue carries it: what counts the line."""
+
+    tenant_id: str
+    batch_id: str
+    custom_id: str
+    job_id: str
+
+
+def batch_message_of(body: str) -> SliceCommand | BatchLineEvent | None:
+    """What a batch queue message is, from its raw body (a dead letter's): a slice command, a
+    line's terminal job event, or None (anything else)."""
+    try:
+        return SliceCommand.model_validate_json(body)
+    except ValidationError:
+        pass
+    try:
+        detail = json.loads(body).get("detail")
+        metadata = detail.get("metadata")
+        found = (
+            detail.get("tenant_id"),
+            metadata.get("batch_id"),
+            metadata.get("custom_id"),
+            detail.get("job_id"),
+        )
+    except (ValueError, AttributeError):
+        return None
+    if not all(isinstance(value, str) for value in found):
+        return None
+    tenant_id, batch_id, custom_id, job_id = found
+    if job_id != line_job_id(tenant_id, batch_id, custom_id):
+        return None
+    return BatchLineEvent(tenant_id, batch_id, custom_id, job_id)
 
 
 def parse_lines(raw: bytes | str) -> list[BatchLine]:
@@ -348,8 +431,9 @@ class BatchService:
         detail = message.detail
         return self.run_job_event(detail.tenant_id, detail.job_id, detail.status.value, detail.metadata)
 
-    def run_slice(self, command: SliceCommand) -> dict[str, Any]:
-        """Turn one slice of lines into jobs (or cancel them), then queue the next slice."""
+    def run_slice(self, command: SliceCommand, *, force: bool = False) -> dict[str, Any]:
+        """One slice of lines: turned into jobs (`slice`), or settled by a `cancel` or `fail` chain;
+        then the next slice of the same kind is queued."""
         try:
             item = self._item(command.tenant_id, command.batch_id)
         except JobNotFoundError:
@@ -358,19 +442,88 @@ class BatchService:
         index = command.start // SLICE
         if index + 1 >= len(offsets):
             return {"outcome": "past_end"}
-        lines = self._slice_lines(item, offsets[index], offsets[index + 1])
-        stopping = item["status"] != "in_progress"
-        started = cancelled = 0
-        for line in lines:
-            job_id = line_job_id(command.tenant_id, command.batch_id, line.custom_id)
-            if command.kind == "cancel" or stopping:
-                cancelled += self._cancel_line(command.tenant_id, command.batch_id, line.custom_id, job_id)
-            else:
-                self._start_line(command.tenant_id, item, line, job_id)
-                started += 1
+        if command.kind == "slice":
+            return self._fan_out(command, item, index, offsets)
+        answer = self._settle(command, item, index, offsets, force=force)
         if index + 2 < len(offsets):
             self._send(command.model_copy(update={"start": command.start + SLICE}))
-        return {"outcome": command.kind, "started": started, "cancelled": cancelled}
+        return answer
+
+    def _fan_out(
+        self, command: SliceCommand, item: dict[str, Any], index: int, offsets: list[int]
+    ) -> dict[str, Any]:
+        """Claim the slice (once, while the batch runs), make its lines' jobs, hand them off in
+        bulk, mark the slice handed off, queue the next slice. A redelivered command finishes a
+        claimed slice's hand-off (even if the batch has since stopped: its lines were promised);
+        a batch that stopped claims no new slice (its cancel or fail chain settles those lines)."""
+        slices = SliceMarks.of(item)
+        if index in slices.dead:
+            return {"outcome": "dead_slice"}
+        started = 0
+        if index not in slices.handed_off:
+            if index not in slices.started:
+                refused = self._claim(command, index)
+                if refused is not None:
+                    item = refused or self._item(command.tenant_id, command.batch_id)
+                    slices = SliceMarks.of(item)
+                    if index not in slices.started or index in slices.dead:
+                        return {"outcome": "stopped", "status": item["status"]}
+            started = self._start_slice(command.tenant_id, item, index, offsets)
+        if _running(item) and index + 2 < len(offsets):
+            self._send(command.model_copy(update={"start": command.start + SLICE}))
+        return {"outcome": "slice", "started": started}
+
+    def _claim(self, command: SliceCommand, index: int) -> dict[str, Any] | None:
+        """Mark the slice started: None when this call did it; otherwise the batch as it was (or {}
+        if the answer did not carry it). Only a running batch that has not failed starts a slice,
+        so a settling chain knows a line without a job in an unstarted slice never gets one."""
+        try:
+            self._ddb.update_item(
+                TableName=self.settings.jobs_table,
+                Key=to_dynamo(batch_key(command.tenant_id, command.batch_id)),
+                UpdateExpression="ADD started_slices :slice",
+                ConditionExpression=(
+                    "#status = :in_progress AND attribute_not_exists(failure) "
+                    "AND NOT contains(started_slices, :index)"
+                ),
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=to_dynamo(
+                    {":slice": {index}, ":index": index, ":in_progress": "in_progress"}
+                ),
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            old: dict[str, Any] | None = error.response.get("Item")  # type: ignore[assignment]
+            return from_dynamo(old) if old else {}
+        return None
+
+    def _start_slice(self, tenant_id: str, item: dict[str, Any], index: int, offsets: list[int]) -> int:
+        """The slice's jobs, created one conditional write each (a line is one job, however often
+        this runs) and handed off in bulk; then the slice is marked handed off."""
+        batch = {"batch_id": item["batch_id"], "defaults": json.loads(item["defaults"])}
+        lines = self._slice_lines(item, offsets[index], offsets[index + 1])
+        records = [self._line_record(tenant_id, batch, line) for line in lines]
+        started = self.jobs.store_and_start_many(records)
+        self._mark(tenant_id, str(item["batch_id"]), "handed_off_slices", index)
+        return len(started)
+
+    def _line_record(self, tenant_id: str, batch: dict[str, Any], line: BatchLine) -> JobRecord:
+        job_id = line_job_id(tenant_id, str(batch["batch_id"]), line.custom_id)
+        return self.jobs.new_record(
+            tenant_id, job_id=job_id, request=line_request(batch, line), document_key=None, source="batch"
+        )
+
+    def _mark(self, tenant_id: str, batch_id: str, marks: str, index: int) -> None:
+        self._ddb.update_item(
+            TableName=self.settings.jobs_table,
+            Key=to_dynamo(batch_key(tenant_id, batch_id)),
+            UpdateExpression="ADD #marks :slice",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeNames={"#marks": marks},
+            ExpressionAttributeValues=to_dynamo({":slice": {index}}),
+        )
 
     def _slice_lines(self, item: dict[str, Any], start: int, end: int) -> list[BatchLine]:
         answer = client("s3").get_object(
@@ -379,21 +532,43 @@ class BatchService:
         data = bytes(answer["Body"].read())
         return [BatchLine.model_validate_json(raw) for raw in data.splitlines() if raw.strip()]
 
-    def _start_line(self, tenant_id: str, item: dict[str, Any], line: BatchLine, job_id: str) -> None:
-        batch = {"batch_id": item["batch_id"], "defaults": json.loads(item["defaults"])}
-        record = self.jobs.new_record(
-            tenant_id, job_id=job_id, request=line_request(batch, line), document_key=None, source="batch"
-        )
-        self.jobs.store_and_start(record)
+    def _settle(
+        self, command: SliceCommand, item: dict[str, Any], index: int, offsets: list[int], *, force: bool
+    ) -> dict[str, Any]:
+        """A `cancel` or `fail` chain's slice. A line with no job in a slice that never started (or
+        whose command dead-lettered) never gets one: counted at once, as cancelled in a cancelling
+        batch, else failed (batch_failed). A slice still being started is waited for (retried),
+        unless `force` (the wait ran out). Cancel: the lines' running jobs are cancelled (their
+        terminal events count them). Fail: ended lines are counted from their jobs, in case their
+        own count is the one that failed; running ones are counted by their own events."""
+        tenant_id, batch_id = command.tenant_id, command.batch_id
+        lines = self._slice_lines(item, offsets[index], offsets[index + 1])
+        job_ids = [line_job_id(tenant_id, batch_id, line.custom_id) for line in lines]
+        records = self._jobs(tenant_id, job_ids)
+        slices = SliceMarks.of(item)
+        may_still_start = index in slices.started and not slices.settled(index)
+        if may_still_start and not force and any(job_id not in records for job_id in job_ids):
+            raise SliceStillStarting(f"slice of lines from {index * SLICE} is still being started")
+        never_started = "cancelled" if item["status"] == "cancelling" else "failed"
+        counts: list[tuple[str, str]] = []
+        cancelled = 0
+        for line, job_id in zip(lines, job_ids, strict=True):
+            record = records.get(job_id)
+            if record is None:
+                counts.append((line.custom_id, never_started))
+            elif command.kind == "cancel" and not record.is_terminal:
+                cancelled += self._cancel_job(tenant_id, job_id)
+            elif command.kind == "fail" and (record.is_terminal or record.status.value == "needs_review"):
+                counts.append((line.custom_id, LINE_BUCKETS.get(record.status.value, "failed")))
+        counted = self._count_many(tenant_id, batch_id, counts)
+        self._finish_if_done(tenant_id, batch_id)
+        return {"outcome": command.kind, "counted": counted, "cancelled": cancelled}
 
-    def _cancel_line(self, tenant_id: str, batch_id: str, custom_id: str, job_id: str) -> int:
+    def _cancel_job(self, tenant_id: str, job_id: str) -> int:
         try:
             self.jobs.cancel(tenant_id, job_id)  # its terminal event counts the line
-        except JobConflictError:
-            return 0  # already finished: counted by its own event
-        except JobNotFoundError:
-            # Never started: it ends here, counted as cancelled.
-            self.count_line(tenant_id, batch_id, custom_id, "cancelled")
+        except (JobConflictError, JobNotFoundError):
+            return 0  # ended meanwhile (counted by its own event) or expired
         return 1
 
     def run_job_event(
@@ -411,50 +586,82 @@ class BatchService:
     def count_line(self, tenant_id: str, batch_id: str, custom_id: str, bucket: str) -> dict[str, Any]:
         """Count one line once (marker + count in one transaction), and finish the batch when the
         counts reach the total."""
+        counted = self._count_many(tenant_id, batch_id, [(custom_id, bucket)]) == 1
+        outcome = self._finish_if_done(tenant_id, batch_id)
+        if outcome is not None:
+            return {"outcome": outcome, "counted": counted}
+        return {"outcome": "counted" if counted else "counted_before"}
+
+    def _count_many(self, tenant_id: str, batch_id: str, lines: list[tuple[str, str]]) -> int:
+        """Count lines (custom_id, bucket) once each: each line's marker (a conditional put) and
+        the counts' ADD in one transaction, up to 99 lines per transaction. A transaction that a
+        line counted before cancels is redone line by line. Returns how many were counted now."""
+        counted = 0
+        for start in range(0, len(lines), MAX_LINES_PER_COUNT):
+            chunk = lines[start : start + MAX_LINES_PER_COUNT]
+            if self._count_together(tenant_id, batch_id, chunk):
+                counted += len(chunk)
+            elif len(chunk) > 1:
+                counted += sum(self._count_together(tenant_id, batch_id, [line]) for line in chunk)
+        return counted
+
+    def _count_together(self, tenant_id: str, batch_id: str, lines: list[tuple[str, str]]) -> bool:
+        if not lines:
+            return False
         table = self.settings.jobs_table
+        expires_at = now_ms() // 1000 + self.settings.retention_days * 86_400
+        buckets: dict[str, int] = {}
+        for _, bucket in lines:
+            buckets[bucket] = buckets.get(bucket, 0) + 1
+        names = {f"#b{i}": bucket for i, bucket in enumerate(sorted(buckets))}
+        values = {f":n{i}": buckets[bucket] for i, bucket in enumerate(sorted(buckets))}
+        markers = [
+            {
+                "Put": {
+                    "TableName": table,
+                    "Item": to_dynamo(
+                        {
+                            "pk": f"BATCH#{batch_id}",
+                            "sk": f"LINE#{custom_id}",
+                            "bucket": bucket,
+                            "expires_at": expires_at,
+                        }
+                    ),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            }
+            for custom_id, bucket in lines
+        ]
+        count = {
+            "Update": {
+                "TableName": table,
+                "Key": to_dynamo(batch_key(tenant_id, batch_id)),
+                "UpdateExpression": "ADD "
+                + ", ".join(f"{name} {value}" for name, value in zip(names, values, strict=True)),
+                "ConditionExpression": "attribute_exists(pk)",
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": to_dynamo(values),
+            }
+        }
         try:
-            self._ddb.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": table,
-                            "Item": to_dynamo(
-                                {
-                                    "pk": f"BATCH#{batch_id}",
-                                    "sk": f"LINE#{custom_id}",
-                                    "bucket": bucket,
-                                    "expires_at": now_ms() // 1000 + self.settings.retention_days * 86_400,
-                                }
-                            ),
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
-                    {
-                        "Update": {
-                            "TableName": table,
-                            "Key": to_dynamo(batch_key(tenant_id, batch_id)),
-                            "UpdateExpression": "ADD #bucket :one",
-                            "ConditionExpression": "attribute_exists(pk)",
-                            "ExpressionAttributeNames": {"#bucket": bucket},
-                            "ExpressionAttributeValues": to_dynamo({":one": 1}),
-                        }
-                    },
-                ]
-            )
-            counted = True
+            self._ddb.transact_write_items(TransactItems=[*markers, count])
         except ClientError as error:
             if error.response["Error"]["Code"] != "TransactionCanceledException":
                 raise
-            counted = False  # counted before (a redelivery), or the batch is gone
+            return False  # a line counted before (a redelivery), or the batch is gone
+        return True
+
+    def _finish_if_done(self, tenant_id: str, batch_id: str) -> str | None:
+        """Finish the batch if every line is counted: "batch_finished" (or "gone"), else None."""
         try:
             item = self._item(tenant_id, batch_id)
         except JobNotFoundError:
-            return {"outcome": "gone"}
+            return "gone"
         done = int(item["completed"]) + int(item["failed"]) + int(item["cancelled"])
         if done >= int(item["total"]) and item["status"] not in TERMINAL:
             self.finish(item, tenant_id)
-            return {"outcome": "batch_finished", "counted": counted}
-        return {"outcome": "counted" if counted else "counted_before", "done": done}
+            return "batch_finished"
+        return None
 
     def finish(self, item: dict[str, Any], tenant_id: str) -> None:
         """Write output.jsonl / errors.jsonl (every input line once, in input order), end the
@@ -547,51 +754,64 @@ class BatchService:
             },
         )
 
-    def fail(self, tenant_id: str, batch_id: str, reason: str) -> dict[str, Any]:
-        """The batch cannot be carried out (a slice or a count failed for good): mark it failing,
-        count every line not counted yet from its job (never started: failed as batch_failed;
-        ended: by its status, in case its own count was the one that failed), and let the last
-        count finish it as `failed`. Safe to run again: counts are once per line."""
+    # -- a batch that cannot be carried out ------------------------------------------------------
+    def abandon(self, tenant_id: str, batch_id: str, reason: str, *, dead_slice: int | None = None) -> str:
+        """The batch cannot be carried out (a slice's command, or a line's count, failed for good):
+        record why (the first reason stays) and which slice is dead, and start the `fail` chain
+        once. It counts every line not counted yet; the last count finishes the batch as `failed`.
+        Returns "batch_failing", or "batch_already_ended" (terminal, or gone)."""
+        update = "SET failure = if_not_exists(failure, :reason)"
+        values: dict[str, Any] = {
+            ":reason": reason[:500],
+            ":in_progress": "in_progress",
+            ":cancelling": "cancelling",
+        }
+        if dead_slice is not None:
+            update += " ADD dead_slices :slice"
+            values[":slice"] = {dead_slice}
         try:
-            self._ddb.update_item(
+            answer = self._ddb.update_item(
                 TableName=self.settings.jobs_table,
                 Key=to_dynamo(batch_key(tenant_id, batch_id)),
-                UpdateExpression="SET failure = :reason",
-                ConditionExpression=(
-                    "#status IN (:in_progress, :cancelling) AND attribute_not_exists(failure)"
-                ),
+                UpdateExpression=update,
+                ConditionExpression="#status IN (:in_progress, :cancelling)",
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues=to_dynamo(
-                    {":reason": reason[:500], ":in_progress": "in_progress", ":cancelling": "cancelling"}
-                ),
+                ExpressionAttributeValues=to_dynamo(values),
+                ReturnValues="ALL_OLD",
             )
         except ClientError as error:
             if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
-        try:
-            item = self._item(tenant_id, batch_id)
-        except JobNotFoundError:
-            return {"outcome": "gone"}
-        if item["status"] in TERMINAL:
-            return {"outcome": "already_" + str(item["status"])}
-        logger.error("batch failing", extra={"batch_id": batch_id, "reason": item.get("failure", reason)})
-        lines = self._all_lines(item)
-        job_ids = [line_job_id(tenant_id, batch_id, line.custom_id) for line in lines]
-        records = self._jobs(tenant_id, job_ids)
-        # A batch being cancelled ends cancelled: its unstarted lines are cancelled, not failed.
-        never_started = "cancelled" if item["status"] == "cancelling" else "failed"
-        running = 0
-        for line, job_id in zip(lines, job_ids, strict=True):
-            record = records.get(job_id)
-            if record is None:
-                self.count_line(tenant_id, batch_id, line.custom_id, never_started)
-            elif record.status.value in TERMINAL or record.status.value == "needs_review":
-                self.count_line(
-                    tenant_id, batch_id, line.custom_id, LINE_BUCKETS.get(record.status.value, "failed")
-                )
-            else:
-                running += 1  # its own terminal event counts it
-        return {"outcome": "failing", "running": running}
+            return "batch_already_ended"
+        before = from_dynamo(answer.get("Attributes") or {})
+        if not before.get("failure"):
+            logger.error(
+                "batch failing", extra={"batch_id": batch_id, "reason": reason, "dead_slice": dead_slice}
+            )
+            self._send(SliceCommand(kind="fail", tenant_id=tenant_id, batch_id=batch_id, start=0))
+        return "batch_failing"
+
+    def give_up(self, command: SliceCommand, reason: str) -> str:
+        """A slice command that failed for good (permanently, past its attempts, or dead-lettered).
+        A `fail` chain's own slice is settled at once without waiting for a slice still starting
+        (the wait ran out), and the chain goes on; any other fails the batch."""
+        if command.kind == "fail":
+            self.run_slice(command, force=True)
+            return "batch_failing"
+        dead = command.start // SLICE if command.kind == "slice" else None
+        return self.abandon(command.tenant_id, command.batch_id, reason, dead_slice=dead)
+
+    def dead_lettered(self, message: SliceCommand | BatchLineEvent, *, archive_id: str, attempts: int) -> str:
+        """A batch queue message that crashed its worker `attempts` times (the dead-letter
+        function consumes the batch DLQ): the batch fails as if its step had failed for good."""
+        if isinstance(message, SliceCommand):
+            what = {"slice": "slice", "cancel": "cancel slice", "fail": "fail slice"}[message.kind]
+            reason = (
+                f"the {what} of lines from {message.start} failed {attempts} times (dead letter {archive_id})"
+            )
+            return self.give_up(message, reason)
+        reason = f"the count of line {message.custom_id!r} failed {attempts} times (dead letter {archive_id})"
+        return self.abandon(message.tenant_id, message.batch_id, reason)
 
     def _all_lines(self, item: dict[str, Any]) -> list[BatchLine]:
         data = bytes(

@@ -1,10 +1,14 @@
-"""Dead letters of the job steps (extract, infer, tool): each one handled once, however many arrive.
+"""Dead letters of the job steps (extract, infer, tool) and of the batch queue: each one handled
+once, however many arrive.
 
 A command that crashed or timed out its worker `MaxReceiveCount` times is moved to its step's DLQ
 by SQS itself; no code of ours ran to record why. The dead-letter function consumes those DLQs
 (an SQS event source on each): every message fails its job as `dead_lettered` (naming the step and
 the attempts, emitting `Job Failed` so the webhook still fires), is archived in S3 for operators
-(`baton dlq list | show | redrive`) and is then deleted from the DLQ. Nothing is peeked or left
+(`baton dlq list | show | redrive`) and is then deleted from the DLQ. A batch queue message (a
+slice command, or a line's terminal event to count) fails its batch the same way: the batch ends
+`failed` with every line accounted for once (baton.batches.BatchService.dead_lettered); its
+archive entry is under `batch/` and names the batch. Nothing is peeked or left
 behind, so a DLQ never fills up and a new dead letter is never hidden behind old ones.
 
 Archive layout (one JSON object per message, in Baton's bucket, kept for `RetentionDays`):
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
@@ -28,6 +32,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ValidationError
 
 from baton.aws import client
+from baton.batches import BatchLineEvent, SliceCommand, batch_message_of
 from baton.clock import iso_from_ms, now_ms
 from baton.failures import JobFailures
 from baton.models import StageCommand
@@ -37,6 +42,7 @@ logger = Logger(child=True)
 
 ARCHIVE_PREFIX = "dead-letters"
 UNRECOGNISED_STAGE = "unrecognised"
+BATCH_STAGE = "batch"
 
 
 class Outcome(StrEnum):
@@ -47,6 +53,8 @@ class Outcome(StrEnum):
     STALE_COMMAND = "stale_command"  # the job had moved on to another version or depth
     JOB_NOT_FOUND = "job_not_found"  # unknown or expired job
     UNRECOGNISED = "unrecognised"  # not a stage command: kept for a person to read
+    BATCH_FAILING = "batch_failing"  # a batch message: its batch fails (every line still counted once)
+    BATCH_ALREADY_ENDED = "batch_already_ended"  # its batch had ended (or expired) before
 
 
 class ArchivedDeadLetter(BaseModel):
@@ -65,6 +73,7 @@ class ArchivedDeadLetter(BaseModel):
     tenant_id: str | None = None
     version: int | None = None
     depth: int | None = None
+    batch_id: str | None = None
     body: str
     message_attributes: dict[str, str] = {}
 
@@ -89,13 +98,24 @@ def command_of(body: str) -> StageCommand | None:
         return None
 
 
+class BatchDeadLetters(Protocol):
+    """What fails a batch whose queue message dead-lettered (baton.batches.BatchService)."""
+
+    def dead_lettered(
+        self, message: SliceCommand | BatchLineEvent, *, archive_id: str, attempts: int
+    ) -> str: ...
+
+
 class DeadLetterHandler:
     """Handles one DLQ record: fail its job, archive it, count it. Raises only when AWS fails (the
     record then returns after the DLQ's visibility timeout); nothing in a message body can make it
     raise, so a dead letter never becomes a crash loop of its own."""
 
-    def __init__(self, failures: JobFailures, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, failures: JobFailures, batches: BatchDeadLetters, settings: Settings, metrics: Metrics
+    ) -> None:
         self.failures = failures
+        self.batches = batches
         self.settings = settings
         self.bucket = settings.bucket
         # The handler's own instance: its namespace is read from the function's environment.
@@ -104,13 +124,18 @@ class DeadLetterHandler:
     def handle(self, record: SqsRecordModel) -> dict[str, Any]:
         body = str(record.body)  # the raw text: this record model parses nothing inside it
         command = command_of(body)
-        stage = command.step.value if command else UNRECOGNISED_STAGE
+        batch_message = None if command else batch_message_of(body)
+        stage = command.step.value if command else (BATCH_STAGE if batch_message else UNRECOGNISED_STAGE)
         sent_ms = _sent_ms(record)
         archive_id = archive_id_of(stage, sent_ms, record.messageId)
         # The redrive policy moved it after exactly MaxReceiveCount deliveries; the receive count it
         # carries also counts deliveries from the DLQ (ours), so it is archived but not reported.
         attempts = self.settings.max_receive_count
-        if command is None:
+        if batch_message is not None:
+            outcome = Outcome(
+                self.batches.dead_lettered(batch_message, archive_id=archive_id, attempts=attempts)
+            )
+        elif command is None:
             outcome = Outcome.UNRECOGNISED
             logger.warning(
                 "unrecognised message in a DLQ: archived",
@@ -131,9 +156,10 @@ class DeadLetterHandler:
             attempts=attempts,
             outcome=outcome,
             job_id=command.job_id if command else None,
-            tenant_id=command.tenant_id if command else None,
+            tenant_id=command.tenant_id if command else batch_message.tenant_id if batch_message else None,
             version=command.version if command else None,
             depth=command.depth if command else None,
+            batch_id=batch_message.batch_id if batch_message else None,
             body=body,
             message_attributes={
                 name: str(value.stringValue or value.binaryValue or "")
@@ -149,6 +175,7 @@ class DeadLetterHandler:
             extra={
                 "archive_id": archive_id,
                 "job_id": letter.job_id,
+                "batch_id": letter.batch_id,
                 "stage": stage,
                 "outcome": outcome.value,
                 "first_delivery": first,

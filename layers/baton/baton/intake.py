@@ -20,7 +20,7 @@ from baton.clock import now_ms
 from baton.egress import check_literal
 from baton.errors import InvalidRequestError, JobConflictError, StaleWriteError
 from baton.failures import JobFailures
-from baton.lifecycle import JobViews, StageQueues, TerminalEvents
+from baton.lifecycle import JobViews, StageQueues, TerminalEvents, command_for
 from baton.messaging import EventPublisher
 from baton.models import (
     CreateJobRequest,
@@ -338,6 +338,31 @@ class JobIntake:
             )
             self._start(existing)
         return existing
+
+    def store_and_start_many(self, records: list[JobRecord]) -> list[JobRecord]:
+        """Create many jobs (one conditional write each) and hand them off in bulk: ten Job
+        Accepted events per PutEvents call and ten commands per SQS request (a batch slice's
+        lines). No job is marked handed off: the caller records the hand-off of the whole group,
+        and until it has, a retry hands off again every job of the group still pending (the
+        stage's idempotency absorbs a duplicate command). Returns the jobs handed off."""
+        to_start: list[JobRecord] = []
+        for record in records:
+            if self.store.create(record):
+                to_start.append(record)
+                continue
+            existing = self.store.get(record.tenant_id, record.job_id)
+            if existing.status is JobStatus.PENDING:
+                to_start.append(existing)
+        if not to_start:
+            return to_start
+        self.events.publish_many(EventType.ACCEPTED, to_start)
+        metrics.add_metric(name="JobsAccepted", unit=MetricUnit.Count, value=len(to_start))
+        for step in (Step.EXTRACT, Step.INFER):
+            group = [record for record in to_start if (step is Step.EXTRACT) == bool(record.document_key)]
+            if group:
+                self.queues.send_many(step, [command_for(record, step) for record in group])
+        logger.info("jobs accepted", extra={"jobs": len(to_start), "source": to_start[0].source})
+        return to_start
 
     def _start(self, record: JobRecord) -> None:
         self.events.publish(EventType.ACCEPTED, record)

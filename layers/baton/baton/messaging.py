@@ -54,6 +54,19 @@ class EventPublisher:
     def __init__(self, bus_name: str) -> None:
         self.bus_name = bus_name
 
+    def publish_many(self, event_type: EventType, records: list[JobRecord]) -> None:
+        """One event per job, ten per PutEvents call (a batch slice's Job Accepted events); any
+        entry EventBridge refuses raises (the caller retries: lifecycle events are at-least-once)."""
+        events = client("events")
+        for start in range(0, len(records), 10):
+            entries = [self._entry(event_type, record, None, None) for record in records[start : start + 10]]
+            answer = events.put_events(Entries=entries)
+            if answer.get("FailedEntryCount"):
+                raise RuntimeError(
+                    f"EventBridge refused {answer['FailedEntryCount']} {event_type.value} events: "
+                    f"{json.dumps(answer['Entries'])[:500]}"
+                )
+
     def publish(
         self,
         event_type: EventType,
@@ -62,6 +75,15 @@ class EventPublisher:
         job_view: dict[str, Any] | None = None,
         step: str | None = None,
     ) -> None:
+        answer = client("events").put_events(Entries=[self._entry(event_type, record, job_view, step)])
+        if answer.get("FailedEntryCount"):
+            # Losing a terminal event would lose the webhook: fail loudly so the stage retries.
+            raise RuntimeError(f"EventBridge refused {event_type.value}: {json.dumps(answer['Entries'])}")
+        logger.debug("event published", extra={"detail_type": event_type.value, "job_id": record.job_id})
+
+    def _entry(
+        self, event_type: EventType, record: JobRecord, job_view: dict[str, Any] | None, step: str | None
+    ) -> dict[str, Any]:
         detail = LifecycleDetail(
             job_id=record.job_id,
             tenant_id=record.tenant_id,
@@ -72,18 +94,10 @@ class EventPublisher:
             step=step,
             job=job_view,
         )
-        answer = client("events").put_events(
-            Entries=[
-                {
-                    "Source": EVENT_SOURCE,
-                    "DetailType": event_type.value,
-                    "Detail": detail.model_dump_json(),
-                    "EventBusName": self.bus_name,
-                    "Resources": [f"baton:job/{record.job_id}"],
-                }
-            ]
-        )
-        if answer.get("FailedEntryCount"):
-            # Losing a terminal event would lose the webhook: fail loudly so the stage retries.
-            raise RuntimeError(f"EventBridge refused {event_type.value}: {json.dumps(answer['Entries'])}")
-        logger.debug("event published", extra={"detail_type": event_type.value, "job_id": record.job_id})
+        return {
+            "Source": EVENT_SOURCE,
+            "DetailType": event_type.value,
+            "Detail": detail.model_dump_json(),
+            "EventBusName": self.bus_name,
+            "Resources": [f"baton:job/{record.job_id}"],
+        }

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from aws_lambda_powertools import Metrics
 
 from baton.background import BackgroundInference
+from baton.batches import BatchService
 from baton.blobs import BlobStore
 from baton.completions import Completions
 from baton.deadletters import DeadLetterHandler
@@ -121,8 +122,12 @@ def job_sweeper(settings: Settings) -> Sweeper:
     return Sweeper(job_failures(settings), webhook_service(settings))
 
 
+def batch_service(settings: Settings) -> BatchService:
+    return BatchService(settings, job_intake(settings), webhook_service(settings))
+
+
 def dead_letter_handler(settings: Settings, metrics: Metrics) -> DeadLetterHandler:
-    return DeadLetterHandler(job_failures(settings), settings, metrics)
+    return DeadLetterHandler(job_failures(settings), batch_service(settings), settings, metrics)
 
 
 def provider_webhooks(settings: Settings) -> ProviderWebhooks:
