@@ -3,7 +3,11 @@ settle, learn, lease expiry and fairness. Time is passed in (now_ms), never wait
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import heapq
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -16,11 +20,13 @@ from baton.limiter import (
     ProviderLimiter,
     RateLimitHeaders,
     Ticket,
+    Wait,
     estimate_tokens,
     parse_duration,
     provider_key,
     queue_key,
 )
+from baton_dev.simulator import SlidingWindowLimiter
 
 if TYPE_CHECKING:
     from conftest import AwsStack
@@ -39,19 +45,32 @@ def admit(
     *,
     now: int,
     tokens: int = 100,
+    answer_tokens: int = 0,
     tenant: str = "acme",
     job: str = "j",
     held_slot_ms: int | None = None,
 ) -> Ticket:
-    return lim.admit(
-        PROVIDER,
-        tenant_id=tenant,
-        lease_id=job,
-        tokens=tokens,
-        now_ms=now,
-        lease_ms=LEASE_MS,
-        held_slot_ms=held_slot_ms,
-    )
+    """Admitted as ModelCalls.admit admits: after a Wait, again at the time it names (limiter
+    time: nothing sleeps), keeping its turn and lease, until MAX_WAIT_IN_FUNCTION_S has passed."""
+    latest_ms, leased = now + int(MAX_WAIT_IN_FUNCTION_S * 1000), False
+    while isinstance(
+        answer := lim.admit(
+            PROVIDER,
+            tenant_id=tenant,
+            lease_id=job,
+            tokens=tokens,
+            answer_tokens=answer_tokens,
+            now_ms=now,
+            lease_ms=LEASE_MS,
+            held_slot_ms=held_slot_ms,
+            latest_ms=latest_ms,
+            leased=leased,
+        ),
+        Wait,
+    ):
+        assert now < answer.at_ms <= latest_ms  # it waits, and no longer than the function may
+        now, held_slot_ms, leased = answer.at_ms, answer.turn_ms, True
+    return answer
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -215,23 +234,59 @@ def test_turns_that_come_back_together_are_still_sent_one_interval_apart(aws: Aw
     )
 
 
-def test_tokens_are_queued_at_the_usage_answers_have_shown(aws: AwsStack) -> None:
-    """Calls that use a quarter of the tokens they reserve are queued at about a quarter: the
-    turns follow what the provider will really count, not the worst case."""
+def test_tokens_are_booked_at_what_answers_use_bounded_by_max_tokens(aws: AwsStack) -> None:
+    """A call's prompt (100) plus max_tokens (300) is its ceiling; answers that use 50 teach the
+    limiter to book about 100 + 50 (with the headroom the ceiling needs at the provider: a
+    minute's T until an answer shows the window), not 400; never more answer than max_tokens."""
     lim = limiter(aws, tpm=6000)
     token_interval = 60_000 / (6000 * PACE_FRACTION)
-    now = T0
-    for i in range(12):
-        ticket = admit(lim, now=now, tokens=400, job=f"j{i}")
-        lim.settle(ticket, used_tokens=100, headers=RateLimitHeaders(), now_ms=now + 100)
-        now += 60_000  # idle in between: every call is admitted at once
-    ratio = lim.state(PROVIDER)["usage_ratio"]
-    assert 0.25 <= ratio < 0.35  # a moving average, converging to 100 / 400
-    queue = queue_key(PROVIDER, "acme")
-    admit(lim, now=now, tokens=400, job="next")
-    booked = lim.state(queue)["queue_tat"] - now
-    assert booked == pytest.approx(400 * ratio * token_interval, rel=0.05)
-    assert booked < 400 * token_interval / 2
+    first = admit(lim, now=T0, tokens=400, answer_tokens=300, job="a")
+    assert first.tokens == 400  # nothing seen yet: the ceiling
+    lim.settle(first, used_tokens=150, headers=RateLimitHeaders(), now_ms=T0 + 100)
+    assert lim.state(PROVIDER)["answer_tokens"] == 50
+    now = T0 + 60_000
+    second = admit(lim, now=now, tokens=400, answer_tokens=300, job="b")
+    share = 1 - 400 / 6000  # room for the ceiling in a minute's budget
+    assert second.tokens == math.ceil(150 / share) < 400 / 2
+    assert lim.state(queue_key(PROVIDER, "acme"))["queue_tat"] - now == pytest.approx(
+        second.tokens * token_interval, abs=2
+    )
+    assert lim.state(PROVIDER)["token_tat"] - now == pytest.approx(second.tokens * token_interval, abs=2)
+    # Settled at the use it was booked for: nothing moves. More use is charged at the same scale.
+    booked = lim.state(PROVIDER)["token_tat"]
+    lim.settle(second, used_tokens=200, headers=RateLimitHeaders(), now_ms=now + 100)
+    assert lim.state(PROVIDER)["token_tat"] - booked == pytest.approx(
+        (math.ceil(200 * second.token_scale) - second.tokens) * token_interval, abs=2
+    )
+    # A call capped below what answers use is expected to use its cap at most.
+    capped = admit(lim, now=now + 60_000, tokens=120, answer_tokens=20, job="c")
+    assert lim.state(PROVIDER)["answer_tokens"] > 20
+    assert (capped.tokens, capped.token_scale) == (120, 1.0)
+
+
+def test_the_providers_window_is_learned_from_the_remaining_tokens(aws: AwsStack) -> None:
+    """A provider admits a call at its ceiling: with a 10 s window (1000 of 6000 tokens/min) a
+    400-token ceiling needs 40 % of the window free, so the pace books the use / 0.6."""
+    lim = limiter(aws, tpm=6000)
+    first = admit(lim, now=T0, tokens=400, answer_tokens=300, job="a")
+    # The answer: 600 remaining after admitting this call at 400, in an idle window.
+    lim.settle(
+        first,
+        used_tokens=150,
+        headers=RateLimitHeaders(limit_tokens=6000, remaining_tokens=600, reset_tokens_s=10.0),
+        now_ms=T0 + 100,
+    )
+    assert lim.state(PROVIDER)["token_window"] == 1000
+    # A busier window shows less remaining: the largest seen is kept.
+    lim.settle(
+        admit(lim, now=T0 + 60_000, tokens=400, answer_tokens=300, job="b"),
+        used_tokens=150,
+        headers=RateLimitHeaders(limit_tokens=6000, remaining_tokens=20, reset_tokens_s=10.0),
+        now_ms=T0 + 60_100,
+    )
+    assert lim.state(PROVIDER)["token_window"] == 1000
+    booked = admit(lim, now=T0 + 120_000, tokens=400, answer_tokens=300, job="c").tokens
+    assert booked == math.ceil(150 / (1 - 400 / 1000)) == 250
 
 
 # -- learn -------------------------------------------------------------------------------------
@@ -348,3 +403,184 @@ def test_a_command_waiting_for_its_turn_holds_no_lease(aws: AwsStack) -> None:
     leases = lim.leases("t")
     assert list(leases) == ["a"]
     assert leases["a"] == T0 + MAX_WAIT_IN_FUNCTION_S * 1000 + LEASE_MS
+
+
+# -- against the simulator's provider, in limiter time ------------------------------------------
+@dataclass
+class Call:
+    tenant: str
+    job: str
+    held_slot_ms: int | None = None
+    latest_ms: int = 0  # while in a function: the latest slot it waits for
+    leased: bool = False
+    in_function: bool = False
+
+
+@dataclass
+class Run:
+    """What the provider saw: sends (slot, tenant, job), 429s, and each call's first arrival."""
+
+    sends: list[tuple[int, str, str]] = field(default_factory=list)
+    refused: int = 0
+    arrived: dict[str, int] = field(default_factory=dict)
+
+    def rate_per_min(self, weight: int = 1) -> float:
+        slots = sorted(slot for slot, _, _ in self.sends)
+        return (len(slots) - 1) * weight * 60_000 / (slots[-1] - slots[0])
+
+
+POLL_LAG_MS = 40  # a delayed message comes back a little after its delay
+LATENCY_MS = 200
+
+
+def against_provider(
+    lim: ProviderLimiter,
+    arrivals: list[tuple[int, str, str]],
+    *,
+    rpm: int = 0,
+    tpm: int = 0,
+    window_s: float = 5.0,
+    ceiling: int = 100,
+    answer_cap: int = 0,
+    used: int = 100,
+    until_ms: int | None = None,
+) -> Run:
+    """Calls (arrival, tenant, job) through the limiter as the infer function makes them, sent to
+    the simulator's sliding-window limits (admitted at their ceiling, counted at their use once
+    answered): waits in the function, deferrals through SQS (whole seconds), 429s. Limiter time
+    only: an event loop over now_ms, nothing sleeps."""
+    clock = [0.0]
+    requests, tokens = SlidingWindowLimiter(lambda: clock[0]), SlidingWindowLimiter(lambda: clock[0])
+    request_budget, token_budget = math.floor(rpm * window_s / 60), math.floor(tpm * window_s / 60)
+    run = Run()
+    events: list[tuple[int, int, str, Any]] = []
+    order = itertools.count()
+    for at, tenant, job in arrivals:
+        heapq.heappush(events, (at, next(order), "admit", Call(tenant, job)))
+        run.arrived[job] = at
+
+    def defer(call: Call, deferred: Deferred, now: int) -> None:
+        call.held_slot_ms, call.in_function, call.leased = deferred.slot_ms, False, False
+        heapq.heappush(
+            events, (now + deferred.delay_seconds * 1000 + POLL_LAG_MS, next(order), "admit", call)
+        )
+
+    while events:
+        now, _, kind, subject = heapq.heappop(events)
+        if until_ms is not None and now > until_ms:
+            break
+        clock[0] = now / 1000
+        if kind == "admit":
+            call = subject
+            if not call.in_function:
+                call.in_function, call.latest_ms = True, now + int(MAX_WAIT_IN_FUNCTION_S * 1000)
+            try:
+                answer = lim.admit(
+                    PROVIDER,
+                    tenant_id=call.tenant,
+                    lease_id=call.job,
+                    tokens=ceiling,
+                    answer_tokens=answer_cap,
+                    now_ms=now,
+                    lease_ms=LEASE_MS,
+                    held_slot_ms=call.held_slot_ms,
+                    latest_ms=call.latest_ms,
+                    leased=call.leased,
+                )
+            except Deferred as deferred:
+                defer(call, deferred, now)
+                continue
+            if isinstance(answer, Wait):
+                call.held_slot_ms, call.leased = answer.turn_ms, True
+                heapq.heappush(events, (answer.at_ms, next(order), "admit", call))
+            else:
+                heapq.heappush(events, (max(now, answer.slot_ms), next(order), "send", (call, answer)))
+        elif kind == "send":
+            call, ticket = subject
+            waits = [
+                (wait, name)
+                for name, window, budget, weight in (
+                    ("requests", requests, request_budget, 1),
+                    ("tokens", tokens, token_budget, ceiling),
+                )
+                if (wait := window.wait_s(budget, window_s, weight)) is not None
+            ]
+            if waits:
+                run.refused += 1
+                defer(
+                    call,
+                    lim.rate_limited(
+                        ticket, headers=RateLimitHeaders(retry_after_s=max(waits)[0]), now_ms=now
+                    ),
+                    now,
+                )
+                continue
+            entry = tokens.admit(ceiling) if token_budget else None
+            if request_budget:
+                requests.admit(1)
+            headers = RateLimitHeaders(
+                limit_requests=rpm or None,
+                remaining_requests=requests.state(request_budget, window_s)[0] if rpm else None,
+                limit_tokens=tpm or None,
+                remaining_tokens=tokens.state(token_budget, window_s)[0] if tpm else None,
+            )
+            if entry is not None:
+                tokens.settle(entry, used)  # the simulator counts the use once the answer is built
+            run.sends.append((now, call.tenant, call.job))
+            heapq.heappush(events, (now + LATENCY_MS, next(order), "settle", (ticket, headers)))
+        else:
+            ticket, headers = subject
+            lim.settle(ticket, used_tokens=used, headers=headers, now_ms=now)
+    return run
+
+
+def test_a_burst_meets_the_request_limit_with_no_429_and_calls_one_interval_apart(aws: AwsStack) -> None:
+    """40 calls at once, R = 120/min enforced over 5 s: the provider sees them one pace interval
+    apart (never two closer), refuses none, and the limit is used at the pace (97 %)."""
+    lim = limiter(aws, rpm=120)
+    run = against_provider(lim, [(T0, "acme", f"j{i}") for i in range(40)], rpm=120)
+    assert run.refused == 0 and len(run.sends) == 40
+    slots = sorted(slot for slot, _, _ in run.sends)
+    interval = 60_000 / (120 * PACE_FRACTION)
+    assert min(b - a for a, b in itertools.pairwise(slots)) >= interval - 2
+    assert run.rate_per_min() >= 0.9 * 120
+
+
+def test_a_token_limited_burst_books_what_answers_use_and_meets_no_429(aws: AwsStack) -> None:
+    """T = 3000/min enforced over 5 s (250 tokens), 40 calls with a ceiling of 52 (max_tokens 40)
+    that use 19, the use already seen (a deployment in use): the provider admits each at 52
+    beside the others' 19s, so at most ~87 % of T fits without a 429. The pace books the use
+    plus that headroom: no 429 once the window is learned, and far above the ~37 % that booking
+    the ceiling allows (52 tokens a call)."""
+    lim = limiter(aws, tpm=3000)
+    seen = admit(lim, now=T0 - 60_000, tokens=52, answer_tokens=40, job="seen")
+    lim.settle(
+        seen,
+        used_tokens=19,
+        headers=RateLimitHeaders(limit_tokens=3000, remaining_tokens=250 - 52, reset_tokens_s=5.0),
+        now_ms=T0 - 59_800,
+    )
+    run = against_provider(
+        lim, [(T0, "acme", f"j{i}") for i in range(40)], tpm=3000, ceiling=52, answer_cap=40, used=19
+    )
+    assert run.refused == 0 and len(run.sends) == 40
+    fraction = run.rate_per_min(weight=19) / 3000
+    assert 0.7 < fraction <= (250 - 52 + 19) / 250
+
+
+@pytest.mark.parametrize("offset_ms", [0, 170, 340])  # anywhere within one interval
+def test_another_tenants_first_call_is_sent_within_one_refill_of_arriving(
+    aws: AwsStack, offset_ms: int
+) -> None:
+    """Tenant A's 40 calls keep the pace full (20 s of it); B's one call, arriving at any moment of it, is
+    sent no more than one pace interval (one refill) after it arrives: A never books slots ahead
+    of itself, B books the one after A's current slot. A keeps the pace (no 429, no gap)."""
+    interval = 60_000 / (120 * PACE_FRACTION)
+    arrival = T0 + 5_000 + offset_ms
+    arrivals = [(T0, "a", f"a{i}") for i in range(40)] + [(arrival, "b", "b0")]
+    run = against_provider(limiter(aws, rpm=120), arrivals, rpm=120, until_ms=T0 + 10_000)
+    sent_b = [slot for slot, tenant, _ in run.sends if tenant == "b"]
+    assert sent_b and sent_b[0] - arrival <= interval
+    assert run.refused == 0
+    slots = sorted(slot for slot, _, _ in run.sends)
+    assert max(b - a for a, b in itertools.pairwise(slots)) <= interval + POLL_LAG_MS

@@ -11,12 +11,20 @@ time", each booking one atomic conditional update, no read):
   reserved tokens), not at the worst case.
 - The send pace (one per provider, shared by every tenant): the calls actually sent, spaced evenly
   (providers enforce a per-minute limit over shorter windows too: no burst beyond one call). A
-  call whose turn came books its send slot only if it is at most `MAX_WAIT_IN_FUNCTION_S` away
-  (it sleeps until then); else it is deferred briefly, keeping its turn. A turn that came back
-  late uses the next free send slot, so capacity a late message left idle is used by whoever is
-  ready, never lost, and the late call never goes to the back of the queue.
-- Tokens are reserved in the send pace at the estimate (prompt + max_tokens) and settled with the
-  real usage.
+  call books its send slot when the pace is free; it waits in the function (at most
+  `MAX_WAIT_IN_FUNCTION_S`, else it is deferred briefly, keeping its turn) for the pace to free,
+  not for a slot booked ahead. Only a tenant other than the one holding the last slot may book one
+  slot ahead (once that slot has started): a tenant's backlog never books the pace ahead of itself,
+  so another tenant's first call waits behind one call at most (one refill), and busy tenants
+  alternate. A turn that came back late uses the pace as soon as it is free, so capacity a late
+  message left idle is used by whoever is ready, never lost, and the late call never goes to the
+  back of the queue.
+- Tokens are booked at what the call is expected to use: its prompt plus the answer tokens the
+  model's answers have used so far (a moving average, at most `max_tokens`), and settled with the
+  real usage. A provider admits a call at its ceiling (prompt + `max_tokens`) into its window's
+  token budget beside the calls before it at their use, so the pace leaves that headroom: it runs
+  at T x (1 - ceiling / window budget), the window budget learned from the answers'
+  `x-ratelimit-remaining-tokens` (a minute's T until an answer has shown it).
 - Limits come from the template (ProviderRequestsPerMinute / ProviderTokensPerMinute) or, when
   those are 0, from the provider's `x-ratelimit-*` headers: until the first answer teaches them,
   one probe call goes out at a time. A 429 or `remaining: 0` blocks every caller until the reset.
@@ -50,10 +58,11 @@ MAX_WAIT_IN_FUNCTION_S = 1.0
 MAX_RESERVE_AHEAD_S = 840.0
 # SQS delays are whole seconds: a shorter deferral would come straight back.
 MIN_DEFER_S = 1.0
-# How much one answer moves the learned ratio of used to reserved tokens (a moving average).
-USAGE_RATIO_WEIGHT = 0.2
+# How much one answer moves the learned answer tokens (a moving average).
+ANSWER_TOKENS_WEIGHT = 0.2
 PROBE_LEASE_MS = 30_000
 LEARNED_CACHE_MS = 30_000
+TOKEN_STATS = ("answer_tokens", "token_window")  # what answers have shown about tokens
 RACE_RETRIES = 12
 DEFAULT_COMPLETION_TOKENS = 1_024  # reserved when a job does not cap max_tokens; settled after
 CHARS_PER_TOKEN = 4
@@ -91,6 +100,23 @@ class _Busy(Exception):
         self.next_free_ms = next_free_ms
 
 
+class _NotYet(Exception):
+    """The send pace may be booked by this tenant at `at_ms` (within the caller's latest slot)."""
+
+    def __init__(self, at_ms: int) -> None:
+        super().__init__(at_ms)
+        self.at_ms = at_ms
+
+
+@dataclass(frozen=True)
+class Wait:
+    """No send slot yet: sleep until `at_ms`, then admit again with `held_slot_ms=turn_ms` and
+    `leased=True` (the call keeps its turn and its lease)."""
+
+    at_ms: int
+    turn_ms: int
+
+
 @dataclass(frozen=True)
 class Ticket:
     """Admission to call the model at `slot_ms` with `tokens` reserved."""
@@ -103,6 +129,10 @@ class Ticket:
     lease_id: str | None = None
     probe: bool = False
     queue: str | None = None  # the tenant's queue it took its turn in
+    # Tokens: `tokens` is what the pace booked (expected x scale); settled at used x scale.
+    ceiling: int = 0  # prompt + the most the answer may take: what the provider admits it at
+    prompt_tokens: int = 0  # the ceiling less the answer's cap (0: no learnable answer part)
+    token_scale: float = 1.0  # the headroom factor (>= 1) the pace books the tokens at
 
 
 @dataclass(frozen=True)
@@ -211,7 +241,7 @@ class ProviderLimiter:
         self.tenant_max_in_flight = tenant_max_in_flight
         self._tenant_items: set[str] = set()
         self._learned_cache: dict[str, tuple[Limits, bool, int]] = {}
-        self._ratio_cache: dict[str, tuple[float, int]] = {}
+        self._stats_cache: dict[str, tuple[dict[str, Any], int]] = {}
 
     @property
     def _ddb(self) -> Any:
@@ -225,18 +255,27 @@ class ProviderLimiter:
         tenant_id: str,
         lease_id: str,
         tokens: int,
+        answer_tokens: int = 0,
         now_ms: int,
         held_slot_ms: int | None = None,
         lease_ms: int,
-    ) -> Ticket:
-        """A ticket to call at its send slot (at most MAX_WAIT_IN_FUNCTION_S away), or Deferred.
-        `held_slot_ms`: the turn this command was queued for before it was delayed; `lease_ms`:
-        how long the call may take at most."""
+        latest_ms: int | None = None,
+        leased: bool = False,
+    ) -> Ticket | Wait:
+        """A ticket to call at its send slot (at most MAX_WAIT_IN_FUNCTION_S away), a Wait (sleep,
+        then admit again), or Deferred. `tokens`: the call's ceiling (prompt + the answer's cap),
+        `answer_tokens`: that cap (the part usage teaches; 0: none). `held_slot_ms`: the turn this
+        command was queued for before it was delayed; `lease_ms`: how long the call may take at
+        most; `latest_ms`: the latest send slot the caller waits for (default now +
+        MAX_WAIT_IN_FUNCTION_S); `leased`: it holds its lease already (admitted again after a Wait)."""
+        if latest_ms is None:
+            latest_ms = now_ms + math.floor(MAX_WAIT_IN_FUNCTION_S * 1000)
         limits, known = self._known_limits(provider, now_ms)
         probe = not known
+        booked, scale = self._token_booking(provider, limits, tokens, answer_tokens, now_ms)
         if not probe:
             if held_slot_ms is None:
-                held_slot_ms = self._queue(provider, tenant_id, limits, tokens, now_ms)
+                held_slot_ms = self._queue(provider, tenant_id, limits, booked, now_ms)
             if held_slot_ms - now_ms > MAX_WAIT_IN_FUNCTION_S * 1000:
                 raise Deferred(
                     "waiting for its turn at the provider",
@@ -245,31 +284,70 @@ class ProviderLimiter:
                 )
         lease_tenant = None
         if self.tenant_max_in_flight > 0:
-            # The call is sent within MAX_WAIT_IN_FUNCTION_S and takes lease_ms at most.
-            expires_ms = now_ms + math.ceil(MAX_WAIT_IN_FUNCTION_S * 1000) + lease_ms
-            try:
-                self._lease(tenant_id, lease_id, expires_ms=expires_ms, now_ms=now_ms)
-            except Deferred as capped:
-                # Its turn came: it keeps it while the tenant's other calls finish.
-                turn = None if probe else now_ms + math.floor(capped.delay_s * 1000)
-                raise Deferred(capped.message, delay_s=capped.delay_s, slot_ms=turn) from None
+            if not leased:
+                # The call is sent within MAX_WAIT_IN_FUNCTION_S and takes lease_ms at most.
+                expires_ms = now_ms + math.ceil(MAX_WAIT_IN_FUNCTION_S * 1000) + lease_ms
+                try:
+                    self._lease(tenant_id, lease_id, expires_ms=expires_ms, now_ms=now_ms)
+                except Deferred as capped:
+                    # Its turn came: it keeps it while the tenant's other calls finish.
+                    turn = None if probe else now_ms + math.floor(capped.delay_s * 1000)
+                    raise Deferred(capped.message, delay_s=capped.delay_s, slot_ms=turn) from None
             lease_tenant = tenant_id
         try:
             if probe:
                 slot = self._probe(provider, now_ms)
             else:
-                slot = self._send_slot(provider, limits, tokens, now_ms)
+                assert held_slot_ms is not None
+                slot = self._send_slot(provider, tenant_id, limits, booked, now_ms, latest_ms, held_slot_ms)
         except Deferred:
             if lease_tenant is not None:
                 self.release_lease(lease_tenant, lease_id)
             raise
+        except _NotYet as not_yet:
+            assert held_slot_ms is not None
+            return Wait(not_yet.at_ms, held_slot_ms)
         queue = None if probe else queue_key(provider, tenant_id)
-        return Ticket(provider, slot, tokens, limits, lease_tenant, lease_id, probe, queue)
+        return Ticket(
+            provider,
+            slot,
+            booked,
+            limits,
+            lease_tenant,
+            lease_id,
+            probe,
+            queue,
+            ceiling=tokens,
+            prompt_tokens=tokens - answer_tokens if answer_tokens else 0,
+            token_scale=scale,
+        )
+
+    def _token_booking(
+        self, provider: str, limits: Limits, ceiling: int, answer_tokens: int, now_ms: int
+    ) -> tuple[int, float]:
+        """(tokens the paces book for a call, the scale its usage is settled at). The call is
+        expected to use its prompt plus the answer tokens answers have shown (its cap until one
+        has). The provider admits it at its ceiling into a window's token budget B that holds the
+        calls before it at their use, so calls fit only at (B - ceiling) / B of the limit: the
+        pace books expected x B / (B - ceiling), never more than the ceiling."""
+        if not limits.tokens_per_minute:
+            return ceiling, 1.0
+        stats = self._stats(provider, now_ms)
+        expected = ceiling
+        seen = stats.get("answer_tokens")
+        if answer_tokens and seen is not None:
+            expected = ceiling - answer_tokens + min(answer_tokens, math.ceil(float(seen)))
+        window = float(stats.get("token_window") or limits.tokens_per_minute)
+        share = 1 - ceiling / window
+        if expected <= 0 or share * ceiling <= expected:
+            return ceiling, 1.0
+        booked = min(ceiling, math.ceil(expected / share))
+        return booked, booked / expected
 
     def _queue(self, provider: str, tenant_id: str, limits: Limits, tokens: int, now_ms: int) -> int:
         """Book the call's turn in its tenant's queue: when the provider should have room for it,
         at the pace its limits allow and the tokens it is expected to use."""
-        cost = self._queue_cost(provider, limits, tokens, now_ms)
+        cost = self._queue_cost(limits, tokens)
         key = queue_key(provider, tenant_id)
         turn, _ = self._book(key, "queue_tat", cost, now_ms)
         if turn - now_ms > MAX_RESERVE_AHEAD_S * 1000:
@@ -280,65 +358,106 @@ class ProviderLimiter:
             )
         return turn
 
-    def _queue_cost(self, provider: str, limits: Limits, tokens: int, now_ms: int) -> float:
-        """A call's place in the queue (ms): its request, or the tokens it is expected to use."""
-        cost = _interval_ms(limits.requests_per_minute)
-        if limits.tokens_per_minute:
-            expected_tokens = tokens * self._usage_ratio(provider, now_ms)
-            cost = max(cost, expected_tokens * _interval_ms(limits.tokens_per_minute))
-        return cost
+    @staticmethod
+    def _queue_cost(limits: Limits, tokens: int) -> float:
+        """A call's place in the queue (ms): its request, or the tokens the paces book for it."""
+        return max(_interval_ms(limits.requests_per_minute), tokens * _interval_ms(limits.tokens_per_minute))
 
-    def _send_slot(self, provider: str, limits: Limits, tokens: int, now_ms: int) -> int:
-        """Book the call's slot in the provider's send pace (and its estimated tokens in the token
-        pace) if it is at most MAX_WAIT_IN_FUNCTION_S away; else Deferred, keeping its turn."""
-        latest_ms = now_ms + math.floor(MAX_WAIT_IN_FUNCTION_S * 1000)
+    def _send_slot(
+        self,
+        provider: str,
+        tenant_id: str,
+        limits: Limits,
+        tokens: int,
+        now_ms: int,
+        latest_ms: int,
+        turn_ms: int,
+    ) -> int:
+        """Book the call's slot in the provider's send pace (and its tokens in the token pace)
+        if the pace lets this tenant book now; _NotYet (when it may, at most `latest_ms`), or
+        Deferred (later than that: keeping its turn)."""
         request_cost = _interval_ms(limits.requests_per_minute)
         token_cost = tokens * _interval_ms(limits.tokens_per_minute)
         try:
             # The request pace is booked even without a request limit (cost 0): a 429's block lives in it.
-            slot = self._book_provider(provider, "request_tat", request_cost, now_ms, latest_ms)
+            slot = self._book_provider(provider, "request", request_cost, now_ms, latest_ms, tenant_id)
             if token_cost:
                 try:
                     slot = max(
-                        slot, self._book_provider(provider, "token_tat", token_cost, now_ms, latest_ms)
+                        slot, self._book_provider(provider, "token", token_cost, now_ms, latest_ms, tenant_id)
                     )
-                except _Busy:
+                except (_Busy, _NotYet):
                     self._update(provider, sets={}, adds={"request_tat": -math.ceil(request_cost)})
                     raise
+        except _NotYet as not_yet:
+            # Not before its own turn (if that is later): a tenant's calls wake one after another.
+            at_ms = max(not_yet.at_ms, turn_ms)
+            if at_ms <= latest_ms:
+                raise _NotYet(at_ms) from None
+            next_free_ms = at_ms
         except _Busy as busy:
-            # Back just before the pace frees: its turn is kept, so it is sent then, not queued again.
-            delay_s = max(MIN_DEFER_S, (busy.next_free_ms - latest_ms) / 1000 + MAX_WAIT_IN_FUNCTION_S / 2)
-            raise Deferred(
-                "waiting for a send slot at the provider",
-                delay_s=delay_s,
-                slot_ms=now_ms + math.floor(delay_s * 1000),
-            ) from None
-        return slot
+            next_free_ms = busy.next_free_ms
+        else:
+            return slot
+        # Back just before the pace frees: its turn is kept, so it is sent then, not queued again.
+        delay_s = max(MIN_DEFER_S, (next_free_ms - latest_ms) / 1000 + MAX_WAIT_IN_FUNCTION_S / 2)
+        raise Deferred(
+            "waiting for a send slot at the provider",
+            delay_s=delay_s,
+            slot_ms=now_ms + math.floor(delay_s * 1000),
+        )
 
-    def _book_provider(self, provider: str, pace: str, cost: float, now_ms: int, latest_ms: int) -> int:
-        slot, item = self._book(provider, pace, cost, now_ms, latest_ms=latest_ms)
+    def _book_provider(
+        self, provider: str, pace: str, cost: float, now_ms: int, latest_ms: int, tenant_id: str
+    ) -> int:
+        slot, item = self._book(
+            provider, f"{pace}_tat", cost, now_ms, latest_ms=latest_ms, tenant_id=tenant_id
+        )
         self._remember(provider, item, now_ms)
         return slot
 
     def _book(
-        self, key: str, pace: str, cost: float, now_ms: int, *, latest_ms: int | None = None
+        self,
+        key: str,
+        pace: str,
+        cost: float,
+        now_ms: int,
+        *,
+        latest_ms: int | None = None,
+        tenant_id: str | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """Book the next `cost` ms of a pace; its start is the slot. (slot, the item as written).
         One atomic update when the pace is busy (its next free time is ahead of now: add the cost)
         or idle (start it now): no read, and concurrent bookings never conflict, DynamoDB
-        serializes them. With `latest_ms`: only a slot no later than that, else _Busy."""
+        serializes them. With `latest_ms`: only a slot no later than that, else _Busy. With
+        `tenant_id` (the send paces): a slot ahead of now only behind another tenant's slot that
+        has started, else _NotYet (when this tenant may book)."""
         names = {"#pace": pace}
         busy_values: dict[str, Any] = {":cost": math.ceil(cost), ":now": now_ms}
         busy_condition = "#pace >= :now"
+        busy_update = "SET #pace = #pace + :cost"
+        idle_values: dict[str, Any] = {":next": now_ms + math.ceil(cost), ":now": now_ms}
+        idle_update = "SET #pace = :next"
         if latest_ms is not None:
             busy_condition += " AND #pace <= :latest"
             busy_values[":latest"] = latest_ms
+        last_tenant, last_slot = f"{pace}_last_tenant", f"{pace}_last_slot"
+        if tenant_id is not None:
+            names |= {"#lt": last_tenant, "#ls": last_slot}
+            busy_values[":me"] = idle_values[":me"] = tenant_id
+            busy_condition += (
+                " AND (#pace = :now OR ((attribute_not_exists(#lt) OR #lt <> :me)"
+                " AND (attribute_not_exists(#ls) OR #ls <= :now)))"
+            )
+            # The right-hand #pace is the value before this update: the slot booked.
+            busy_update += ", #lt = :me, #ls = #pace"
+            idle_update += ", #lt = :me, #ls = :now"
         for _ in range(RACE_RETRIES):
             try:
                 answer = self._ddb.update_item(
                     TableName=self.table_name,
                     Key=to_dynamo({"pk": key}),
-                    UpdateExpression="SET #pace = #pace + :cost",
+                    UpdateExpression=busy_update,
                     ConditionExpression=busy_condition,
                     ExpressionAttributeNames=names,
                     ExpressionAttributeValues=to_dynamo(busy_values),
@@ -351,16 +470,22 @@ class ProviderLimiter:
                 if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
                     raise
                 old = from_dynamo(error.response.get("Item") or {})  # type: ignore[arg-type]
-                if latest_ms is not None and int(old.get(pace, 0)) > latest_ms:
-                    raise _Busy(int(old[pace])) from None
+                next_free = int(old.get(pace, 0))
+                if latest_ms is not None and next_free > latest_ms:
+                    raise _Busy(next_free) from None
+                if tenant_id is not None and next_free >= now_ms:
+                    # Busy, and this tenant may not book ahead: when the pace frees, or (another
+                    # tenant's slot is last) when that slot starts.
+                    mine = old.get(last_tenant) == tenant_id
+                    raise _NotYet(next_free if mine else int(old.get(last_slot, next_free))) from None
             try:
                 answer = self._ddb.update_item(
                     TableName=self.table_name,
                     Key=to_dynamo({"pk": key}),
-                    UpdateExpression="SET #pace = :next",
+                    UpdateExpression=idle_update,
                     ConditionExpression="attribute_not_exists(#pace) OR #pace < :now",
                     ExpressionAttributeNames=names,
-                    ExpressionAttributeValues=to_dynamo({":next": now_ms + math.ceil(cost), ":now": now_ms}),
+                    ExpressionAttributeValues=to_dynamo(idle_values),
                     ReturnValues="ALL_NEW",
                 )
                 return now_ms, from_dynamo(answer["Attributes"])
@@ -400,44 +525,79 @@ class ProviderLimiter:
     def _remember(self, provider: str, item: dict[str, Any], now_ms: int) -> None:
         learned = Limits(int(item.get("learned_rpm", 0)), int(item.get("learned_tpm", 0)))
         self._learned_cache[provider] = (learned, bool(item.get("learned")), now_ms)
-        self._ratio_cache[provider] = (float(item.get("usage_ratio", 1)), now_ms)
+        stats: dict[str, Any] = {
+            name: item[name] for name in ("answer_tokens", "token_window") if name in item
+        }
+        self._stats_cache[provider] = (stats, now_ms)
 
-    def _usage_ratio(self, provider: str, now_ms: int) -> float:
-        """What calls use of the tokens they reserve, as the provider's answers have shown (a
-        moving average; 1 until one has): the queue's estimate of a call's tokens. Cached for a
+    def _stats(self, provider: str, now_ms: int) -> dict[str, Any]:
+        """What the provider's answers have shown about tokens: `answer_tokens` (what an answer
+        uses, a moving average) and `token_window` (the tokens its window admits). Cached for a
         while in this process; every send booking refreshes it."""
-        cached = self._ratio_cache.get(provider)
+        cached = self._stats_cache.get(provider)
         if cached is None or now_ms - cached[1] > LEARNED_CACHE_MS:
             self._remember(provider, self._read(provider), now_ms)
-            cached = self._ratio_cache[provider]
+            cached = self._stats_cache[provider]
         return cached[0]
 
     # -- after the call ----------------------------------------------------------------------
     def settle(
         self, ticket: Ticket, *, used_tokens: int | None, headers: RateLimitHeaders, now_ms: int
     ) -> None:
-        """Return what the estimate over-reserved (or charge what it missed), learn the limits the
-        answer states, and block every caller when it says nothing is left. One write at most."""
+        """Settle the booked tokens at the real use (returning what the estimate over-booked, or
+        charging what it missed), learn what answers use and the limits the answer states, and
+        block every caller when it says nothing is left. One write (two when the answer shows a
+        larger token window than known)."""
         try:
             sets: dict[str, Any] = self._learned(ticket, headers)
             adds: dict[str, Any] = {}
             token_interval = _interval_ms(ticket.limits.tokens_per_minute)
             if used_tokens is not None and token_interval and ticket.tokens > 0:
-                if used_tokens != ticket.tokens:
-                    adds["token_tat"] = math.floor((used_tokens - ticket.tokens) * token_interval)
-                # A moving average, from this process's last view: concurrent settles may overwrite
-                # each other's step, which only slows the average down.
-                ratio, _ = self._ratio_cache.get(ticket.provider, (1.0, 0))
-                seen = min(1.0, used_tokens / ticket.tokens)
-                sets["usage_ratio"] = Decimal(str(round(ratio + USAGE_RATIO_WEIGHT * (seen - ratio), 4)))
-                self._ratio_cache[ticket.provider] = (float(sets["usage_ratio"]), now_ms)
+                owed = math.ceil(used_tokens * ticket.token_scale)
+                if owed != ticket.tokens:
+                    adds["token_tat"] = math.floor((owed - ticket.tokens) * token_interval)
+                if ticket.prompt_tokens:
+                    sets.update(self._answer_tokens(ticket, used_tokens, now_ms))
             if sets or adds:
                 self._update(ticket.provider, sets=sets, adds=adds)
+            if token_interval and headers.remaining_tokens is not None and ticket.ceiling:
+                self._learn_token_window(ticket.provider, headers.remaining_tokens + ticket.ceiling, now_ms)
             block = _exhausted_until(headers, now_ms)
             if block:
                 self._block(ticket.provider, block)
         finally:
             self.release(ticket)
+
+    def _answer_tokens(self, ticket: Ticket, used_tokens: int, now_ms: int) -> dict[str, Any]:
+        """The moving average of what answers use (the usage beyond the prompt's estimate), from
+        this process's last view: concurrent settles may overwrite each other's step, which only
+        slows the average down."""
+        stats = self._stats(ticket.provider, now_ms)
+        seen = max(0, used_tokens - ticket.prompt_tokens)
+        before = stats.get("answer_tokens")
+        average = seen if before is None else float(before) + ANSWER_TOKENS_WEIGHT * (seen - float(before))
+        stats["answer_tokens"] = Decimal(str(round(average, 2)))
+        return {"answer_tokens": stats["answer_tokens"]}
+
+    def _learn_token_window(self, provider: str, seen: int, now_ms: int) -> None:
+        """An answer's remaining tokens plus what the provider admitted the call at: a lower bound
+        of the tokens its window admits (exact when the window held nothing else). Kept at the
+        largest seen."""
+        stats = self._stats(provider, now_ms)
+        if seen <= int(stats.get("token_window") or 0):
+            return
+        try:
+            self._ddb.update_item(
+                TableName=self.table_name,
+                Key=to_dynamo({"pk": provider}),
+                UpdateExpression="SET token_window = :seen",
+                ConditionExpression="attribute_not_exists(token_window) OR token_window < :seen",
+                ExpressionAttributeValues=to_dynamo({":seen": seen}),
+            )
+            stats["token_window"] = seen
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
 
     def rate_limited(self, ticket: Ticket, *, headers: RateLimitHeaders, now_ms: int) -> Deferred:
         """The provider answered 429: every caller waits for its Retry-After (or reset). Returns
@@ -482,7 +642,7 @@ class ProviderLimiter:
             if sets or adds:
                 self._update(ticket.provider, sets=sets, adds=adds)
             if ticket.queue is not None and token_interval:
-                cost = self._queue_cost(ticket.provider, ticket.limits, ticket.tokens, now_ms)
+                cost = self._queue_cost(ticket.limits, ticket.tokens)
                 self._update(ticket.queue, sets={}, adds={"queue_tat": -math.floor(cost)})
         finally:
             self.release(ticket)
