@@ -130,6 +130,20 @@ def test_configured_requests_are_paced_evenly(aws: AwsStack) -> None:
     assert lim.state(PROVIDER)["request_tat"] == pytest.approx(T0 + 3 * interval, abs=3)
 
 
+def test_a_call_woken_a_little_late_keeps_the_pace_aligned(aws: AwsStack) -> None:
+    """A call that wakes a few ms after the pace freed takes the slot as booked and leaves at once
+    (its margin under the limit, 3 % of an interval, absorbs it): the lateness is not lost to
+    every later call. Later than that margin, the pace starts again from now."""
+    lim = limiter(aws, rpm=120)
+    interval = 60_000 / (120 * PACE_FRACTION)
+    admit(lim, now=T0, job="a")
+    late = admit(lim, now=T0 + round(interval) + 10, job="b")
+    assert late.slot_ms == pytest.approx(T0 + interval, abs=1)
+    assert lim.state(PROVIDER)["request_tat"] == pytest.approx(T0 + 2 * interval, abs=2)
+    now = T0 + round(2 * interval) + 100
+    assert admit(lim, now=now, job="c").slot_ms == now
+
+
 def test_an_idle_limiter_admits_at_once(aws: AwsStack) -> None:
     lim = limiter(aws, rpm=120)
     admit(lim, now=T0, job="a")
@@ -535,14 +549,15 @@ def against_provider(
 
 
 def test_a_burst_meets_the_request_limit_with_no_429_and_calls_one_interval_apart(aws: AwsStack) -> None:
-    """40 calls at once, R = 120/min enforced over 5 s: the provider sees them one pace interval
-    apart (never two closer), refuses none, and the limit is used at the pace (97 %)."""
+    """40 calls at once, R = 120/min enforced over 5 s: the provider sees them about one pace
+    interval apart (never two closer than 60/R s), refuses none, and the limit is used at the
+    pace (97 %)."""
     lim = limiter(aws, rpm=120)
     run = against_provider(lim, [(T0, "acme", f"j{i}") for i in range(40)], rpm=120)
     assert run.refused == 0 and len(run.sends) == 40
     slots = sorted(slot for slot, _, _ in run.sends)
-    interval = 60_000 / (120 * PACE_FRACTION)
-    assert min(b - a for a, b in itertools.pairwise(slots)) >= interval - 2
+    # A call that woke a little late leaves late on its slot: never closer than R's own interval.
+    assert min(b - a for a, b in itertools.pairwise(slots)) >= 60_000 / 120
     assert run.rate_per_min() >= 0.9 * 120
 
 

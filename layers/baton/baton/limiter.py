@@ -433,10 +433,13 @@ class ProviderLimiter:
         `tenant_id` (the send paces): a slot ahead of now only behind another tenant's slot that
         has started, else _NotYet (when this tenant may book)."""
         names = {"#pace": pace}
-        busy_values: dict[str, Any] = {":cost": math.ceil(cost), ":now": now_ms}
-        busy_condition = "#pace >= :now"
+        # A send slot that freed a moment ago is still taken as booked (the call leaves at once,
+        # its margin under the limit absorbing the delay): a woken call's lateness is not lost.
+        early_ms = now_ms - (math.floor((1 - PACE_FRACTION) * cost) if tenant_id is not None else 0)
+        busy_values: dict[str, Any] = {":cost": math.ceil(cost), ":early": early_ms}
+        busy_condition = "#pace >= :early"
         busy_update = "SET #pace = #pace + :cost"
-        idle_values: dict[str, Any] = {":next": now_ms + math.ceil(cost), ":now": now_ms}
+        idle_values: dict[str, Any] = {":next": now_ms + math.ceil(cost), ":early": early_ms}
         idle_update = "SET #pace = :next"
         if latest_ms is not None:
             busy_condition += " AND #pace <= :latest"
@@ -444,9 +447,10 @@ class ProviderLimiter:
         last_tenant, last_slot = f"{pace}_last_tenant", f"{pace}_last_slot"
         if tenant_id is not None:
             names |= {"#lt": last_tenant, "#ls": last_slot}
-            busy_values[":me"] = idle_values[":me"] = tenant_id
+            busy_values |= {":me": tenant_id, ":now": now_ms}
+            idle_values |= {":me": tenant_id, ":now": now_ms}
             busy_condition += (
-                " AND (#pace = :now OR ((attribute_not_exists(#lt) OR #lt <> :me)"
+                " AND (#pace <= :now OR ((attribute_not_exists(#lt) OR #lt <> :me)"
                 " AND (attribute_not_exists(#ls) OR #ls <= :now)))"
             )
             # The right-hand #pace is the value before this update: the slot booked.
@@ -473,7 +477,7 @@ class ProviderLimiter:
                 next_free = int(old.get(pace, 0))
                 if latest_ms is not None and next_free > latest_ms:
                     raise _Busy(next_free) from None
-                if tenant_id is not None and next_free >= now_ms:
+                if tenant_id is not None and next_free > now_ms:
                     # Busy, and this tenant may not book ahead: when the pace frees, or (another
                     # tenant's slot is last) when that slot starts.
                     mine = old.get(last_tenant) == tenant_id
@@ -483,7 +487,7 @@ class ProviderLimiter:
                     TableName=self.table_name,
                     Key=to_dynamo({"pk": key}),
                     UpdateExpression=idle_update,
-                    ConditionExpression="attribute_not_exists(#pace) OR #pace < :now",
+                    ConditionExpression="attribute_not_exists(#pace) OR #pace < :early",
                     ExpressionAttributeNames=names,
                     ExpressionAttributeValues=to_dynamo(idle_values),
                     ReturnValues="ALL_NEW",
