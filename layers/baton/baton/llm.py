@@ -93,6 +93,24 @@ def endpoint_problem(settings: Settings) -> str | None:
     return None
 
 
+def load_client_library() -> None:
+    """Import the openai client and the resources a call uses now, during the function's init.
+
+    `import openai` builds hundreds of pydantic models: seconds of CPU, many more on a busy cold
+    machine. Imported lazily inside the first invocation, that time is charged to the function's
+    timeout: under load every fresh environment timed out on its first batch, was replaced by
+    another fresh one, and never finished a call. Only the functions that call the model load it
+    (the API and the others never pay for it)."""
+    import openai
+    import openai.lib.streaming.chat  # a streamed call's accumulator
+
+    # The client imports each resource on first use: touch the ones a call uses, on a client
+    # that never sends anything (the real one needs the API key from Secrets Manager).
+    unused = openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9/v1", max_retries=0)
+    _ = (unused.chat.completions.with_raw_response, unused.responses.with_raw_response, unused.webhooks)
+    unused.close()
+
+
 @cache
 def _client(base_url: str | None, api_key: str) -> openai.OpenAI:
     import openai

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from aws_lambda_powertools import Metrics
 
+from baton import llm
 from baton.background import BackgroundInference
 from baton.batches import BatchService
 from baton.blobs import BlobStore
@@ -84,6 +85,7 @@ def extract_stage(settings: Settings) -> ExtractStage:
 
 
 def infer_stage(settings: Settings) -> InferStage:
+    llm.load_client_library()  # in init, not in the first invocation's timeout
     core = _core(settings)
     model_calls = ModelCalls(settings, core.store, provider_limiter(settings))
     long_documents = LongDocuments(settings, core.store, core.blobs, core.queues, model_calls)
@@ -131,4 +133,5 @@ def dead_letter_handler(settings: Settings, metrics: Metrics) -> DeadLetterHandl
 
 
 def provider_webhooks(settings: Settings) -> ProviderWebhooks:
+    llm.load_client_library()  # webhook verification uses the openai client: load it in init
     return ProviderWebhooks(settings, JobStore(settings.jobs_table), StageQueues.from_settings(settings))
