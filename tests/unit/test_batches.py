@@ -91,6 +91,20 @@ def test_a_batch_runs_every_line_as_a_job_and_accounts_for_each_once(
 
     status, page = call(api, batch_event(aws, "GET"))
     assert status == 200 and [b["id"] for b in page["data"]] == [batch_id]
+    # A line has no webhook of its own: its terminal event skips the notify stage (the batch's
+    # counts it); an ordinary job's still goes there, even with a hand-written metadata.batch_id.
+    assert aws.queued("NotifyQueue") == 0
+    response = api(
+        aws.api_event(
+            "api-create-job.json",
+            body={"input": {"prompt": "hi"}, "metadata": {"batch_id": batch_id, "custom_id": "a"}},
+            drop_headers=("Idempotency-Key",),
+        )
+    )
+    assert response["statusCode"] == 202, response["body"]
+    assert infer(aws.take_event("InferQueue")) == {"batchItemFailures": []}
+    [notified] = aws.receive("NotifyQueue")
+    assert json.loads(notified["Body"])["detail"]["job_id"] == json.loads(response["body"])["id"]
 
 
 def test_validation_names_the_line(aws: AwsStack, api: LoadedFunction) -> None:

@@ -99,5 +99,17 @@ class EventPublisher:
             "DetailType": event_type.value,
             "Detail": detail.model_dump_json(),
             "EventBusName": self.bus_name,
-            "Resources": [f"baton:job/{record.job_id}"],
+            "Resources": [event_resource(record)],
         }
+
+
+def event_resource(record: JobRecord) -> str:
+    """The event's one resource. A batch line's names its batch (`baton:batch/<batch id>/job/<job
+    id>`), every other job's is `baton:job/<job id>`: the terminal-events rule feeds the notify
+    stage only the latter, as a line has no webhook of its own (its batch has), so notify would
+    only spend requests on it. Set from the record's source, which only the batch fan-out sets:
+    metadata a client writes cannot make a job's webhook be skipped."""
+    batch_id = record.metadata.get("batch_id")
+    if record.source == "batch" and batch_id:
+        return f"baton:batch/{batch_id}/job/{record.job_id}"
+    return f"baton:job/{record.job_id}"
