@@ -11,7 +11,7 @@ import pytest
 
 from baton_dev.webhook_receiver import WebhookReceiver
 
-from .conftest import LocalStack, Tenant
+from .conftest import LocalStack, Tenant, queue_drained, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +100,37 @@ def test_a_finished_batch_is_delivered_to_its_webhook_and_logged(api: httpx.Clie
     [delivery] = deliveries
     assert delivery["status"] == "delivered", delivery
     assert [attempt["status_code"] for attempt in delivery["attempts"]] == [503, 204]
+
+
+def test_a_slice_in_the_batch_dlq_fails_the_batch_every_line_once(
+    local_stack: LocalStack, api: httpx.Client, tenant: Tenant
+) -> None:
+    """A slice command that crashed its worker MaxReceiveCount times, as SQS leaves it in the batch
+    DLQ: the dead-letter function consumes it and the batch ends `failed` with every custom_id once
+    (each line either ran, if the fan-out claimed its slice before the failure was recorded, or
+    failed as batch_failed), its webhook `batch.failed`, and the DLQ empty."""
+    lines = [
+        {"custom_id": f"d{i}", "input": {"prompt": f"[sim:slow=1500] Summarize: box {i}."}} for i in range(4)
+    ]
+    with WebhookReceiver(tenant.webhook_secret) as receiver:
+        answer = api.post("/v1/batches", json={"requests": lines, "webhook": {"url": receiver.url}})
+        assert answer.status_code == 202, answer.text
+        batch_id = answer.json()["id"]
+        # The second slice's command (a 4-line batch has none alive: no live worker races it).
+        dead = {"kind": "slice", "tenant_id": tenant.name, "batch_id": batch_id, "start": 100}
+        local_stack.aws("sqs").send_message(
+            QueueUrl=local_stack.state["queues"]["BatchDeadLetterQueue"], MessageBody=json.dumps(dead)
+        )
+        batch = wait_for_batch(api, batch_id)
+        [event] = receiver.wait_until(lambda events: len(events) >= 1, timeout=120)
+    assert batch["status"] == "failed", batch
+    counts = batch["request_counts"]
+    assert counts["completed"] + counts["failed"] + counts["cancelled"] == counts["total"] == 4
+    output = [json.loads(raw) for raw in httpx.get(batch["output_url"]).text.splitlines()]
+    errors = [json.loads(raw) for raw in httpx.get(batch["errors_url"]).text.splitlines()]
+    assert sorted(entry["custom_id"] for entry in output + errors) == [f"d{i}" for i in range(4)]
+    assert {entry["error"]["type"] for entry in errors} <= {"batch_failed"}
+    assert (len(output), len(errors)) == (counts["completed"], counts["failed"])
+    assert event.verified and event.webhook_id == f"msg_{batch_id}_failed"
+    assert event.payload["type"] == "batch.failed"
+    wait_until(lambda: queue_drained(local_stack, "BatchDeadLetterQueue"), "the batch DLQ is consumed")
