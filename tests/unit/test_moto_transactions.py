@@ -1,0 +1,102 @@
+"""The local runtime's moto server rolls a cancelled DynamoDB transaction back item by item.
+
+moto itself deep-copies every table a transaction names and, on cancel, puts the copy back: that
+costs seconds and hundreds of MB per transaction once a table holds thousands of jobs (a chaos run's
+1,000-line batch grew moto from 0.4 to 1.8 GB), and it silently undid other clients' writes to the
+same table made while the transaction ran. Runs in a fresh interpreter: importing the server module
+patches moto for the whole process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PROBE = r"""
+import json
+import boto3
+from botocore.exceptions import ClientError
+from moto import mock_aws
+import baton_dev.runtime.moto_server  # noqa: F401  (the patches under test)
+from moto.dynamodb import models
+
+results = {}
+with mock_aws():
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    ddb.create_table(
+        TableName="jobs",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    rich = {
+        "pk": {"S": "BATCH#b1"}, "sk": {"S": "BATCH"}, "completed": {"N": "3"},
+        "doc": {"M": {"chunks": {"L": [{"N": "1"}, {"M": {"x": {"S": "y"}}}]}, "ok": {"BOOL": True}}},
+        "tags": {"SS": ["a", "b"]}, "blob": {"B": b"\x00\x01"}, "none": {"NULL": True},
+    }
+    ddb.put_item(TableName="jobs", Item=rich)
+    ddb.put_item(TableName="jobs", Item={"pk": {"S": "BATCH#b1"}, "sk": {"S": "LINE#counted"}})
+    key = {"pk": {"S": "BATCH#b1"}, "sk": {"S": "BATCH"}}
+    before = ddb.get_item(TableName="jobs", Key=key)["Item"]
+
+    # Another client's write lands while the transaction runs (here: during its count update).
+    update_item = models.DynamoDBBackend.update_item
+    def update_then_other_client_writes(self, *args, **kwargs):
+        result = update_item(self, *args, **kwargs)
+        ddb.put_item(TableName="jobs", Item={"pk": {"S": "JOB#other"}, "sk": {"S": "JOB"}, "status": {"S": "completed"}})
+        return result
+    models.DynamoDBBackend.update_item = update_then_other_client_writes
+
+    try:
+        ddb.transact_write_items(TransactItems=[
+            {"Put": {"TableName": "jobs", "Item": {"pk": {"S": "BATCH#b1"}, "sk": {"S": "LINE#new"}},
+                     "ConditionExpression": "attribute_not_exists(pk)"}},
+            {"Update": {"TableName": "jobs", "Key": key, "UpdateExpression": "ADD completed :one",
+                        "ExpressionAttributeValues": {":one": {"N": "1"}}}},
+            {"Put": {"TableName": "jobs", "Item": {"pk": {"S": "BATCH#b1"}, "sk": {"S": "LINE#counted"}},
+                     "ConditionExpression": "attribute_not_exists(pk)"}},
+        ])
+        results["cancelled"] = False
+    except ClientError as error:
+        results["cancelled"] = error.response["Error"]["Code"] == "TransactionCanceledException"
+    models.DynamoDBBackend.update_item = update_item
+
+    results["batch_restored"] = ddb.get_item(TableName="jobs", Key=key)["Item"] == before
+    results["new_line_absent"] = "Item" not in ddb.get_item(
+        TableName="jobs", Key={"pk": {"S": "BATCH#b1"}, "sk": {"S": "LINE#new"}})
+    results["other_write_kept"] = "Item" in ddb.get_item(
+        TableName="jobs", Key={"pk": {"S": "JOB#other"}, "sk": {"S": "JOB"}})
+
+    ddb.transact_write_items(TransactItems=[
+        {"Put": {"TableName": "jobs", "Item": {"pk": {"S": "BATCH#b1"}, "sk": {"S": "LINE#new"}},
+                 "ConditionExpression": "attribute_not_exists(pk)"}},
+        {"Update": {"TableName": "jobs", "Key": key, "UpdateExpression": "ADD completed :one",
+                    "ExpressionAttributeValues": {":one": {"N": "1"}}}},
+    ])
+    results["committed_count"] = ddb.get_item(TableName="jobs", Key=key)["Item"]["completed"]["N"]
+print(json.dumps(results))
+"""
+
+
+def test_a_cancelled_transaction_restores_its_items_and_keeps_other_writes() -> None:
+    answer = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+    )
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    result = json.loads(answer.stdout.strip().splitlines()[-1])
+    assert result == {
+        "cancelled": True,
+        "batch_restored": True,  # the counter and every kind of attribute, as before
+        "new_line_absent": True,  # the transaction's own put undone
+        "other_write_kept": True,  # moto's whole-table restore lost this write
+        "committed_count": "4",  # a transaction that succeeds still applies
+    }
