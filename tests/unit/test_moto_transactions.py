@@ -30,7 +30,9 @@ with mock_aws():
     ddb.create_table(
         TableName="jobs",
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}
+        ],
         BillingMode="PAY_PER_REQUEST",
     )
     rich = {
@@ -47,7 +49,8 @@ with mock_aws():
     update_item = models.DynamoDBBackend.update_item
     def update_then_other_client_writes(self, *args, **kwargs):
         result = update_item(self, *args, **kwargs)
-        ddb.put_item(TableName="jobs", Item={"pk": {"S": "JOB#other"}, "sk": {"S": "JOB"}, "status": {"S": "completed"}})
+        other = {"pk": {"S": "JOB#other"}, "sk": {"S": "JOB"}, "status": {"S": "completed"}}
+        ddb.put_item(TableName="jobs", Item=other)
         return result
     models.DynamoDBBackend.update_item = update_then_other_client_writes
 
