@@ -17,6 +17,9 @@ from typing import Any
 # This script's folder (bench/) must not shadow anything (bench/profile.py vs the stdlib profile).
 del sys.path[0]
 sys.path.append(str(Path(__file__).resolve().parents[1]))
+# bench.stack reads baton_dev.client; python -S (as Lambda starts it) skips the venv's .pth file
+# that makes the editable devtools package importable.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "devtools"))
 
 from bench.stack import InvocationStats, Recorder, _local  # noqa: E402
 
