@@ -447,3 +447,45 @@ def test_the_fan_out_makes_few_aws_requests_per_line(
     _, ended = call(api, batch_event(aws, "GET", batch_id=created["id"]))
     assert ended["request_counts"]["completed"] == lines
     assert counting.count("dynamodb:GetItem") == lines  # is the batch done?
+
+
+def test_a_fail_slice_that_crashes_its_worker_is_settled_by_the_dead_letter_function(
+    aws: AwsStack,
+    api: LoadedFunction,
+    infer: LoadedFunction,
+    model: FakeModel,  # noqa: F811
+) -> None:
+    """The fail chain's own command dead-letters too: the dead-letter function settles that slice
+    itself (no wait for a slice still starting) and queues the next, so the chain still ends."""
+    import baton.batches
+
+    aws.monkeypatch.setattr(baton.batches, "SLICE", 2)
+    batch, dead_letters = aws.load("BatchFunction"), aws.load("DeadLetterFunction")
+    _, created = call(api, batch_event(aws, "POST", body={"requests": [line(c) for c in "abc"]}))
+    batch_id = created["id"]
+    assert batch(aws.take_event("BatchQueue")) == {"batchItemFailures": []}  # slice 0: a, b
+    [second] = aws.receive("BatchQueue")
+    move_to_dlq(aws, second)
+    run_dead_letters(aws, dead_letters)
+    [fail] = aws.receive("BatchQueue")
+    assert json.loads(fail["Body"])["kind"] == "fail"
+    move_to_dlq(aws, fail)
+    run_dead_letters(aws, dead_letters)
+    [following] = aws.receive("BatchQueue")
+    assert json.loads(following["Body"]) == {
+        "kind": "fail",
+        "tenant_id": "acme",
+        "batch_id": batch_id,
+        "start": 2,
+    }
+    boto3.client("sqs").change_message_visibility(
+        QueueUrl=aws.queue_url("BatchQueue"), ReceiptHandle=following["ReceiptHandle"], VisibilityTimeout=0
+    )
+    drain(aws, batch, infer)
+    _, ended = call(api, batch_event(aws, "GET", batch_id=batch_id))
+    assert ended["status"] == "failed", ended
+    assert ended["request_counts"] == {"total": 3, "completed": 2, "failed": 1, "cancelled": 0}
+    output, errors = custom_ids_once(aws, batch_id)
+    assert output == ["a", "b"] and [(e["custom_id"], e["error"]["type"]) for e in errors] == [
+        ("c", "batch_failed")
+    ]
