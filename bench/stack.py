@@ -40,7 +40,11 @@ from typing import Any
 
 import httpx
 
-from baton_dev.client import TERMINAL_STATUSES as TERMINAL
+# From the layer, not baton_dev.client: function processes import this module (bench/function_hook.py)
+# with the layer on their path, not devtools.
+from baton.models import SETTLED_STATUSES
+
+TERMINAL = frozenset(status.value for status in SETTLED_STATUSES)
 
 REPO = Path(__file__).resolve().parents[1]
 TENANT = "bench"
