@@ -12,12 +12,13 @@ from the infer function's own log (baton/background.py writes these lines):
   answer reached the worker;
 * "background response stored": the id's write landed (then a second create is a bug, whatever
   the timing);
-* "background create timed out ...": the create's answer never reached the worker;
+* "creating a background response" then no "created" line, and that invocation's timeout, or
+  "background create timed out ...": the create's answer never reached the worker;
 * `<timestamp> <request id> Task timed out after N seconds` (the local runtime writes Lambda's
   line): the function's timeout ended that invocation.
 
 A duplicate is attributed to the SIGKILL (`KILLED`), to an invocation's timeout before its id write
-(`TIMED_OUT`) or to a create whose answer was lost to the client's timeout (`CREATE_LOST`); with no
+(`TIMED_OUT`) or to a create whose answer never reached its worker (`CREATE_LOST`); with no
 such evidence it is `UNEXPLAINED`, and the run fails.
 """
 
@@ -34,6 +35,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+CREATING = "creating a background response"
 CREATED = "background response created, storing its id"
 STORED = "background response stored"
 CREATE_TIMED_OUT = "background create timed out"
@@ -42,7 +44,7 @@ FINISHED = "background response finished"  # `by`: "poll" or "webhook:<event id>
 _TIMEOUT_LINE = re.compile(r"^(?P<ts>\S+Z) (?P<request_id>[0-9a-f-]{36}) Task timed out after ")
 _STAMP = re.compile(r'"timestamp": ?"(?P<ts>[^"]+)"')
 _REQUEST = re.compile(r'"function_request_id": ?"(?P<id>[^"]+)"')
-_WANTED = (CREATED, STORED, CREATE_TIMED_OUT, FINISHED, "Task timed out after ", "deferred")
+_WANTED = (CREATING, CREATED, STORED, CREATE_TIMED_OUT, FINISHED, "Task timed out after ", "deferred")
 # A create timed out at the client no more than this after the simulator answered it (the client
 # would have read an earlier answer), and at most this long before (the client's own timeout).
 CREATE_LOST_AFTER_S = 2.0
@@ -53,7 +55,7 @@ NOT_ENOUGH_TIME = "not enough time left in this invocation to create a response"
 class Cause(StrEnum):
     KILLED = "killed by the SIGKILL before its id write"
     TIMED_OUT = "invocation timed out before its id write"
-    CREATE_LOST = "create's answer lost to the client's timeout"
+    CREATE_LOST = "create's answer never reached its worker (a timeout)"
     UNEXPLAINED = "unexplained"
 
 
@@ -74,6 +76,7 @@ class InferLog:
     created: dict[str, Created] = field(default_factory=dict)  # response id -> its worker
     stored: dict[str, dict[str, Any]] = field(default_factory=dict)  # response id -> the line
     create_timeouts: list[tuple[str, float]] = field(default_factory=list)  # (step key, when)
+    creating: dict[str, list[tuple[float, str]]] = field(default_factory=dict)  # step -> (when, worker)
     timed_out: dict[str, float] = field(default_factory=dict)  # request id -> when
     last_line: dict[str, float] = field(default_factory=dict)  # request id -> its last line
     deferred_for_time: int = 0  # creates left to a fresh invocation (too little time for the write)
@@ -121,7 +124,9 @@ def read_infer_log(lines: Iterable[str]) -> InferLog:
         message = str(entry.get("message", ""))
         request_id = str(entry.get("function_request_id") or "")
         response_id = entry.get("response_id")
-        if message == CREATED and isinstance(response_id, str):
+        if message == CREATING:
+            log.creating.setdefault(str(entry.get("step_key") or ""), []).append((at, request_id))
+        elif message == CREATED and isinstance(response_id, str):
             log.created[response_id] = Created(request_id, at, str(entry.get("step_key") or ""))
         elif message == STORED and isinstance(response_id, str):
             log.stored[response_id] = entry
@@ -184,6 +189,17 @@ def _attribute_create(
     if start <= at <= end:
         return duplicate(Cause.KILLED, f"answered {at - (kill_at or at):+.1f}s around the kill, never stored")
     if created is None:
+        # The worker that sent it: the last one to start a create for this step before the answer.
+        senders = [(when, worker) for when, worker in log.creating.get(step_key, []) if when <= at + 0.5]
+        if senders:
+            sent_at, worker = max(senders)
+            timed_out_at = log.timed_out.get(worker)
+            if timed_out_at is not None and timed_out_at >= sent_at:
+                return duplicate(
+                    Cause.CREATE_LOST,
+                    f"{worker} sent it and timed out {timed_out_at - at:+.1f}s from the answer, "
+                    "before the answer reached it",
+                )
         for index, (timed_out_step, when) in enumerate(log.create_timeouts):
             if (
                 index not in used_create_timeouts

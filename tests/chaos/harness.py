@@ -1299,7 +1299,7 @@ def background_figures(
             "residual create -> id-write window hits",
             f"{sum(causes[cause] for cause in WINDOW_HITS)} of {paid_creates(chat)} paid creates "
             f"({causes[Cause.TIMED_OUT]} timed out before the id write, "
-            f"{causes[Cause.CREATE_LOST]} create answers lost to a client timeout)",
+            f"{causes[Cause.CREATE_LOST]} create answers that never reached their worker)",
         ),
         ("create round trip p50 / p99 / max", spread(creates)),
         ("response id write p50 / p99 / max", spread(stores)),

@@ -30,6 +30,9 @@ class FakeProvider:
     cancelled: list[str] = field(default_factory=list)
     done: bool = False
 
+    def prepare(self, settings: Any) -> None:
+        """No client to import: the fake is the provider."""
+
     def create_background(self, settings: Any, **request: Any) -> ResponseState:
         self.created.append(request)
         return ResponseState(f"resp_{len(self.created)}", "in_progress", headers={})
@@ -48,7 +51,7 @@ class FakeProvider:
 @pytest.fixture
 def provider(monkeypatch: pytest.MonkeyPatch) -> FakeProvider:
     fake = FakeProvider()
-    for name in ("create_background", "retrieve", "cancel"):
+    for name in ("prepare", "create_background", "retrieve", "cancel"):
         monkeypatch.setattr(baton.responses, name, getattr(fake, name))
     return fake
 
@@ -273,3 +276,27 @@ def test_storing_the_same_response_id_again_succeeds_and_another_for_the_step_do
     assert not store.attach_response(record, other)
     stored = store.get("acme", job_id).provider_call
     assert stored is not None and stored.response_id == "resp_1"
+
+
+def test_the_time_left_for_a_create_is_counted_after_the_client_is_imported(
+    aws: AwsStack,
+    api: LoadedFunction,
+    background_infer: LoadedFunction,
+    provider: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Importing and building the openai client takes seconds in a cold process on a busy machine:
+    time it spends leaves the create less, so the time check comes after it."""
+    from baton.background import ID_WRITE_RESERVE_S
+
+    accept(aws, api)
+    late_ms = [0]
+    clock = baton.background.now_ms
+    monkeypatch.setattr(baton.background, "now_ms", lambda: clock() + late_ms[0])
+
+    def slow_import(settings: Any) -> None:
+        late_ms[0] = int((background_infer.timeout_s - ID_WRITE_RESERVE_S) * 1000)  # nearly all of it
+
+    monkeypatch.setattr(baton.responses, "prepare", slow_import)
+    assert background_infer(aws.take_event("InferQueue")) == {"batchItemFailures": []}  # deferred
+    assert provider.created == []

@@ -350,3 +350,23 @@ def test_what_resumed_each_response_is_counted_from_the_log() -> None:
         powertools(T0, "background response finished", RETRY, job_id="job_c", by="webhook:evt_2"),
     ]
     assert read_infer_log(lines).finished_by == {"poll": 1, "webhook": 2}
+
+
+def test_a_create_whose_worker_timed_out_waiting_for_its_answer_is_a_window_hit() -> None:
+    """Recorded: a paid create no worker logged (its answer never reached the worker), sent by an
+    invocation that the function's timeout ended; another step's create without it stays
+    unexplained."""
+    job = STEP.split(":")[0]
+    lines = [
+        powertools(T0 - 3.0, "creating a background response", WORKER, job_id=job, step_key=STEP),
+        runtime_timeout(T0 + 1.5, WORKER),
+        *worker_got_and_stored(T0 + 30, "resp_second", RETRY),
+        powertools(T0 - 3.0, "creating a background response", RETRY, job_id="job_b", step_key=OTHER),
+        *worker_got_and_stored(T0 + 30, "resp_b", RETRY, step=OTHER),
+    ]
+    paid = {
+        STEP: [create(T0, "resp_first"), create(T0 + 30, "resp_second")],
+        OTHER: [create(T0, "resp_a", step=OTHER), create(T0 + 30, "resp_b", step=OTHER)],
+    }
+    causes = {d.step_key: d.cause for d in attributed(paid, lines)}
+    assert causes == {STEP: Cause.CREATE_LOST, OTHER: Cause.UNEXPLAINED}

@@ -46,13 +46,14 @@ metrics = Metrics()
 LEASE_MARGIN_MS = 60_000
 # Endpoints found without background responses in this process: their calls go sync at once.
 _unsupported: set[str] = set()
-# Invocation time a create leaves for storing its response id. About twice the slowest create ->
-# stored id seen in background chaos under the restart's load (5.4 s, with the limiter's writes
-# still in between then); a create refused for it is deferred to a fresh invocation, not failed.
-ID_WRITE_RESERVE_S = 10.0
+# Invocation time a create leaves for storing its response id: above the slowest id write seen in
+# background chaos at load 12-21 (3.8 s; 5.4 s before, with the limiter's writes still in between).
+# A create refused for it is deferred to a fresh invocation, not failed. Not more: under that load
+# 10 s (plus the create's 3) left no invocation of a 20 s function time to create for minutes.
+ID_WRITE_RESERVE_S = 6.0
 # The create's own timeout, at least: one that times out at the client may still have been made
-# (paid, its id never seen), so a create is not squeezed into the invocation's last seconds.
-CREATE_TIMEOUT_MIN_S = 3.0
+# (paid, its id never seen), so a create is not squeezed into the invocation's last second.
+CREATE_TIMEOUT_MIN_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -105,12 +106,15 @@ class BackgroundInference:
             # is not stored is paid for again by the retry. So nothing runs between the create and
             # the id's write (the limiter's settle and lease come after), and no create is sent
             # without time for itself and ID_WRITE_RESERVE_S for that write: it is deferred.
+            responses.prepare(self.settings)  # a cold client's import is not the create's time
             budget_s = (invocation_deadline_ms - now_ms()) / 1000 - ID_WRITE_RESERVE_S
             if budget_s < CREATE_TIMEOUT_MIN_S:
                 raise Deferred(
                     "not enough time left in this invocation to create a response and store its id",
                     delay_s=1,
                 )
+            # Names the worker of a create whose answer never reaches it (tests/chaos attributes).
+            logger.info("creating a background response", extra={"job_id": record.job_id, "step_key": step})
             sent = time.monotonic()
             try:
                 state = responses.create_background(

@@ -162,6 +162,14 @@ def _checked(settings: Settings) -> Any:
     return _client(settings.openai_base_url, _api_key(settings))
 
 
+def prepare(settings: Settings) -> None:
+    """Import the openai client and build it now: in a cold process on a busy machine that takes
+    seconds, which a caller's check of its time left must not count as the create's."""
+    import openai  # noqa: F401
+
+    _checked(settings)
+
+
 def create_background(
     settings: Settings,
     *,
