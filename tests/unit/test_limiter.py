@@ -20,7 +20,6 @@ from baton.limiter import (
     ProviderLimiter,
     RateLimitHeaders,
     Ticket,
-    Wait,
     estimate_tokens,
     parse_duration,
     provider_key,
@@ -50,27 +49,16 @@ def admit(
     job: str = "j",
     held_slot_ms: int | None = None,
 ) -> Ticket:
-    """Admitted as ModelCalls.admit admits: after a Wait, again at the time it names (limiter
-    time: nothing sleeps), keeping its turn and lease, until MAX_WAIT_IN_FUNCTION_S has passed."""
-    latest_ms, leased = now + int(MAX_WAIT_IN_FUNCTION_S * 1000), False
-    while isinstance(
-        answer := lim.admit(
-            PROVIDER,
-            tenant_id=tenant,
-            lease_id=job,
-            tokens=tokens,
-            answer_tokens=answer_tokens,
-            now_ms=now,
-            lease_ms=LEASE_MS,
-            held_slot_ms=held_slot_ms,
-            latest_ms=latest_ms,
-            leased=leased,
-        ),
-        Wait,
-    ):
-        assert now < answer.at_ms <= latest_ms  # it waits, and no longer than the function may
-        now, held_slot_ms, leased = answer.at_ms, answer.turn_ms, True
-    return answer
+    return lim.admit(
+        PROVIDER,
+        tenant_id=tenant,
+        lease_id=job,
+        tokens=tokens,
+        answer_tokens=answer_tokens,
+        now_ms=now,
+        lease_ms=LEASE_MS,
+        held_slot_ms=held_slot_ms,
+    )
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -425,9 +413,6 @@ class Call:
     tenant: str
     job: str
     held_slot_ms: int | None = None
-    latest_ms: int = 0  # while in a function: the latest slot it waits for
-    leased: bool = False
-    in_function: bool = False
 
 
 @dataclass
@@ -457,7 +442,6 @@ def against_provider(
     ceiling: int = 100,
     answer_cap: int = 0,
     used: int = 100,
-    until_ms: int | None = None,
 ) -> Run:
     """Calls (arrival, tenant, job) through the limiter as the infer function makes them, sent to
     the simulator's sliding-window limits (admitted at their ceiling, counted at their use once
@@ -474,22 +458,18 @@ def against_provider(
         run.arrived[job] = at
 
     def defer(call: Call, deferred: Deferred, now: int) -> None:
-        call.held_slot_ms, call.in_function, call.leased = deferred.slot_ms, False, False
+        call.held_slot_ms = deferred.slot_ms
         heapq.heappush(
             events, (now + deferred.delay_seconds * 1000 + POLL_LAG_MS, next(order), "admit", call)
         )
 
     while events:
         now, _, kind, subject = heapq.heappop(events)
-        if until_ms is not None and now > until_ms:
-            break
         clock[0] = now / 1000
         if kind == "admit":
             call = subject
-            if not call.in_function:
-                call.in_function, call.latest_ms = True, now + int(MAX_WAIT_IN_FUNCTION_S * 1000)
             try:
-                answer = lim.admit(
+                ticket = lim.admit(
                     PROVIDER,
                     tenant_id=call.tenant,
                     lease_id=call.job,
@@ -498,17 +478,11 @@ def against_provider(
                     now_ms=now,
                     lease_ms=LEASE_MS,
                     held_slot_ms=call.held_slot_ms,
-                    latest_ms=call.latest_ms,
-                    leased=call.leased,
                 )
             except Deferred as deferred:
                 defer(call, deferred, now)
                 continue
-            if isinstance(answer, Wait):
-                call.held_slot_ms, call.leased = answer.turn_ms, True
-                heapq.heappush(events, (answer.at_ms, next(order), "admit", call))
-            else:
-                heapq.heappush(events, (max(now, answer.slot_ms), next(order), "send", (call, answer)))
+            heapq.heappush(events, (max(now, ticket.slot_ms), next(order), "send", (call, ticket)))
         elif kind == "send":
             call, ticket = subject
             waits = [
@@ -581,21 +555,3 @@ def test_a_token_limited_burst_books_what_answers_use_and_meets_no_429(aws: AwsS
     assert run.refused == 0 and len(run.sends) == 40
     fraction = run.rate_per_min(weight=19) / 3000
     assert 0.7 < fraction <= (250 - 52 + 19) / 250
-
-
-@pytest.mark.parametrize("offset_ms", [0, 170, 340])  # anywhere within one interval
-def test_another_tenants_first_call_is_sent_within_one_refill_of_arriving(
-    aws: AwsStack, offset_ms: int
-) -> None:
-    """Tenant A's 40 calls keep the pace full (20 s of it); B's one call, arriving at any moment of it, is
-    sent no more than one pace interval (one refill) after it arrives: A never books slots ahead
-    of itself, B books the one after A's current slot. A keeps the pace (no 429, no gap)."""
-    interval = 60_000 / (120 * PACE_FRACTION)
-    arrival = T0 + 5_000 + offset_ms
-    arrivals = [(T0, "a", f"a{i}") for i in range(40)] + [(arrival, "b", "b0")]
-    run = against_provider(limiter(aws, rpm=120), arrivals, rpm=120, until_ms=T0 + 10_000)
-    sent_b = [slot for slot, tenant, _ in run.sends if tenant == "b"]
-    assert sent_b and sent_b[0] - arrival <= interval
-    assert run.refused == 0
-    slots = sorted(slot for slot, _, _ in run.sends)
-    assert max(b - a for a, b in itertools.pairwise(slots)) <= interval + POLL_LAG_MS

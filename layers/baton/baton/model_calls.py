@@ -3,7 +3,6 @@ response): admitted by the provider limiter, timed, metered, and stopped when it
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,12 +13,10 @@ from baton.clock import now_ms
 from baton.errors import JobNotFoundError, ModelError
 from baton.limiter import (
     DEFAULT_COMPLETION_TOKENS,
-    MAX_WAIT_IN_FUNCTION_S,
     Limits,
     ProviderLimiter,
     RateLimitHeaders,
     Ticket,
-    Wait,
     estimate_tokens,
     provider_key,
 )
@@ -68,30 +65,19 @@ class ModelCalls:
         Deferred. `lease_id`: the call's own id (a long document's chunks run concurrently)."""
         if self.limiter is None:
             return None
-        provider = provider_key(self.settings.openai_base_url, record.model)
-        latest_ms = now_ms() + math.floor(MAX_WAIT_IN_FUNCTION_S * 1000)
-        held_slot_ms, leased = command.not_before_ms, False
-        # Loops only while the provider's pace is busy, until latest_ms at most: past that the
-        # limiter defers the command.
-        while isinstance(
-            answer := self.limiter.admit(
-                provider,
-                tenant_id=record.tenant_id,
-                lease_id=lease_id or f"{record.job_id}:{record.version}:{record.depth}",
-                tokens=estimate_tokens(messages, parameters.get("max_tokens")),
-                answer_tokens=parameters.get("max_tokens") or DEFAULT_COMPLETION_TOKENS,
-                now_ms=now_ms(),
-                held_slot_ms=held_slot_ms,
-                lease_ms=int(self.settings.model_timeout_seconds * 1000) + LEASE_MARGIN_MS,
-                latest_ms=latest_ms,
-                leased=leased,
-            ),
-            Wait,
-        ):
-            held_slot_ms, leased = answer.turn_ms, True
-            _sleep_until(answer.at_ms)
-        ticket = answer
-        _sleep_until(ticket.slot_ms)  # no later than latest_ms
+        ticket = self.limiter.admit(
+            provider_key(self.settings.openai_base_url, record.model),
+            tenant_id=record.tenant_id,
+            lease_id=lease_id or f"{record.job_id}:{record.version}:{record.depth}",
+            tokens=estimate_tokens(messages, parameters.get("max_tokens")),
+            answer_tokens=parameters.get("max_tokens") or DEFAULT_COMPLETION_TOKENS,
+            now_ms=now_ms(),
+            held_slot_ms=command.not_before_ms,
+            lease_ms=int(self.settings.model_timeout_seconds * 1000) + LEASE_MARGIN_MS,
+        )
+        wait_ms = ticket.slot_ms - now_ms()
+        if wait_ms > 0:
+            time.sleep(wait_ms / 1000)  # at most limiter.MAX_WAIT_IN_FUNCTION_S
         return ticket
 
     def complete(
@@ -170,12 +156,6 @@ class ModelCalls:
             return self.store.get(record.tenant_id, record.job_id).status is JobStatus.CANCELLED
         except JobNotFoundError:
             return True
-
-
-def _sleep_until(at_ms: int) -> None:
-    wait_ms = at_ms - now_ms()
-    if wait_ms > 0:
-        time.sleep(wait_ms / 1000)
 
 
 def _seconds_left(record: JobRecord) -> float:
