@@ -555,3 +555,20 @@ def test_a_token_limited_burst_books_what_answers_use_and_meets_no_429(aws: AwsS
     assert run.refused == 0 and len(run.sends) == 40
     fraction = run.rate_per_min(weight=19) / 3000
     assert 0.7 < fraction <= (250 - 52 + 19) / 250
+
+
+@pytest.mark.parametrize("offset_ms", [0, 170, 340])  # anywhere within one interval
+def test_another_tenants_first_call_is_sent_within_one_slot_of_the_backlogs_horizon(
+    aws: AwsStack, offset_ms: int
+) -> None:
+    """Tenant A's 40 calls keep the pace full (20 s of it), booked up to MAX_WAIT_IN_FUNCTION_S
+    ahead. B's one call, arriving at any moment, takes the slot right after A's last booked one:
+    sent within MAX_WAIT_IN_FUNCTION_S + one interval of arriving (three refills at R = 120, not
+    one). Without that rule it could lose the race for slots to A's calls again and again."""
+    interval = 60_000 / (120 * PACE_FRACTION)
+    arrival = T0 + 5_000 + offset_ms
+    arrivals = [(T0, "a", f"a{i}") for i in range(40)] + [(arrival, "b", "b0")]
+    run = against_provider(limiter(aws, rpm=120), arrivals, rpm=120)
+    sent_b = [slot for slot, tenant, _ in run.sends if tenant == "b"]
+    assert sent_b and sent_b[0] - arrival <= MAX_WAIT_IN_FUNCTION_S * 1000 + interval + 1
+    assert run.refused == 0 and len(run.sends) == 41

@@ -77,7 +77,7 @@ class ModelCalls:
         )
         wait_ms = ticket.slot_ms - now_ms()
         if wait_ms > 0:
-            time.sleep(wait_ms / 1000)  # at most limiter.MAX_WAIT_IN_FUNCTION_S
+            time.sleep(wait_ms / 1000)  # MAX_WAIT_IN_FUNCTION_S (+ one slot for another tenant) at most
         return ticket
 
     def complete(
