@@ -25,6 +25,7 @@ from bench.stack import InvocationStats, Recorder, _local  # noqa: E402
 
 RECORD_DIR = Path(os.environ["BATON_BENCH_RECORD_DIR"])
 FUNCTION = os.environ["AWS_LAMBDA_FUNCTION_NAME"]
+Recorder.process_role = FUNCTION  # also the calls of its record threads (a concurrent stage)
 recorder = Recorder(resolve_update_sizes=False)
 recorder.install()
 _epoch = ""

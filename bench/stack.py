@@ -67,6 +67,8 @@ def _role() -> str:
     role = getattr(_local, "role", None)
     if role:
         return str(role)
+    if Recorder.process_role:
+        return Recorder.process_role
     name = threading.current_thread().name
     for prefix, function in Recorder.poller_prefixes.items():
         if name.startswith(prefix + "-"):
@@ -147,6 +149,9 @@ class Recorder:
     """AWS calls and handler invocations, aggregated; safe to use from every thread."""
 
     poller_prefixes: dict[str, str] = {}  # noqa: RUF012 - one runtime per process
+    # Set in a function's own process (bench/function_hook.py): every thread there is the
+    # function's, including the threads a concurrent stage runs its records in (infer).
+    process_role: str | None = None
 
     def __init__(self, *, resolve_update_sizes: bool, function_records: Path | None = None) -> None:
         self.resolve_update_sizes = resolve_update_sizes
