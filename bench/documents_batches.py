@@ -6,9 +6,9 @@ combines, from the simulator's log), wall time, tokens, the AWS requests the job
 where the handlers run, bench/stack.py) and their list price, and the model's at a listed price.
 
 Batch: a JSONL document of `BENCH_BATCH_LINES` lines (default 1,000, so `make bench` stays within
-about 15 minutes for it; the issue's 10,000 take ~2 h 20 min on 2 cores; 200 with --quick) through
-`POST /v1/batches`: lines per second from the POST to the batch's end, the AWS requests per line
-and their price per million lines, beside the same lines on
+about 10 minutes for it; the issue's 10,000 take about 75 min at 2.3 lines/s on 2 cores; 200
+with --quick) through `POST /v1/batches`: lines per second from the POST to the batch's end, the
+AWS requests per line and their price per million lines, beside the same lines on
 - Step Functions Distributed Map: one Express child workflow per line running the infer Lambda,
   which waits for its model call alone (the infer time per line is the measured one: on AWS it
   would be the model's latency); its Lambda + the Express request + its duration;
@@ -142,7 +142,7 @@ def _batch(live: StackProcess, result: Result, lines_total: int) -> dict[str, An
         created.raise_for_status()
         batch_id = str(created.json()["id"])
         accepted_s = time.monotonic() - started
-        # About 1.2 lines/s on a loaded 2-core machine (1,000 lines did not end within 600 s).
+        # About 2.3 lines/s on a 2-core machine at load 5 (500 lines in 220 s); slower when loaded.
         deadline = started + max(600.0, lines_total * 1.5)
         batch: dict[str, Any] = created.json()
         while batch["status"] not in BATCH_TERMINAL and time.monotonic() < deadline:
