@@ -45,7 +45,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--chaos-deadline",
         type=float,
         default=DEFAULTS["chaos_deadline"](),
-        help="seconds for every job to end (env CHAOS_DEADLINE; default 120 + 0.6 per job)",
+        help="seconds for every job to end (env CHAOS_DEADLINE; default 240 + 1.5 per job)",
     )
     group.addoption(
         "--chaos-seed",
