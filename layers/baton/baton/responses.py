@@ -163,10 +163,9 @@ def _checked(settings: Settings) -> Any:
 
 
 def prepare(settings: Settings) -> None:
-    """Import the openai client and build it now: in a cold process on a busy machine that takes
-    seconds, which a caller's check of its time left must not count as the create's."""
-    import openai  # noqa: F401
-
+    """Build the client now (its API key read from Secrets Manager on first use), so a caller's
+    check of its time left does not count that as the create's. The openai library itself is
+    imported in the function's init (`llm.load_client_library`, called by `wiring.infer_stage`)."""
     _checked(settings)
 
 
