@@ -10,6 +10,7 @@ import boto3
 import pytest
 from standardwebhooks import Webhook
 
+from baton.batches import line_job_id
 from baton.errors import ModelError
 
 from .test_documents import call, route_event
@@ -325,7 +326,11 @@ def test_a_slice_that_crashes_its_worker_fails_the_batch_through_the_dlq_every_l
     assert output == ["a", "b"]
     assert [entry["custom_id"] for entry in errors] == ["c", "d", "e"]
     assert {entry["error"]["type"] for entry in errors} == {"batch_failed"}
-    assert all(entry["job_id"] is None for entry in errors)
+    # A line that never started is a job ended without running, written with its count: a late
+    # copy of its slice's command cannot make it run after it was counted.
+    assert [entry["job_id"] for entry in errors] == [line_job_id("acme", batch_id, c) for c in "cde"]
+    job = json.loads(api(aws.api_event("api-get-job.json", job_id=errors[0]["job_id"]))["body"])
+    assert (job["status"], job["error"]["type"]) == ("failed", "batch_failed")
     assert len(model.calls) == 2
 
     # The copy for operators, as a job step's dead letter is kept (baton dlq list / show).
@@ -443,10 +448,12 @@ def test_the_fan_out_makes_few_aws_requests_per_line(
             run_batches_of_ten("BatchQueue", batch)
             time.sleep(0.1)
     counting = [f"{c.service}:{c.operation}" for c in calls if c.function == "BatchFunction"]
-    assert counting.count("dynamodb:TransactWriteItems") == lines
     _, ended = call(api, batch_event(aws, "GET", batch_id=created["id"]))
     assert ended["request_counts"]["completed"] == lines
-    assert counting.count("dynamodb:GetItem") == lines  # is the batch done?
+    # One transaction per line, which also says whether it was the last: only the last line's
+    # count is redone without that condition, and only then is the batch read (to finish it).
+    assert counting.count("dynamodb:TransactWriteItems") == lines + 1
+    assert counting.count("dynamodb:GetItem") == 1
 
 
 def test_a_fail_slice_that_crashes_its_worker_is_settled_by_the_dead_letter_function(
@@ -455,9 +462,12 @@ def test_a_fail_slice_that_crashes_its_worker_is_settled_by_the_dead_letter_func
     infer: LoadedFunction,
     model: FakeModel,  # noqa: F811
 ) -> None:
-    """The fail chain's own command dead-letters too: the dead-letter function settles that slice
-    itself (no wait for a slice still starting) and queues the next, so the chain still ends."""
+    """The fail chain's own command dead-letters too: the dead-letter function queues it again,
+    forced (settled without waiting for a slice still starting), for the batch function to run:
+    the dead-letter function's short timeout never holds a slice's settling or the batch's files.
+    The chain goes on from there and ends."""
     import baton.batches
+    from tests.unit.conftest import recorded_calls
 
     aws.monkeypatch.setattr(baton.batches, "SLICE", 2)
     batch, dead_letters = aws.load("BatchFunction"), aws.load("DeadLetterFunction")
@@ -470,7 +480,19 @@ def test_a_fail_slice_that_crashes_its_worker_is_settled_by_the_dead_letter_func
     [fail] = aws.receive("BatchQueue")
     assert json.loads(fail["Body"])["kind"] == "fail"
     move_to_dlq(aws, fail)
-    run_dead_letters(aws, dead_letters)
+    with recorded_calls() as calls:
+        run_dead_letters(aws, dead_letters)
+    by_dead_letters = {f"{c.service}:{c.operation}" for c in calls if c.function == "DeadLetterFunction"}
+    assert not by_dead_letters & {"dynamodb:TransactWriteItems", "dynamodb:BatchGetItem", "s3:GetObject"}
+    [forced] = aws.receive("BatchQueue")
+    assert json.loads(forced["Body"]) == {
+        "kind": "fail",
+        "tenant_id": "acme",
+        "batch_id": batch_id,
+        "start": 0,
+        "force": True,
+    }
+    assert batch(aws.sqs_event("BatchQueue", [forced])) == {"batchItemFailures": []}
     [following] = aws.receive("BatchQueue")
     assert json.loads(following["Body"]) == {
         "kind": "fail",
@@ -489,3 +511,96 @@ def test_a_fail_slice_that_crashes_its_worker_is_settled_by_the_dead_letter_func
     assert output == ["a", "b"] and [(e["custom_id"], e["error"]["type"]) for e in errors] == [
         ("c", "batch_failed")
     ]
+
+
+def test_a_late_copy_of_a_dead_slice_cannot_run_lines_already_counted_batch_failed(
+    aws: AwsStack,
+    api: LoadedFunction,
+    infer: LoadedFunction,
+    model: FakeModel,  # noqa: F811
+) -> None:
+    """SQS delivers the second slice's command twice. One copy dead-letters (the batch fails, its
+    fail chain counts the slice's lines `batch_failed`) while the other is in flight: it claimed
+    the slice before the batch failed and makes the lines' jobs only after they were counted.
+    Those jobs are refused (each line's job was written ended with its count): no line is
+    counted failed and run too; every line once."""
+    import baton.batches
+
+    aws.monkeypatch.setattr(baton.batches, "SLICE", 2)
+    batch, late, dead_letters = (
+        aws.load("BatchFunction"),
+        aws.load("BatchFunction"),
+        aws.load("DeadLetterFunction"),
+    )
+    _, created = call(api, batch_event(aws, "POST", body={"requests": [line(c) for c in "abcde"]}))
+    batch_id = created["id"]
+    assert batch(aws.take_event("BatchQueue")) == {"batchItemFailures": []}  # slice 0: a, b
+    [second] = aws.receive("BatchQueue")
+    boto3.client("sqs").send_message(QueueUrl=aws.queue_url("BatchQueue"), MessageBody=second["Body"])
+    [copy] = aws.receive("BatchQueue")
+    move_to_dlq(aws, second)
+
+    start_slice = baton.batches.BatchService._start_slice
+    interleaved: list[int] = []
+
+    def fail_meanwhile(self: Any, tenant_id: str, item: Any, index: int, offsets: Any) -> int:
+        """The in-flight copy has claimed the slice; before it makes the jobs, the dead letter
+        is handled and the whole fail chain runs."""
+        if index == 1 and not interleaved:
+            interleaved.append(index)
+            run_dead_letters(aws, dead_letters)
+            while messages := aws.receive("BatchQueue"):
+                assert all(json.loads(m["Body"])["kind"] == "fail" for m in messages)
+                assert batch(aws.sqs_event("BatchQueue", messages)) == {"batchItemFailures": []}
+            _, failing = call(api, batch_event(aws, "GET", batch_id=batch_id))
+            assert failing["request_counts"]["failed"] == 3, failing  # c, d, e: batch_failed
+        return int(start_slice(self, tenant_id, item, index, offsets))
+
+    aws.monkeypatch.setattr(baton.batches.BatchService, "_start_slice", fail_meanwhile)
+    assert late(aws.sqs_event("BatchQueue", [copy])) == {"batchItemFailures": []}
+    assert interleaved == [1]
+    drain(aws, batch, infer)
+
+    _, ended = call(api, batch_event(aws, "GET", batch_id=batch_id))
+    assert ended["status"] == "failed", ended
+    assert ended["request_counts"] == {"total": 5, "completed": 2, "failed": 3, "cancelled": 0}
+    output, errors = custom_ids_once(aws, batch_id)
+    assert output == ["a", "b"]
+    assert [(e["custom_id"], e["error"]["type"]) for e in errors] == [
+        ("c", "batch_failed"),
+        ("d", "batch_failed"),
+        ("e", "batch_failed"),
+    ]
+    assert len(model.calls) == 2  # c and d never ran
+    for custom_id in "cd":
+        job_id = line_job_id("acme", batch_id, custom_id)
+        job = json.loads(api(aws.api_event("api-get-job.json", job_id=job_id))["body"])
+        assert (job["status"], job["error"]["type"]) == ("failed", "batch_failed")
+
+
+def test_a_cancelled_batch_writes_its_unstarted_lines_as_cancelled_jobs(
+    aws: AwsStack,
+    api: LoadedFunction,
+    infer: LoadedFunction,
+    model: FakeModel,  # noqa: F811
+) -> None:
+    """The cancel chain settles a line that never started the same way: its job is written
+    cancelled with its count, so a late slice command finds it and starts nothing."""
+    import baton.batches
+
+    aws.monkeypatch.setattr(baton.batches, "SLICE", 2)
+    batch = aws.load("BatchFunction")
+    _, created = call(api, batch_event(aws, "POST", body={"requests": [line(c) for c in "abc"]}))
+    batch_id = created["id"]
+    [first] = aws.receive("BatchQueue")
+    call(api, batch_event(aws, "DELETE", batch_id=batch_id))
+    drain(aws, batch, infer)  # the cancel chain: every line without a job
+    boto3.client("sqs").send_message(QueueUrl=aws.queue_url("BatchQueue"), MessageBody=first["Body"])
+    drain(aws, batch, infer)  # a late copy of the first slice's command
+    _, ended = call(api, batch_event(aws, "GET", batch_id=batch_id))
+    assert (ended["status"], ended["request_counts"]["cancelled"]) == ("cancelled", 3), ended
+    assert model.calls == []
+    job = json.loads(
+        api(aws.api_event("api-get-job.json", job_id=line_job_id("acme", batch_id, "a")))["body"]
+    )
+    assert (job["status"], job["error"]["type"]) == ("cancelled", "cancelled")

@@ -16,7 +16,9 @@ both handled by `BatchService.handle`:
 
 Counting is exactly once per line: a conditional put of a line marker (pk BATCH#<id>,
 sk LINE#<custom_id>) and the count's ADD go in one DynamoDB transaction (up to 99 lines in one),
-so a redelivered event or a line both cancelled and finished counts once. The invocation that
+so a redelivered event or a line both cancelled and finished counts once. The same ADD takes
+`remaining` down on condition that it stays above zero: a count that is not the batch's last
+needs no read to know it (only the last one reads the batch and finishes it). The invocation that
 sees the counts reach the total writes output.jsonl and errors.jsonl (every line once: lines are
 read from the input, in order, and each one's job decides which file it goes to), ends the batch,
 publishes `Batch Completed` and hands the batch's webhook to the delivery machinery
@@ -33,7 +35,10 @@ spent, or it crashed its worker MaxReceiveCount times and the dead-letter functi
 from the batch DLQ), or a line's count did. `abandon` then records the reason (and the dead
 slice) and starts the `fail` chain, which counts each line not counted yet: a line without a job
 in a slice that never started (none starts once the batch has failed) or whose command died
-fails as `batch_failed`; an ended line is counted from its job (in case its own count was the one
+fails as `batch_failed` (its job written ended in the same transaction, by the conditional put
+that creates a job: a late copy of its slice's command then finds it and starts nothing, and if
+that copy created the job first, the line is not settled here but counted when its job ends);
+an ended line is counted from its job (in case its own count was the one
 that failed); a running line is counted by its own terminal event; a slice still being started is
 waited for. The last count finishes the batch as `failed` with both files written as usual.
 
@@ -67,10 +72,12 @@ from baton.models import (
     CreateBatchRequest,
     CreateJobRequest,
     DeliveryView,
+    JobStatus,
     RequestCounts,
 )
-from baton.records import JobRecord, job_key
+from baton.records import JobError, JobRecord, job_key
 from baton.settings import Settings
+from baton.store import listing_keys
 from baton.webhook_auth import forwarded_value
 from baton.webhooks import Delivery
 
@@ -81,8 +88,9 @@ if TYPE_CHECKING:
 logger = Logger(child=True)
 
 SLICE: Final = 100
-# One TransactWriteItems holds 100 items: up to 99 lines' markers and the batch's counts.
-MAX_LINES_PER_COUNT: Final = 99
+# One TransactWriteItems holds 100 items: lines' markers (and never-started lines' jobs) and
+# the batch's counts.
+MAX_TRANSACTION_ITEMS: Final = 100
 MAX_INLINE: Final = 1_000
 MAX_LINES: Final = 50_000
 BATCH_ID_PATTERN_PREFIX: Final = "batch_"
@@ -123,6 +131,56 @@ class SliceCommand(BaseModel):
     tenant_id: str
     batch_id: str
     start: int = Field(ge=0)
+    # A `fail` slice settled without waiting for a slice still starting: its own command failed
+    # for good once already (the wait ran out). Left out of the message when false.
+    force: bool = False
+
+
+class CountConflict(BatonError):
+    """A line's count met a concurrent write on the batch item (DynamoDB's TransactionConflict):
+    nothing was written, the message is retried."""
+
+    type = "count_conflict"
+    retryable = True
+
+
+@dataclass(frozen=True)
+class LineCount:
+    """One line to count once, in `bucket`. `never_started`: the line has no job and must never
+    get one (its slice never started, or died): the count also writes the line's job as ended,
+    with a conditional put on the job's key, the same one that creates a job (baton.store), so
+    whichever write comes first decides whether the line ran or was settled without running."""
+
+    custom_id: str
+    bucket: str
+    never_started: JobRecord | None = None
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What a count did: how many lines it counted now, and whether they may be the batch's last
+    (then the caller reads the batch and finishes it)."""
+
+    counted: int
+    maybe_last: bool
+
+
+def _transaction_chunks(lines: list[LineCount]) -> list[list[LineCount]]:
+    """Lines grouped so that each group's items (a marker each, a never-started line's job too,
+    and the count) fit one TransactWriteItems (100 items)."""
+    chunks: list[list[LineCount]] = []
+    chunk: list[LineCount] = []
+    size = 1  # the count
+    for line in lines:
+        needs = 2 if line.never_started is not None else 1
+        if size + needs > MAX_TRANSACTION_ITEMS:
+            chunks.append(chunk)
+            chunk, size = [], 1
+        chunk.append(line)
+        size += needs
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 class SliceStillStarting(BatonError):
@@ -324,6 +382,9 @@ class BatchService:
             "completed": 0,
             "failed": 0,
             "cancelled": 0,
+            # Lines not counted yet: a count conditioned on it staying above zero needs no read to
+            # know it was not the last (baton.batches.BatchService._count_together).
+            "remaining": len(lines),
             "created_ms": created,
             "expires_at": created // 1000 + self.settings.retention_days * 86_400,
             "input_key": input_key,
@@ -418,9 +479,11 @@ class BatchService:
             raise JobNotFoundError(f"batch {batch_id} not found")
         return item
 
-    def _send(self, command: SliceCommand) -> None:
+    def _send(self, command: SliceCommand, *, delay_s: int = 0) -> None:
         client("sqs").send_message(
-            QueueUrl=self.settings.batch_queue_url, MessageBody=command.model_dump_json()
+            QueueUrl=self.settings.batch_queue_url,
+            MessageBody=command.model_dump_json(exclude_defaults=True),
+            DelaySeconds=delay_s,
         )
 
     # -- the batch queue ------------------------------------------------------------------------
@@ -431,7 +494,7 @@ class BatchService:
         detail = message.detail
         return self.run_job_event(detail.tenant_id, detail.job_id, detail.status.value, detail.metadata)
 
-    def run_slice(self, command: SliceCommand, *, force: bool = False) -> dict[str, Any]:
+    def run_slice(self, command: SliceCommand) -> dict[str, Any]:
         """One slice of lines: turned into jobs (`slice`), or settled by a `cancel` or `fail` chain;
         then the next slice of the same kind is queued."""
         try:
@@ -444,9 +507,9 @@ class BatchService:
             return {"outcome": "past_end"}
         if command.kind == "slice":
             return self._fan_out(command, item, index, offsets)
-        answer = self._settle(command, item, index, offsets, force=force)
+        answer = self._settle(command, item, index, offsets, force=command.force)
         if index + 2 < len(offsets):
-            self._send(command.model_copy(update={"start": command.start + SLICE}))
+            self._send(command.model_copy(update={"start": command.start + SLICE, "force": False}))
         return answer
 
     def _fan_out(
@@ -537,10 +600,13 @@ class BatchService:
     ) -> dict[str, Any]:
         """A `cancel` or `fail` chain's slice. A line with no job in a slice that never started (or
         whose command dead-lettered) never gets one: counted at once, as cancelled in a cancelling
-        batch, else failed (batch_failed). A slice still being started is waited for (retried),
-        unless `force` (the wait ran out). Cancel: the lines' running jobs are cancelled (their
-        terminal events count them). Fail: ended lines are counted from their jobs, in case their
-        own count is the one that failed; running ones are counted by their own events."""
+        batch, else failed (batch_failed), and its job written as ended in the same transaction, so
+        a late copy of the slice's command cannot make it a job afterwards (and if that copy made
+        it first, the line is not counted here: its job's terminal event counts it). A slice still
+        being started is waited for (retried), unless `force` (the wait ran out). Cancel: the
+        lines' running jobs are cancelled (their terminal events count them). Fail: ended lines
+        are counted from their jobs, in case their own count is the one that failed; running ones
+        are counted by their own events."""
         tenant_id, batch_id = command.tenant_id, command.batch_id
         lines = self._slice_lines(item, offsets[index], offsets[index + 1])
         job_ids = [line_job_id(tenant_id, batch_id, line.custom_id) for line in lines]
@@ -549,20 +615,61 @@ class BatchService:
         may_still_start = index in slices.started and not slices.settled(index)
         if may_still_start and not force and any(job_id not in records for job_id in job_ids):
             raise SliceStillStarting(f"slice of lines from {index * SLICE} is still being started")
-        never_started = "cancelled" if item["status"] == "cancelling" else "failed"
-        counts: list[tuple[str, str]] = []
+        cancelling = item["status"] == "cancelling"
+        batch = {"batch_id": batch_id, "defaults": json.loads(item["defaults"])}
+        counts: list[LineCount] = []
         cancelled = 0
         for line, job_id in zip(lines, job_ids, strict=True):
             record = records.get(job_id)
             if record is None:
-                counts.append((line.custom_id, never_started))
+                ended = self._never_started(tenant_id, batch, line, item, cancelling=cancelling)
+                counts.append(LineCount(line.custom_id, ended.status.value, ended))
             elif command.kind == "cancel" and not record.is_terminal:
                 cancelled += self._cancel_job(tenant_id, job_id)
             elif command.kind == "fail" and (record.is_terminal or record.status.value == "needs_review"):
-                counts.append((line.custom_id, LINE_BUCKETS.get(record.status.value, "failed")))
-        counted = self._count_many(tenant_id, batch_id, counts)
+                counts.append(LineCount(line.custom_id, LINE_BUCKETS.get(record.status.value, "failed")))
+        counted = self._count_many(tenant_id, batch_id, counts).counted
         self._finish_if_done(tenant_id, batch_id)
         return {"outcome": command.kind, "counted": counted, "cancelled": cancelled}
+
+    def _never_started(
+        self,
+        tenant_id: str,
+        batch: dict[str, Any],
+        line: BatchLine,
+        item: dict[str, Any],
+        *,
+        cancelling: bool,
+    ) -> JobRecord:
+        """The job of a line that never started, as it is written when the line is counted: ended
+        (cancelled, or failed as batch_failed) without running. GET /v1/jobs/{id} shows why."""
+        try:
+            record = self._line_record(tenant_id, batch, line)
+        except (BatonError, ValidationError):
+            # The line cannot become a request (what may have killed its slice): the ended job
+            # carries its custom_id and batch_id alone.
+            now = now_ms()
+            record = JobRecord(
+                job_id=line_job_id(tenant_id, str(batch["batch_id"]), line.custom_id),
+                tenant_id=tenant_id,
+                model=line.model or batch["defaults"].get("model") or self.settings.model,
+                created_ms=now,
+                updated_ms=now,
+                expires_at=now // 1000 + self.settings.retention_days * 86_400,
+                deadline_ms=now,
+                metadata={"custom_id": line.custom_id, "batch_id": str(batch["batch_id"])},
+                source="batch",
+            )
+        if cancelling:
+            status = JobStatus.CANCELLED
+            error = JobError(type="cancelled", message="the batch was cancelled before this request started")
+        else:
+            status = JobStatus.FAILED
+            error = JobError(
+                type=BATCH_FAILED_ERROR,
+                message=f"the batch failed before this request started: {item.get('failure')}",
+            )
+        return record.model_copy(update={"status": status, "error": error})
 
     def _cancel_job(self, tenant_id: str, job_id: str) -> int:
         try:
@@ -584,72 +691,127 @@ class BatchService:
         return self.count_line(tenant_id, batch_id, custom_id, bucket)
 
     def count_line(self, tenant_id: str, batch_id: str, custom_id: str, bucket: str) -> dict[str, Any]:
-        """Count one line once (marker + count in one transaction), and finish the batch when the
-        counts reach the total."""
-        counted = self._count_many(tenant_id, batch_id, [(custom_id, bucket)]) == 1
-        outcome = self._finish_if_done(tenant_id, batch_id)
-        if outcome is not None:
-            return {"outcome": outcome, "counted": counted}
-        return {"outcome": "counted" if counted else "counted_before"}
+        """Count one line once (marker + count in one transaction, which also says whether it
+        was the batch's last line: no read), and finish the batch when it was."""
+        result = self._count_many(tenant_id, batch_id, [LineCount(custom_id, bucket)])
+        if result.maybe_last:
+            outcome = self._finish_if_done(tenant_id, batch_id)
+            if outcome is not None:
+                return {"outcome": outcome, "counted": result.counted == 1}
+        return {"outcome": "counted" if result.counted else "counted_before"}
 
-    def _count_many(self, tenant_id: str, batch_id: str, lines: list[tuple[str, str]]) -> int:
-        """Count lines (custom_id, bucket) once each: each line's marker (a conditional put) and
-        the counts' ADD in one transaction, up to 99 lines per transaction. A transaction that a
-        line counted before cancels is redone line by line. Returns how many were counted now."""
+    def _count_many(self, tenant_id: str, batch_id: str, lines: list[LineCount]) -> Counted:
+        """Count lines once each: each line's marker (a conditional put; and a never-started
+        line's ended job, another) and the counts' ADD in one transaction of up to 100 items. A
+        transaction that a line counted before cancels is redone line by line."""
         counted = 0
-        for start in range(0, len(lines), MAX_LINES_PER_COUNT):
-            chunk = lines[start : start + MAX_LINES_PER_COUNT]
-            if self._count_together(tenant_id, batch_id, chunk):
-                counted += len(chunk)
-            elif len(chunk) > 1:
-                counted += sum(self._count_together(tenant_id, batch_id, [line]) for line in chunk)
-        return counted
+        maybe_last = False
+        for chunk in _transaction_chunks(lines):
+            result = self._count_together(tenant_id, batch_id, chunk)
+            if result is None and len(chunk) > 1:
+                for line in chunk:
+                    one = self._count_together(tenant_id, batch_id, [line])
+                    counted += one.counted if one else 0
+                    maybe_last = maybe_last or bool(one and one.maybe_last)
+            elif result is not None:
+                counted += result.counted
+                maybe_last = maybe_last or result.maybe_last
+        return Counted(counted, maybe_last)
 
-    def _count_together(self, tenant_id: str, batch_id: str, lines: list[tuple[str, str]]) -> bool:
+    def _count_together(self, tenant_id: str, batch_id: str, lines: list[LineCount]) -> Counted | None:
+        """One transaction. The count's `remaining` goes down by the lines counted; its condition
+        `remaining > n` fails only for the batch's last lines, which are then counted with no
+        such condition and reported `maybe_last` (the caller reads the batch and finishes it):
+        every other count takes this one request. None: a line was counted before (a redelivery),
+        a never-started line's job exists after all (it ran: its own event counts it), or the
+        batch is gone."""
         if not lines:
-            return False
-        table = self.settings.jobs_table
-        expires_at = now_ms() // 1000 + self.settings.retention_days * 86_400
-        buckets: dict[str, int] = {}
-        for _, bucket in lines:
-            buckets[bucket] = buckets.get(bucket, 0) + 1
-        names = {f"#b{i}": bucket for i, bucket in enumerate(sorted(buckets))}
-        values = {f":n{i}": buckets[bucket] for i, bucket in enumerate(sorted(buckets))}
-        markers = [
-            {
-                "Put": {
-                    "TableName": table,
-                    "Item": to_dynamo(
-                        {
-                            "pk": f"BATCH#{batch_id}",
-                            "sk": f"LINE#{custom_id}",
-                            "bucket": bucket,
-                            "expires_at": expires_at,
-                        }
-                    ),
-                    "ConditionExpression": "attribute_not_exists(pk)",
-                }
-            }
-            for custom_id, bucket in lines
-        ]
-        count = {
-            "Update": {
-                "TableName": table,
-                "Key": to_dynamo(batch_key(tenant_id, batch_id)),
-                "UpdateExpression": "ADD "
-                + ", ".join(f"{name} {value}" for name, value in zip(names, values, strict=True)),
-                "ConditionExpression": "attribute_exists(pk)",
-                "ExpressionAttributeNames": names,
-                "ExpressionAttributeValues": to_dynamo(values),
-            }
-        }
+            return Counted(0, False)
+        items = self._count_items(tenant_id, batch_id, lines)
+        count = items[-1]["Update"]
+        count["ConditionExpression"] = "remaining > :lines"
+        count["ExpressionAttributeValues"][":lines"] = {"N": str(len(lines))}
         try:
-            self._ddb.transact_write_items(TransactItems=[*markers, count])
+            self._ddb.transact_write_items(TransactItems=items)
+            return Counted(len(lines), False)
         except ClientError as error:
             if error.response["Error"]["Code"] != "TransactionCanceledException":
                 raise
-            return False  # a line counted before (a redelivery), or the batch is gone
-        return True
+            reasons = [reason.get("Code", "None") for reason in error.response.get("CancellationReasons", [])]
+        if "TransactionConflict" in reasons:
+            raise CountConflict(f"counting {len(lines)} line(s) of batch {batch_id} met a concurrent write")
+        if not reasons or any(code != "None" for code in reasons[:-1]):
+            return None  # a marker or a never-started job was there first
+        # Only the count's condition failed: these are the batch's last lines (or a batch from
+        # before `remaining`, or one that is gone: the plain condition below tells).
+        items = self._count_items(tenant_id, batch_id, lines)
+        try:
+            self._ddb.transact_write_items(TransactItems=items)
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            reasons = [reason.get("Code", "None") for reason in error.response.get("CancellationReasons", [])]
+            if "TransactionConflict" in reasons:
+                raise CountConflict(
+                    f"counting {len(lines)} line(s) of batch {batch_id} met a concurrent write"
+                ) from None
+            return None
+        return Counted(len(lines), True)
+
+    def _count_items(self, tenant_id: str, batch_id: str, lines: list[LineCount]) -> list[dict[str, Any]]:
+        """The transaction's items: each line's marker (and a never-started line's ended job),
+        then the counts' ADD (last) on the batch item, on condition that it exists."""
+        table = self.settings.jobs_table
+        expires_at = now_ms() // 1000 + self.settings.retention_days * 86_400
+        buckets: dict[str, int] = {}
+        for line in lines:
+            buckets[line.bucket] = buckets.get(line.bucket, 0) + 1
+        names = {f"#b{i}": bucket for i, bucket in enumerate(sorted(buckets))}
+        values: dict[str, Any] = {f":n{i}": buckets[bucket] for i, bucket in enumerate(sorted(buckets))}
+        adds = ", ".join(f"{name} {value}" for name, value in zip(names, values, strict=True))
+        values[":counted"] = -len(lines)
+        items: list[dict[str, Any]] = []
+        for line in lines:
+            marker = {
+                "pk": f"BATCH#{batch_id}",
+                "sk": f"LINE#{line.custom_id}",
+                "bucket": line.bucket,
+                "expires_at": expires_at,
+            }
+            items.append(
+                {
+                    "Put": {
+                        "TableName": table,
+                        "Item": to_dynamo(marker),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                }
+            )
+            if line.never_started is not None:
+                # A job item as baton.store creates one, already ended: not in the open-jobs index.
+                job = {**line.never_started.to_item(), **listing_keys(line.never_started)}
+                items.append(
+                    {
+                        "Put": {
+                            "TableName": table,
+                            "Item": to_dynamo(job),
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    }
+                )
+        items.append(
+            {
+                "Update": {
+                    "TableName": table,
+                    "Key": to_dynamo(batch_key(tenant_id, batch_id)),
+                    "UpdateExpression": f"ADD remaining :counted, {adds}",
+                    "ConditionExpression": "attribute_exists(pk)",
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": to_dynamo(values),
+                }
+            }
+        )
+        return items
 
     def _finish_if_done(self, tenant_id: str, batch_id: str) -> str | None:
         """Finish the batch if every line is counted: "batch_finished" (or "gone"), else None."""
@@ -793,10 +955,19 @@ class BatchService:
 
     def give_up(self, command: SliceCommand, reason: str) -> str:
         """A slice command that failed for good (permanently, past its attempts, or dead-lettered).
-        A `fail` chain's own slice is settled at once without waiting for a slice still starting
-        (the wait ran out), and the chain goes on; any other fails the batch."""
+        A `fail` chain's own slice is queued again, to be settled without waiting for a slice still
+        starting (the wait ran out), and the chain goes on from there: the settling (and perhaps
+        the batch's files) runs in the batch function, never in the dead-letter function's short
+        timeout. Any other fails the batch."""
         if command.kind == "fail":
-            self.run_slice(command, force=True)
+            if command.force:
+                # Even settling without waiting failed for good: not a slice still starting but
+                # the store itself. Tried again later, not at once (no hot loop).
+                logger.error(
+                    "batch fail slice cannot be settled",
+                    extra={"batch_id": command.batch_id, "reason": reason},
+                )
+            self._send(command.model_copy(update={"force": True}), delay_s=900 if command.force else 0)
             return "batch_failing"
         dead = command.start // SLICE if command.kind == "slice" else None
         return self.abandon(command.tenant_id, command.batch_id, reason, dead_slice=dead)
