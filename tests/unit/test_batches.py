@@ -604,3 +604,61 @@ def test_a_cancelled_batch_writes_its_unstarted_lines_as_cancelled_jobs(
         api(aws.api_event("api-get-job.json", job_id=line_job_id("acme", batch_id, "a")))["body"]
     )
     assert (job["status"], job["error"]["type"]) == ("cancelled", "cancelled")
+
+
+def test_a_count_that_meets_a_concurrent_write_is_retried_not_taken_for_counted_before(
+    aws: AwsStack,
+    api: LoadedFunction,
+    infer: LoadedFunction,
+    model: FakeModel,  # noqa: F811
+) -> None:
+    """DynamoDB cancels a transaction that meets a concurrent write on the batch item
+    (TransactionConflict): nothing was written, so the line's event is retried and counted then,
+    once (before, any cancellation of a one-line count read as `counted before`: the line was
+    lost and the batch never finished)."""
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+    from botocore.exceptions import ClientError
+
+    import baton.batches
+
+    batch = aws.load("BatchFunction")
+    _, created = call(api, batch_event(aws, "POST", body={"requests": [line("a")]}))
+    assert batch(aws.take_event("BatchQueue")) == {"batchItemFailures": []}
+    assert infer(aws.take_event("InferQueue")) == {"batchItemFailures": []}
+    [event] = aws.receive("BatchQueue")
+
+    real = baton.batches.BatchService._ddb.fget  # type: ignore[attr-defined]
+    conflicts: list[int] = []
+
+    class Conflicting:
+        def __init__(self, ddb: Any) -> None:
+            self._ddb = ddb
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._ddb, name)
+
+        def transact_write_items(self, **request: Any) -> Any:
+            if not conflicts:
+                conflicts.append(1)
+                reasons = [{"Code": "None"}] * (len(request["TransactItems"]) - 1)
+                raise ClientError(
+                    {
+                        "Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
+                        "CancellationReasons": [*reasons, {"Code": "TransactionConflict"}],
+                    },
+                    "TransactWriteItems",
+                )
+            return self._ddb.transact_write_items(**request)
+
+    aws.monkeypatch.setattr(
+        baton.batches.BatchService, "_ddb", property(lambda self: Conflicting(real(self)))
+    )
+    # The invocation fails (its one record did): the event source delivers the message again.
+    with pytest.raises(BatchProcessingError, match="All records failed"):
+        batch(aws.sqs_event("BatchQueue", [event]))
+    assert conflicts == [1]
+    _, waiting = call(api, batch_event(aws, "GET", batch_id=created["id"]))
+    assert waiting["request_counts"]["completed"] == 0
+    assert batch(aws.sqs_event("BatchQueue", [event])) == {"batchItemFailures": []}
+    _, ended = call(api, batch_event(aws, "GET", batch_id=created["id"]))
+    assert (ended["status"], ended["request_counts"]["completed"]) == ("completed", 1), ended
