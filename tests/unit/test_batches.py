@@ -640,14 +640,12 @@ def test_a_count_that_meets_a_concurrent_write_is_retried_not_taken_for_counted_
         def transact_write_items(self, **request: Any) -> Any:
             if not conflicts:
                 conflicts.append(1)
-                reasons = [{"Code": "None"}] * (len(request["TransactItems"]) - 1)
-                raise ClientError(
-                    {
-                        "Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
-                        "CancellationReasons": [*reasons, {"Code": "TransactionConflict"}],
-                    },
-                    "TransactWriteItems",
-                )
+                codes = ["None"] * (len(request["TransactItems"]) - 1) + ["TransactionConflict"]
+                answer: Any = {
+                    "Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
+                    "CancellationReasons": [{"Code": code} for code in codes],
+                }
+                raise ClientError(answer, "TransactWriteItems")
             return self._ddb.transact_write_items(**request)
 
     aws.monkeypatch.setattr(
