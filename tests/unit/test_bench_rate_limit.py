@@ -3,7 +3,7 @@ simulator's request log, over the window in which calls waited on the limit."""
 
 import pytest
 
-from bench.rate_limit_goodput import _timeline
+from bench.rate_limit_goodput import _timeline, submission_to_call_s
 
 
 def test_goodput_at_the_provider_counts_n_calls_over_n_minus_1_intervals() -> None:
@@ -44,3 +44,17 @@ def test_goodput_at_the_provider_counts_n_calls_over_n_minus_1_intervals() -> No
     assert timeline["provider_rate_per_min"] == pytest.approx(120.0)  # 2 intervals in 1 s
     assert timeline["provider_tokens_per_min"] == pytest.approx(40 * 60)  # all calls' tokens but the last
     assert timeline["refused_at_s"] == [2.2]
+
+
+def test_a_prompt_jobs_time_to_its_model_call_is_counted_from_its_submission() -> None:
+    """A prompt job has no extract stage (its timings carry no extract_ms): the fairness case's
+    "to its model call" figure was nan for every sample. It counts from the submission now: the
+    first answered call of that job, not another job's, nor its refused ones."""
+    log = [
+        {"ts": 1001.0, "status": 200, "job_id": "job_other"},
+        {"ts": 1001.5, "status": 429, "job_id": "job_b"},
+        {"ts": 1002.25, "status": 200, "job_id": "job_b"},
+    ]
+    assert submission_to_call_s("job_b", 1_000_500.0, log) == pytest.approx(1.75)
+    with pytest.raises(RuntimeError, match="job_none"):
+        submission_to_call_s("job_none", 1_000_500.0, log)

@@ -224,8 +224,9 @@ def test_chunk_calls_go_through_the_provider_limiter(
     job_id = long_job(aws, api, 30_000)
     extract(aws.take_event("ExtractQueue"))
     chunks = JobStore(aws.jobs_table).get("acme", job_id).chunk_levels[0]
+    # Longer than MAX_WAIT_IN_FUNCTION_S: the others are deferred rather than waiting in the function.
     model.answer = ModelError(
-        "rate limited", retryable=True, type_="rate_limited", retry_after=3.0, headers={"retry-after": "3"}
+        "rate limited", retryable=True, type_="rate_limited", retry_after=10.0, headers={"retry-after": "10"}
     )
     messages = aws.receive("InferQueue")
     assert len(messages) == chunks
@@ -233,7 +234,7 @@ def test_chunk_calls_go_through_the_provider_limiter(
     before_ms = now_ms()
     for message in messages:  # one at a time (in-process moto: no concurrent writes to one item)
         assert infer(aws.sqs_event("InferQueue", [message])) == {"batchItemFailures": []}
-    assert provider_item(aws)["blocked_until"] >= before_ms + 3000
+    assert provider_item(aws)["blocked_until"] >= before_ms + 10_000
     assert len(model.calls) == 1  # the first chunk's 429 blocks the provider for the others
     assert delayed_messages(aws, "InferQueue") == chunks
     record = JobStore(aws.jobs_table).get("acme", job_id)

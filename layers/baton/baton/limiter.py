@@ -4,21 +4,26 @@ Two stages, both GCRA (virtual scheduling: the token bucket stated as a "theoret
 time", each booking one atomic conditional update, no read):
 
 - The queue (one pace per tenant and provider): a call that finds no capacity now books its turn
-  there and waits for it in a delayed message (Deferred keeps the turn in the command): no function
-  is paid to wait, no attempt is spent. One tenant's backlog books its own queue, so another
-  tenant's call, with an empty queue, is next. A turn is an estimate of when the provider will have
-  room: tokens are queued at the usage the provider's answers have shown (a learned ratio of used to
-  reserved tokens), not at the worst case.
+  there and waits for it in a delayed message (Deferred keeps the turn in the command), asked back
+  RETURN_LEAD_S before it: no function is paid to wait long, no attempt is spent, and the call is
+  back, ready, when its turn comes, though a busy stack returns delayed messages seconds late.
+  One tenant's backlog books its own queue, so another tenant's call, with an empty queue, is
+  next. A turn is an estimate of when the provider will have room: tokens are queued at the usage
+  the provider's answers have shown (a learned ratio of used to reserved tokens), not at the worst
+  case.
 - The send pace (one per provider, shared by every tenant): the calls actually sent, spaced evenly
   (providers enforce a per-minute limit over shorter windows too: no burst beyond one call). A
-  call whose turn came books its send slot only if it is at most `MAX_WAIT_IN_FUNCTION_S` away
-  (it sleeps until then); else it is deferred briefly, keeping its turn. A turn that came back
-  late uses the next free send slot, so capacity a late message left idle is used by whoever is
-  ready, never lost, and the late call never goes to the back of the queue. A tenant other than
-  the last booker's may also take the slot right after the last booked one (when that one is
-  within its wait), so another tenant's call is sent within MAX_WAIT_IN_FUNCTION_S + one slot of
-  arriving, however long the first tenant's backlog. (Booking only a free pace, which would make
-  that one slot, was measured: goodput fell from 83 % to 55 % of R; see the README.)
+  call back before its turn waits in the function (WaitInFunction) until BOOK_AHEAD_S before it,
+  then books its send slot, not before its turn, and sleeps until the slot: a few calls wait
+  ready at the pace, and each is sent at its slot. A slot up to MAX_WAIT_IN_FUNCTION_S away is
+  waited for in the function (an SQS round trip is whole seconds, many more on a busy stack, and
+  a slot nobody is there for is lost); a later one defers the call to just before it. A turn that
+  came back late uses the next free send slot, so capacity a late message left idle is used by
+  whoever is ready, and the late call never goes to the back of the queue. A tenant other than
+  the last booker's may also take the slot right after the last booked one, so another tenant's
+  call is sent within BOOK_AHEAD_S + one slot of arriving (plus what late calls shifted the pace
+  by), however long the first tenant's backlog. (Booking only a free pace, which would make that
+  one slot, was measured: goodput fell from 83 % to 55 % of R; see the README.)
 - Tokens are booked at what the call is expected to use: its prompt plus the answer tokens the
   model's answers have used so far (a moving average, at most `max_tokens`), and settled with the
   real usage. A provider admits a call at its ceiling (prompt + `max_tokens`) into its window's
@@ -27,7 +32,8 @@ time", each booking one atomic conditional update, no read):
   `x-ratelimit-remaining-tokens` (a minute's T until an answer has shown it).
 - Limits come from the template (ProviderRequestsPerMinute / ProviderTokensPerMinute) or, when
   those are 0, from the provider's `x-ratelimit-*` headers: until the first answer teaches them,
-  one probe call goes out at a time. A 429 or `remaining: 0` blocks every caller until the reset.
+  one probe call goes out at a time. A 429 or `remaining: 0` blocks every caller until the reset
+  (as the provider states it: from when the call was sent, not rounded up).
 - Fairness: a tenant has at most `TenantMaxInFlight` calls in flight (leases, taken when the call
   is sent); a lease expires on its own, so one held by a crashed invocation comes back.
 """
@@ -53,11 +59,20 @@ logger = Logger(child=True)
 # Pace a little under the limit: calls leave on their slot but reach the provider with jitter,
 # and a provider counting over a short sliding window refuses two calls that arrive too close.
 PACE_FRACTION = 0.97
-MAX_WAIT_IN_FUNCTION_S = 1.0
+# How long a call may wait in its function for its send slot. Far cheaper than a deferral: an SQS
+# round trip is whole seconds, and seconds more on a busy stack (measured: a 1 s deferral came back
+# 13-19 s later in a burst of 600), and a call not there at its slot loses that slot for good.
+MAX_WAIT_IN_FUNCTION_S = 4.0
+# A call waiting for its turn in a delayed message asks to come back this long before it (and up
+# to a second more: delays are whole seconds): the time from the message's due time to the limiter
+# (a poll, an invocation, the step's first reads). So a few calls wait, ready, at the pace.
+RETURN_LEAD_S = 3.0
+# A call books its send slot at most this long before its turn (it waits for that moment in the
+# function): the send pace is booked no further ahead than this (plus what lateness shifted), so
+# another tenant's call, which takes the slot right after the last booked one, is not kept longer.
+BOOK_AHEAD_S = 1.0
 # A turn later than this is not queued: SQS delays a message 900 s at most.
 MAX_RESERVE_AHEAD_S = 840.0
-# SQS delays are whole seconds: a shorter deferral would come straight back.
-MIN_DEFER_S = 1.0
 # How much one answer moves the learned answer tokens (a moving average).
 ANSWER_TOKENS_WEIGHT = 0.2
 PROBE_LEASE_MS = 30_000
@@ -90,6 +105,17 @@ class Deferred(BatonError):
 class Limits:
     requests_per_minute: int = 0  # 0: none known
     tokens_per_minute: int = 0
+
+
+class WaitInFunction(Exception):
+    """Not yet: the call's turn (`turn_ms`, booked) is near, at most MAX_WAIT_IN_FUNCTION_S away;
+    wait in the function until `until_ms` and ask again with that turn (cheaper than a deferral,
+    and ready at its turn)."""
+
+    def __init__(self, turn_ms: int) -> None:
+        super().__init__(turn_ms)
+        self.turn_ms = turn_ms
+        self.until_ms = turn_ms - math.floor(BOOK_AHEAD_S * 1000)
 
 
 class _Busy(Exception):
@@ -243,22 +269,28 @@ class ProviderLimiter:
         held_slot_ms: int | None = None,
         lease_ms: int,
     ) -> Ticket:
-        """A ticket to call at its send slot (at most MAX_WAIT_IN_FUNCTION_S away), or Deferred.
+        """A ticket to call at its send slot (at most MAX_WAIT_IN_FUNCTION_S away), WaitInFunction
+        (its turn is near, not yet within BOOK_AHEAD_S), or Deferred.
         `tokens`: the call's ceiling (prompt + the answer's cap), `answer_tokens`: that cap (the
         part usage teaches; 0: none). `held_slot_ms`: the turn this command was queued for before
         it was delayed; `lease_ms`: how long the call may take at most."""
         limits, known = self._known_limits(provider, now_ms)
         probe = not known
         booked, scale = self._token_booking(provider, limits, tokens, answer_tokens, now_ms)
+        turn_ms = now_ms
         if not probe:
             if held_slot_ms is None:
-                held_slot_ms = self._queue(provider, tenant_id, limits, booked, now_ms)
-            if held_slot_ms - now_ms > MAX_WAIT_IN_FUNCTION_S * 1000:
+                turn_ms = self._queue(provider, tenant_id, limits, booked, now_ms)
+            else:
+                turn_ms = held_slot_ms
+            if turn_ms - now_ms > MAX_WAIT_IN_FUNCTION_S * 1000:
                 raise Deferred(
                     "waiting for its turn at the provider",
-                    delay_s=(held_slot_ms - now_ms) / 1000,
-                    slot_ms=held_slot_ms,
+                    delay_s=(turn_ms - now_ms) / 1000 - RETURN_LEAD_S,
+                    slot_ms=turn_ms,
                 )
+            if turn_ms - now_ms > BOOK_AHEAD_S * 1000:
+                raise WaitInFunction(turn_ms)
         lease_tenant = None
         if self.tenant_max_in_flight > 0:
             # The call is sent within MAX_WAIT_IN_FUNCTION_S and takes lease_ms at most.
@@ -274,7 +306,7 @@ class ProviderLimiter:
             if probe:
                 slot = self._probe(provider, now_ms)
             else:
-                slot = self._send_slot(provider, tenant_id, limits, booked, now_ms)
+                slot = self._send_slot(provider, tenant_id, limits, booked, now_ms, turn_ms=turn_ms)
         except Deferred:
             if lease_tenant is not None:
                 self.release_lease(lease_tenant, lease_id)
@@ -335,43 +367,63 @@ class ProviderLimiter:
         """A call's place in the queue (ms): its request, or the tokens the paces book for it."""
         return max(_interval_ms(limits.requests_per_minute), tokens * _interval_ms(limits.tokens_per_minute))
 
-    def _send_slot(self, provider: str, tenant_id: str, limits: Limits, tokens: int, now_ms: int) -> int:
-        """Book the call's slot in the provider's send pace (and its tokens in the token pace) if
-        it is at most MAX_WAIT_IN_FUNCTION_S away, or (a tenant other than the last booker's) right
-        after the last booked slot if that one is; else Deferred, keeping its turn."""
+    def _send_slot(
+        self, provider: str, tenant_id: str, limits: Limits, tokens: int, now_ms: int, *, turn_ms: int
+    ) -> int:
+        """Book the call's slot in the provider's send pace (and its tokens in the token pace), not
+        before its turn, if it is at most MAX_WAIT_IN_FUNCTION_S away, or (a tenant other than the
+        last booker's) right after the last booked slot if that one is; else Deferred, keeping a
+        turn at the pace's next free slot.
+
+        Not before its turn: a call that came back early (RETURN_LEAD_S) waits for it in the
+        function, so the calls ahead of it, late or not, find their slots free, and the pace has
+        calls ready at each slot instead of idling until the next one comes back."""
         latest_ms = now_ms + math.floor(MAX_WAIT_IN_FUNCTION_S * 1000)
+        not_before_ms = max(now_ms, turn_ms)
         request_cost = _interval_ms(limits.requests_per_minute)
         token_cost = tokens * _interval_ms(limits.tokens_per_minute)
         try:
             # The request pace is booked even without a request limit (cost 0): a 429's block lives in it.
-            slot = self._book_provider(provider, "request_tat", request_cost, now_ms, latest_ms, tenant_id)
+            slot = self._book_provider(
+                provider, "request_tat", request_cost, not_before_ms, latest_ms, tenant_id, now_ms
+            )
             if token_cost:
                 try:
                     slot = max(
                         slot,
-                        self._book_provider(provider, "token_tat", token_cost, now_ms, latest_ms, tenant_id),
+                        self._book_provider(
+                            provider, "token_tat", token_cost, not_before_ms, latest_ms, tenant_id, now_ms
+                        ),
                     )
                 except _Busy:
                     self._update(provider, sets={}, adds={"request_tat": -math.ceil(request_cost)})
                     raise
         except _Busy as busy:
-            # Back just before the pace frees: its turn is kept, so it is sent then, not queued again.
-            delay_s = max(MIN_DEFER_S, (busy.next_free_ms - latest_ms) / 1000 + MAX_WAIT_IN_FUNCTION_S / 2)
+            # Back RETURN_LEAD_S before the pace frees, its turn there: it is sent then (or waits in
+            # the function for the calls booked before it), not queued again.
             raise Deferred(
                 "waiting for a send slot at the provider",
-                delay_s=delay_s,
-                slot_ms=now_ms + math.floor(delay_s * 1000),
+                delay_s=(busy.next_free_ms - now_ms) / 1000 - RETURN_LEAD_S,
+                slot_ms=busy.next_free_ms,
             ) from None
         return slot
 
     def _book_provider(
-        self, provider: str, pace: str, cost: float, now_ms: int, latest_ms: int, tenant_id: str
+        self,
+        provider: str,
+        pace: str,
+        cost: float,
+        start_ms: int,
+        latest_ms: int,
+        tenant_id: str,
+        now_ms: int,
     ) -> int:
+        """A slot no earlier than `start_ms` (now, or the call's turn) and no later than `latest_ms`."""
         # A send slot that freed a moment ago is still taken as booked (the call leaves at once,
         # its margin under the limit absorbing the delay): a late call's lateness is not lost.
         slack_ms = math.floor((1 - PACE_FRACTION) * cost)
         slot, item = self._book(
-            provider, pace, cost, now_ms, latest_ms=latest_ms, slack_ms=slack_ms, tenant_id=tenant_id
+            provider, pace, cost, start_ms, latest_ms=latest_ms, slack_ms=slack_ms, tenant_id=tenant_id
         )
         self._remember(provider, item, now_ms)
         return slot
@@ -388,8 +440,9 @@ class ProviderLimiter:
         tenant_id: str | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """Book the next `cost` ms of a pace; its start is the slot. (slot, the item as written).
-        One atomic update when the pace is busy (its next free time is ahead of now, or freed at
-        most `slack_ms` ago: add the cost) or idle (start it now): no read, and concurrent
+        `now_ms`: the earliest start (now, or a later turn). One atomic update when the pace is
+        busy (its next free time is ahead of that, or freed at most `slack_ms` before: add the
+        cost) or idle (start it then): no read, and concurrent
         bookings never conflict, DynamoDB serializes them. With `latest_ms`: only a slot no later
         than that, else _Busy. With `tenant_id` (the send paces): a tenant other than the last
         booker's may also take the slot right after the last booked one if that one starts by
@@ -510,12 +563,21 @@ class ProviderLimiter:
 
     # -- after the call ----------------------------------------------------------------------
     def settle(
-        self, ticket: Ticket, *, used_tokens: int | None, headers: RateLimitHeaders, now_ms: int
+        self,
+        ticket: Ticket,
+        *,
+        used_tokens: int | None,
+        headers: RateLimitHeaders,
+        now_ms: int,
+        sent_ms: int | None = None,
     ) -> None:
         """Settle the booked tokens at the real use (returning what the estimate over-booked, or
         charging what it missed), learn what answers use and the limits the answer states, and
         block every caller when it says nothing is left. One write (two when the answer shows a
-        larger token window than known)."""
+        larger token window than known). `sent_ms`: when the call was sent (default now): the
+        provider states its resets when it admits the call, so they count from then, not from
+        when the answer ended (at the pace the 10th call of a 10-call window reads `remaining: 0`,
+        `reset` < one interval: counted from the answer's end, that block pushed the next slot)."""
         try:
             sets: dict[str, Any] = self._learned(ticket, headers)
             adds: dict[str, Any] = {}
@@ -530,7 +592,7 @@ class ProviderLimiter:
                 self._update(ticket.provider, sets=sets, adds=adds)
             if token_interval and headers.remaining_tokens is not None and ticket.ceiling:
                 self._learn_token_window(ticket.provider, headers.remaining_tokens + ticket.ceiling, now_ms)
-            block = _exhausted_until(headers, now_ms)
+            block = _exhausted_until(headers, now_ms if sent_ms is None else sent_ms)
             if block:
                 self._block(ticket.provider, block)
         finally:
@@ -568,11 +630,13 @@ class ProviderLimiter:
                 raise
 
     def rate_limited(self, ticket: Ticket, *, headers: RateLimitHeaders, now_ms: int) -> Deferred:
-        """The provider answered 429: every caller waits for its Retry-After (or reset). Returns
-        the deferral of this command: back when the wait is over, its turn kept (not queued again
-        behind the calls booked after it)."""
+        """The provider answered 429: every caller waits for its Retry-After (or reset), no
+        longer: a block rounded up to whole seconds would leave slots unused (a sliding window's
+        Retry-After is often a fraction of a second). Returns the deferral of this command: back
+        RETURN_LEAD_S before the wait is over (at once, if sooner), its turn then kept (not queued
+        again behind the calls booked after it)."""
         waits = (headers.retry_after_s, headers.reset_requests_s, headers.reset_tokens_s)
-        wait_s = max(MIN_DEFER_S, max((w for w in waits if w), default=1.0))
+        wait_s = max((w for w in waits if w), default=1.0)
         try:
             sets = self._learned(ticket, headers)
             if sets:
@@ -580,8 +644,10 @@ class ProviderLimiter:
             self._block(ticket.provider, now_ms + math.ceil(wait_s * 1000))
         finally:
             self.release(ticket)
-        turn = None if ticket.probe else now_ms + math.ceil(wait_s * 1000)
-        return Deferred("the provider answered 429", delay_s=wait_s, slot_ms=turn)
+        if ticket.probe:
+            return Deferred("the provider answered 429", delay_s=wait_s)
+        turn = now_ms + math.ceil(wait_s * 1000)
+        return Deferred("the provider answered 429", delay_s=wait_s - RETURN_LEAD_S, slot_ms=turn)
 
     def _block(self, provider: str, until_ms: int) -> None:
         """Nobody's slot starts before `until_ms`: the request pace moves there (if not later)."""

@@ -17,6 +17,7 @@ from baton.limiter import (
     ProviderLimiter,
     RateLimitHeaders,
     Ticket,
+    WaitInFunction,
     estimate_tokens,
     provider_key,
 )
@@ -65,19 +66,28 @@ class ModelCalls:
         Deferred. `lease_id`: the call's own id (a long document's chunks run concurrently)."""
         if self.limiter is None:
             return None
-        ticket = self.limiter.admit(
-            provider_key(self.settings.openai_base_url, record.model),
-            tenant_id=record.tenant_id,
-            lease_id=lease_id or f"{record.job_id}:{record.version}:{record.depth}",
-            tokens=estimate_tokens(messages, parameters.get("max_tokens")),
-            answer_tokens=parameters.get("max_tokens") or DEFAULT_COMPLETION_TOKENS,
-            now_ms=now_ms(),
-            held_slot_ms=command.not_before_ms,
-            lease_ms=int(self.settings.model_timeout_seconds * 1000) + LEASE_MARGIN_MS,
-        )
+        turn_ms = command.not_before_ms
+        while True:
+            try:
+                ticket = self.limiter.admit(
+                    provider_key(self.settings.openai_base_url, record.model),
+                    tenant_id=record.tenant_id,
+                    lease_id=lease_id or f"{record.job_id}:{record.version}:{record.depth}",
+                    tokens=estimate_tokens(messages, parameters.get("max_tokens")),
+                    answer_tokens=parameters.get("max_tokens") or DEFAULT_COMPLETION_TOKENS,
+                    now_ms=now_ms(),
+                    held_slot_ms=turn_ms,
+                    lease_ms=int(self.settings.model_timeout_seconds * 1000) + LEASE_MARGIN_MS,
+                )
+                break
+            except WaitInFunction as near:
+                # Its turn is booked (in the tenant's queue): it books the send slot once near it.
+                turn_ms = near.turn_ms
+                time.sleep(max(0, near.until_ms - now_ms()) / 1000)
         wait_ms = ticket.slot_ms - now_ms()
         if wait_ms > 0:
-            time.sleep(wait_ms / 1000)  # MAX_WAIT_IN_FUNCTION_S (+ one slot for another tenant) at most
+            # MAX_WAIT_IN_FUNCTION_S (+ one slot for another tenant) at most: cheaper than a deferral.
+            time.sleep(wait_ms / 1000)
         return ticket
 
     def complete(
@@ -129,6 +139,7 @@ class ModelCalls:
     ) -> T:
         """A provider call under the limiter's ticket: a 429 defers the command (not an attempt),
         another failure gives the slot back, success settles it with (used tokens, headers)."""
+        sent_ms = now_ms()
         try:
             result = call()
         except ModelError as error:
@@ -147,7 +158,11 @@ class ModelCalls:
         if ticket is not None and self.limiter is not None:
             used_tokens, headers = settle(result)
             self.limiter.settle(
-                ticket, used_tokens=used_tokens, headers=RateLimitHeaders.parse(headers), now_ms=now_ms()
+                ticket,
+                used_tokens=used_tokens,
+                headers=RateLimitHeaders.parse(headers),
+                now_ms=now_ms(),
+                sent_ms=sent_ms,
             )
         return result
 
