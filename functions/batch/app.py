@@ -4,8 +4,11 @@ terminal job event is counted; the last one writes the output and errors files."
 from collections.abc import Callable
 from typing import Any
 
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
+
 from baton.batches import SliceCommand
-from baton.parsing import BatchMessageRecord
+from baton.parsing import BatchMessageRecord, LifecycleEvent
 from baton.retries import Failure
 from baton.settings import get_settings
 from baton.stages import sqs_stage_handler
@@ -36,7 +39,7 @@ def give_up(message: Any) -> Callable[[Failure, int], None] | None:
 
 # Idempotent by construction: a line's job id derives from the batch and its custom_id, and a
 # line is counted once by a conditional marker in the same transaction as its count.
-lambda_handler = sqs_stage_handler(
+stage_handler = sqs_stage_handler(
     "batch",
     record_model=BatchMessageRecord,
     payload=lambda record: record.body,
@@ -44,3 +47,29 @@ lambda_handler = sqs_stage_handler(
     idempotency=None,
     give_up=give_up,
 )
+
+
+def terminal_events(event: dict[str, Any]) -> list[tuple[str, str, str, dict[str, str]]]:
+    """The lines' terminal job events among the invocation's messages (the rest: slice commands,
+    and anything unreadable, which the stage handler reports)."""
+    found = []
+    for raw in event.get("Records", []):
+        try:
+            body = BatchMessageRecord.model_validate(raw).body
+        except ValidationError:
+            continue
+        if isinstance(body, LifecycleEvent):
+            detail = body.detail
+            found.append((detail.tenant_id, detail.job_id, detail.status.value, dict(detail.metadata)))
+    return found
+
+
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
+    """The invocation's terminal events are counted together first (one transaction for up to
+    ten lines of a batch, not one each); then every message runs as usual, each line finding
+    itself counted."""
+    batches.count_together(terminal_events(event))
+    try:
+        return stage_handler(event, context)
+    finally:
+        batches.forget_counted()

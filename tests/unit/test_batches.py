@@ -450,9 +450,10 @@ def test_the_fan_out_makes_few_aws_requests_per_line(
     counting = [f"{c.service}:{c.operation}" for c in calls if c.function == "BatchFunction"]
     _, ended = call(api, batch_event(aws, "GET", batch_id=created["id"]))
     assert ended["request_counts"]["completed"] == lines
-    # One transaction per line, which also says whether it was the last: only the last line's
-    # count is redone without that condition, and only then is the batch read (to finish it).
-    assert counting.count("dynamodb:TransactWriteItems") == lines + 1
+    # An invocation's lines are counted in one transaction, which also says whether they were the
+    # last: only the last count is redone without that condition, and only then is the batch
+    # read (to finish it).
+    assert counting.count("dynamodb:TransactWriteItems") <= lines // 10 + 6, sorted(counting)
     assert counting.count("dynamodb:GetItem") == 1
 
 
@@ -660,3 +661,37 @@ def test_a_count_that_meets_a_concurrent_write_is_retried_not_taken_for_counted_
     assert batch(aws.sqs_event("BatchQueue", [event])) == {"batchItemFailures": []}
     _, ended = call(api, batch_event(aws, "GET", batch_id=created["id"]))
     assert (ended["status"], ended["request_counts"]["completed"]) == ("completed", 1), ended
+
+
+def test_an_invocations_terminal_events_are_counted_in_one_transaction(
+    aws: AwsStack,
+    api: LoadedFunction,
+    infer: LoadedFunction,
+    model: FakeModel,  # noqa: F811
+) -> None:
+    """Ten lines' terminal events in one invocation (one twice, as SQS may deliver it): one
+    transaction counts them all; the copy and a later redelivery count nothing more."""
+    from tests.unit.conftest import recorded_calls
+
+    batch = aws.load("BatchFunction")
+    _, created = call(api, batch_event(aws, "POST", body={"requests": [line(str(i)) for i in range(11)]}))
+    assert batch(aws.take_event("BatchQueue")) == {"batchItemFailures": []}
+    messages = aws.receive("InferQueue")
+    assert infer(aws.sqs_event("InferQueue", messages)) == {"batchItemFailures": []}
+    events = aws.receive("BatchQueue")
+    assert len(events) == 11
+    first_ten = events[:10]
+    with recorded_calls() as calls:
+        assert batch(aws.sqs_event("BatchQueue", [*first_ten, first_ten[0]])) == {"batchItemFailures": []}
+    made = [f"{c.service}:{c.operation}" for c in calls if c.function == "BatchFunction"]
+    assert made == ["dynamodb:TransactWriteItems"], made
+    _, counting = call(api, batch_event(aws, "GET", batch_id=created["id"]))
+    assert (counting["status"], counting["request_counts"]["completed"]) == ("in_progress", 10)
+
+    # A redelivered event and the last line: counted once, and the batch ends.
+    assert batch(aws.sqs_event("BatchQueue", [first_ten[3], events[10]])) == {"batchItemFailures": []}
+    _, ended = call(api, batch_event(aws, "GET", batch_id=created["id"]))
+    assert ended["status"] == "completed", ended
+    assert ended["request_counts"] == {"total": 11, "completed": 11, "failed": 0, "cancelled": 0}
+    output, errors = custom_ids_once(aws, created["id"])
+    assert sorted(output, key=int) == [str(i) for i in range(11)] and errors == []

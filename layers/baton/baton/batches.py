@@ -252,6 +252,19 @@ def batch_message_of(body: str) -> SliceCommand | BatchLineEvent | None:
     return BatchLineEvent(tenant_id, batch_id, custom_id, job_id)
 
 
+def _line_of_event(
+    tenant_id: str, job_id: str, status: str, metadata: dict[str, str]
+) -> tuple[str, LineCount] | None:
+    """The batch and line a terminal job event counts, or None (not a batch's line)."""
+    batch_id, custom_id = metadata.get("batch_id"), metadata.get("custom_id")
+    if not batch_id or custom_id is None:
+        return None
+    if job_id != line_job_id(tenant_id, batch_id, custom_id):
+        # metadata a client set by hand on an ordinary job: not one of the batch's lines.
+        return None
+    return batch_id, LineCount(custom_id, LINE_BUCKETS.get(status, "failed"))
+
+
 def parse_lines(raw: bytes | str) -> list[BatchLine]:
     """JSONL -> validated lines; 422 naming the (1-based) line for a malformed line or a duplicate
     custom_id."""
@@ -311,6 +324,8 @@ class BatchService:
         self.jobs = jobs
         self.webhooks = webhooks
         self.blobs = BlobStore(settings.bucket)
+        # (batch id, custom_id) counted by count_together in the current invocation.
+        self._counted_together: set[tuple[str, str]] = set()
 
     @property
     def _ddb(self) -> Any:
@@ -681,20 +696,50 @@ class BatchService:
     def run_job_event(
         self, tenant_id: str, job_id: str, status: str, metadata: dict[str, str]
     ) -> dict[str, Any]:
-        batch_id, custom_id = metadata.get("batch_id"), metadata.get("custom_id")
-        if not batch_id or custom_id is None:
+        line = _line_of_event(tenant_id, job_id, status, metadata)
+        if line is None:
             return {"outcome": "not_a_batch_job"}
-        if job_id != line_job_id(tenant_id, batch_id, custom_id):
-            # metadata a client set by hand on an ordinary job: not one of the batch's lines.
-            return {"outcome": "not_a_batch_job"}
-        bucket = LINE_BUCKETS.get(status, "failed")
-        return self.count_line(tenant_id, batch_id, custom_id, bucket)
+        batch_id, count = line
+        if (batch_id, count.custom_id) in self._counted_together:
+            return {"outcome": "counted_together"}
+        return self.count_line(tenant_id, batch_id, count.custom_id, count.bucket)
+
+    def count_together(self, events: list[tuple[str, str, str, dict[str, str]]]) -> int:
+        """The terminal events of one invocation (tenant, job id, status, metadata), counted
+        together: one transaction per batch among them, rather than one per line. Each line then
+        finds itself counted (`run_job_event`) for the rest of the invocation (`forget_counted`
+        ends it). A failure here is logged and left to the line-by-line counts, which redo it
+        (a line this did count is then found counted before). Returns the lines counted now."""
+        groups: dict[tuple[str, str], dict[str, LineCount]] = {}
+        for tenant_id, job_id, status, metadata in events:
+            line = _line_of_event(tenant_id, job_id, status, metadata)
+            if line is not None:
+                # Copies of one event (SQS may deliver one twice in a batch): one item each.
+                groups.setdefault((tenant_id, line[0]), {})[line[1].custom_id] = line[1]
+        counted = 0
+        for (tenant_id, batch_id), lines in groups.items():
+            if len(lines) < 2:
+                continue  # one line: its own count is the same transaction
+            try:
+                result = self._count_many(tenant_id, batch_id, list(lines.values()))
+                if result.maybe_last or result.counted < len(lines):
+                    self._finish_if_done(tenant_id, batch_id)
+            except Exception:  # each line's own count retries it, with its retry policy
+                logger.warning("counting together failed", extra={"batch_id": batch_id}, exc_info=True)
+                continue
+            counted += result.counted
+            self._counted_together.update((batch_id, custom_id) for custom_id in lines)
+        return counted
+
+    def forget_counted(self) -> None:
+        self._counted_together.clear()
 
     def count_line(self, tenant_id: str, batch_id: str, custom_id: str, bucket: str) -> dict[str, Any]:
         """Count one line once (marker + count in one transaction, which also says whether it
-        was the batch's last line: no read), and finish the batch when it was."""
+        was the batch's last line: no read), and finish the batch when it was. A line counted
+        before looks too: the copy of the last line's event whose finishing failed must finish."""
         result = self._count_many(tenant_id, batch_id, [LineCount(custom_id, bucket)])
-        if result.maybe_last:
+        if result.maybe_last or not result.counted:
             outcome = self._finish_if_done(tenant_id, batch_id)
             if outcome is not None:
                 return {"outcome": outcome, "counted": result.counted == 1}
