@@ -138,7 +138,14 @@ def requests_of(call: Call, names: Names) -> list[Request]:
                 request("GetObject", f"arn:aws:s3:::{source_key}"),
                 request("PutObject", f"{bucket}/{params['Key']}"),
             ]
-        action = {"HeadObject": "GetObject"}.get(operation, operation)
+        # IAM authorizes a multipart upload's steps with s3:PutObject (AbortMultipartUpload and
+        # ListParts have actions of their own).
+        multipart = dict.fromkeys(
+            ("CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"), "PutObject"
+        )
+        action = {"HeadObject": "GetObject", "ListParts": "ListMultipartUploadParts", **multipart}.get(
+            operation, operation
+        )
         return [request(action, f"{bucket}/{params['Key']}")]
     if service == "events" and operation == "PutEvents":
         buses = {entry.get("EventBusName", "default") for entry in params["Entries"]}

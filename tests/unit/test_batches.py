@@ -695,3 +695,66 @@ def test_an_invocations_terminal_events_are_counted_in_one_transaction(
     assert ended["request_counts"] == {"total": 11, "completed": 11, "failed": 0, "cancelled": 0}
     output, errors = custom_ids_once(aws, created["id"])
     assert sorted(output, key=int) == [str(i) for i in range(11)] and errors == []
+
+
+def test_a_large_batch_writes_its_files_in_parts_one_invocation_each(
+    aws: AwsStack,
+    api: LoadedFunction,
+    infer: LoadedFunction,
+    model: FakeModel,  # noqa: F811
+) -> None:
+    """A batch of more than WRITE_SLICES slices (here 5 slices of 2 lines, 2 slices per part)
+    writes its files through the write chain: one part per command, the last joining them, in
+    input order, by a multipart upload when large (here: parts of at least 16 bytes, moto's
+    minimum lowered to match), then deleting the parts."""
+    import moto.s3.models
+
+    import baton.batches
+
+    aws.monkeypatch.setattr(baton.batches, "SLICE", 2)
+    aws.monkeypatch.setattr(baton.batches, "WRITE_SLICES", 2)
+    aws.monkeypatch.setattr(baton.batches, "JOIN_PART_BYTES", 16)
+    aws.monkeypatch.setattr(moto.s3.models, "S3_UPLOAD_PART_MIN_SIZE", 16)
+    batch = aws.load("BatchFunction")
+    requests = [line(str(i), "[poison]" if i == 6 else "Summarize: crates.") for i in range(9)]
+    _, created = call(api, batch_event(aws, "POST", body={"requests": requests}))
+    batch_id = created["id"]
+
+    def answer(settings: Any, **request: Any) -> Any:
+        if "[poison]" in request["messages"][0]["content"]:
+            raise ModelError("refused", retryable=False, type_="model_rejected_request")
+        return FakeModel()(settings, **request)
+
+    import baton.llm
+
+    aws.monkeypatch.setattr(baton.llm, "complete", answer)
+    writes: list[dict[str, Any]] = []
+    while True:
+        ran = False
+        for queue, function in (("BatchQueue", batch), ("InferQueue", infer)):
+            messages = aws.receive(queue)
+            writes += [
+                json.loads(m["Body"]) for m in messages if json.loads(m["Body"]).get("kind") == "write"
+            ]
+            if messages:
+                assert function(aws.sqs_event(queue, messages)) == {"batchItemFailures": []}
+                ran = True
+        if not ran:
+            break
+    assert [command["start"] for command in writes] == [0, 4, 8]
+
+    _, ended = call(api, batch_event(aws, "GET", batch_id=batch_id))
+    assert ended["status"] == "completed", ended
+    assert ended["request_counts"] == {"total": 9, "completed": 8, "failed": 1, "cancelled": 0}
+    output, errors = custom_ids_once(aws, batch_id)
+    assert output == ["0", "1", "2", "3", "4", "5", "7", "8"]
+    assert [entry["custom_id"] for entry in errors] == ["6"]
+    s3 = boto3.client("s3")
+    listed = s3.list_objects_v2(Bucket=aws.bucket, Prefix=f"batches/acme/{batch_id}/")
+    assert sorted(item["Key"].rsplit("/", 1)[1] for item in listed["Contents"]) == [
+        "errors.jsonl",
+        "input.jsonl",
+        "output.jsonl",
+    ]
+    head = s3.head_object(Bucket=aws.bucket, Key=f"batches/acme/{batch_id}/output.jsonl")
+    assert head["ETag"].strip('"').endswith("-3")  # joined by a multipart upload of three parts

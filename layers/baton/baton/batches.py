@@ -12,6 +12,9 @@ both handled by `BatchService.handle`:
     requests per line, where a job at a time took 4;
   - `cancel` (DELETE): cancel the lines' running jobs, count the lines that never started;
   - `fail`: count every line not counted yet (below);
+  - `write`: a batch of more than WRITE_SLICES slices writes its files in parts, WRITE_SLICES
+    slices (1,000 lines) per invocation, the last one joining them (no invocation holds 50,000
+    lines' results);
 - a terminal job event (EventBridge rule, jobs with metadata.batch_id): count the line.
 
 Counting is exactly once per line: a conditional put of a line marker (pk BATCH#<id>,
@@ -91,6 +94,10 @@ SLICE: Final = 100
 # One TransactWriteItems holds 100 items: lines' markers (and never-started lines' jobs) and
 # the batch's counts.
 MAX_TRANSACTION_ITEMS: Final = 100
+# A batch of more slices than this writes its files through the write chain, this many slices
+# (1,000 lines) per invocation; the last one joins the parts.
+WRITE_SLICES: Final = 10
+JOIN_PART_BYTES: Final = 8 * 1024 * 1024
 MAX_INLINE: Final = 1_000
 MAX_LINES: Final = 50_000
 BATCH_ID_PATTERN_PREFIX: Final = "batch_"
@@ -117,6 +124,11 @@ def batch_webhook_id(batch_id: str, status: str) -> str:
     return f"msg_{batch_id}_{status}"
 
 
+def _part_key(tenant_id: str, batch_id: str, name: str, number: int) -> str:
+    """A write chain's part of output.jsonl or errors.jsonl (deleted once joined)."""
+    return f"batches/{tenant_id}/{batch_id}/parts/{name}-{number:05d}.jsonl"
+
+
 def new_batch_id() -> str:
     # Time first, so the tenant's batches sort newest first under one partition.
     return f"batch_{now_ms():012x}{uuid.uuid4().hex[:20]}"
@@ -127,7 +139,7 @@ class SliceCommand(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["slice", "cancel", "fail"]
+    kind: Literal["slice", "cancel", "fail", "write"]
     tenant_id: str
     batch_id: str
     start: int = Field(ge=0)
@@ -522,6 +534,8 @@ class BatchService:
             return {"outcome": "past_end"}
         if command.kind == "slice":
             return self._fan_out(command, item, index, offsets)
+        if command.kind == "write":
+            return self._write(command, item, index, offsets)
         answer = self._settle(command, item, index, offsets, force=command.force)
         if index + 2 < len(offsets):
             self._send(command.model_copy(update={"start": command.start + SLICE, "force": False}))
@@ -859,22 +873,116 @@ class BatchService:
         return items
 
     def _finish_if_done(self, tenant_id: str, batch_id: str) -> str | None:
-        """Finish the batch if every line is counted: "batch_finished" (or "gone"), else None."""
+        """Finish the batch if every line is counted: "batch_finished", "batch_writing" (a batch
+        of more than WRITE_SLICES slices writes its files through the write chain), "gone", or
+        None (lines left)."""
         try:
             item = self._item(tenant_id, batch_id)
         except JobNotFoundError:
             return "gone"
         done = int(item["completed"]) + int(item["failed"]) + int(item["cancelled"])
-        if done >= int(item["total"]) and item["status"] not in TERMINAL:
+        if done < int(item["total"]) or item["status"] in TERMINAL:
+            return None
+        if len(json.loads(item["slice_offsets"])) - 1 <= WRITE_SLICES:
             self.finish(item, tenant_id)
             return "batch_finished"
-        return None
+        # Copies of this command (two last counts at once, a redelivery) write the same parts.
+        self._send(SliceCommand(kind="write", tenant_id=tenant_id, batch_id=batch_id, start=0))
+        return "batch_writing"
 
     def finish(self, item: dict[str, Any], tenant_id: str) -> None:
-        """Write output.jsonl / errors.jsonl (every input line once, in input order), end the
-        batch, announce it. Safe to run twice: the files come out the same, one status write wins."""
+        """Write output.jsonl / errors.jsonl (every input line once, in input order) in this
+        invocation, end the batch, announce it. Safe to run twice: the files come out the same,
+        one status write wins."""
         batch_id = str(item["batch_id"])
-        lines = self._all_lines(item)
+        output, errors = self._entries(tenant_id, item, self._all_lines(item))
+        output_key = self.blobs.batch_file_key(tenant_id, batch_id, "output")
+        errors_key = self.blobs.batch_file_key(tenant_id, batch_id, "errors")
+        self.blobs.write(output_key, output, content_type="application/x-ndjson")
+        self.blobs.write(errors_key, errors, content_type="application/x-ndjson")
+        self._end(item, tenant_id, output_key, errors_key)
+
+    def _write(
+        self, command: SliceCommand, item: dict[str, Any], index: int, offsets: list[int]
+    ) -> dict[str, Any]:
+        """The write chain (a batch of more than WRITE_SLICES slices, so no invocation holds
+        50,000 lines' results): this command's WRITE_SLICES slices' entries as two part objects,
+        then the next command; the last one joins the parts, in order, into output.jsonl and
+        errors.jsonl (a multipart upload when they are large), ends the batch and deletes them."""
+        tenant_id, batch_id = command.tenant_id, command.batch_id
+        if item["status"] in TERMINAL:
+            return {"outcome": "written_before"}
+        last = min(index + WRITE_SLICES, len(offsets) - 1)
+        output, errors = self._entries(
+            tenant_id, item, self._slice_lines(item, offsets[index], offsets[last])
+        )
+        group = index // WRITE_SLICES
+        self.blobs.write(
+            _part_key(tenant_id, batch_id, "output", group), output, content_type="application/x-ndjson"
+        )
+        self.blobs.write(
+            _part_key(tenant_id, batch_id, "errors", group), errors, content_type="application/x-ndjson"
+        )
+        if last < len(offsets) - 1:
+            self._send(command.model_copy(update={"start": last * SLICE}))
+            return {"outcome": "write", "part": group}
+        keys: dict[str, str] = {}
+        parts: list[str] = []
+        for name in ("output", "errors"):
+            keys[name] = self.blobs.batch_file_key(tenant_id, batch_id, name)
+            names = [_part_key(tenant_id, batch_id, name, number) for number in range(group + 1)]
+            self._join(keys[name], names)
+            parts.extend(names)
+        self._end(item, tenant_id, keys["output"], keys["errors"])
+        s3 = client("s3")
+        for start in range(0, len(parts), 1000):
+            s3.delete_objects(
+                Bucket=self.settings.bucket,
+                Delete={"Objects": [{"Key": key} for key in parts[start : start + 1000]], "Quiet": True},
+            )
+        return {"outcome": "batch_finished", "parts": group + 1}
+
+    def _join(self, key: str, parts: list[str]) -> None:
+        """Parts, in order, into one object: one PUT when small, else a multipart upload whose
+        parts are at least JOIN_PART_BYTES (S3's minimum is 5 MiB but for the last)."""
+        s3 = client("s3")
+        bucket = self.settings.bucket
+        buffer = bytearray()
+        upload_id: str | None = None
+        uploaded: list[dict[str, Any]] = []
+        for part in parts:
+            buffer += s3.get_object(Bucket=bucket, Key=part)["Body"].read()
+            if len(buffer) < JOIN_PART_BYTES:
+                continue
+            if upload_id is None:
+                upload_id = str(
+                    s3.create_multipart_upload(Bucket=bucket, Key=key, ContentType="application/x-ndjson")[
+                        "UploadId"
+                    ]
+                )
+            number = len(uploaded) + 1
+            answer = s3.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=bytes(buffer)
+            )
+            uploaded.append({"PartNumber": number, "ETag": answer["ETag"]})
+            buffer.clear()
+        if upload_id is None:
+            self.blobs.write(key, bytes(buffer), content_type="application/x-ndjson")
+            return
+        if buffer:
+            number = len(uploaded) + 1
+            answer = s3.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=bytes(buffer)
+            )
+            uploaded.append({"PartNumber": number, "ETag": answer["ETag"]})
+        s3.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": uploaded}
+        )
+
+    def _entries(self, tenant_id: str, item: dict[str, Any], lines: list[BatchLine]) -> tuple[bytes, bytes]:
+        """The output.jsonl and errors.jsonl entries of these lines (in their order), each line in
+        exactly one of them, decided by its job."""
+        batch_id = str(item["batch_id"])
         job_ids = [line_job_id(tenant_id, batch_id, line.custom_id) for line in lines]
         records = self._jobs(tenant_id, job_ids)
         output: list[bytes] = []
@@ -915,10 +1023,11 @@ class BatchService:
                 )
                 entry.update(status=status, error=error, usage=record.usage.model_dump())
             errors.append(json.dumps(entry).encode() + b"\n")
-        output_key = self.blobs.batch_file_key(tenant_id, batch_id, "output")
-        errors_key = self.blobs.batch_file_key(tenant_id, batch_id, "errors")
-        self.blobs.write(output_key, b"".join(output), content_type="application/x-ndjson")
-        self.blobs.write(errors_key, b"".join(errors), content_type="application/x-ndjson")
+        return b"".join(output), b"".join(errors)
+
+    def _end(self, item: dict[str, Any], tenant_id: str, output_key: str, errors_key: str) -> None:
+        """The batch's files are written: end it (one status write wins) and announce it."""
+        batch_id = str(item["batch_id"])
         if item["status"] == "cancelling":
             final = "cancelled"
         else:
@@ -1004,6 +1113,13 @@ class BatchService:
         starting (the wait ran out), and the chain goes on from there: the settling (and perhaps
         the batch's files) runs in the batch function, never in the dead-letter function's short
         timeout. Any other fails the batch."""
+        if command.kind == "write":
+            # The lines are all counted: only the files are missing. Tried again later.
+            logger.error(
+                "batch files cannot be written", extra={"batch_id": command.batch_id, "reason": reason}
+            )
+            self._send(command, delay_s=900)
+            return "batch_writing"
         if command.kind == "fail":
             if command.force:
                 # Even settling without waiting failed for good: not a slice still starting but
@@ -1021,7 +1137,9 @@ class BatchService:
         """A batch queue message that crashed its worker `attempts` times (the dead-letter
         function consumes the batch DLQ): the batch fails as if its step had failed for good."""
         if isinstance(message, SliceCommand):
-            what = {"slice": "slice", "cancel": "cancel slice", "fail": "fail slice"}[message.kind]
+            what = {"slice": "slice", "cancel": "cancel slice", "fail": "fail slice", "write": "write"}[
+                message.kind
+            ]
             reason = (
                 f"the {what} of lines from {message.start} failed {attempts} times (dead letter {archive_id})"
             )
