@@ -44,6 +44,18 @@ def drain(aws: AwsStack, batch: LoadedFunction, infer: LoadedFunction) -> None:
             return
 
 
+def refuse_poison(aws: AwsStack) -> None:
+    """The model refuses (permanently) a prompt containing [poison], answers the others."""
+    import baton.llm
+
+    def answer(settings: Any, **request: Any) -> Any:
+        if "[poison]" in request["messages"][0]["content"]:
+            raise ModelError("refused", retryable=False, type_="model_rejected_request")
+        return FakeModel()(settings, **request)
+
+    aws.monkeypatch.setattr(baton.llm, "complete", answer)
+
+
 def read_jsonl(aws: AwsStack, key: str) -> list[dict[str, Any]]:
     data = boto3.client("s3").get_object(Bucket=aws.bucket, Key=key)["Body"].read().decode()
     return [json.loads(raw) for raw in data.splitlines() if raw]
@@ -65,15 +77,7 @@ def test_a_batch_runs_every_line_as_a_job_and_accounts_for_each_once(
     assert created["status"] == "in_progress"
     assert created["request_counts"] == {"total": 3, "completed": 0, "failed": 0, "cancelled": 0}
     batch_id = created["id"]
-
-    def answer(settings: Any, **request: Any) -> Any:
-        if "[poison]" in request["messages"][0]["content"]:
-            raise ModelError("refused", retryable=False, type_="model_rejected_request")
-        return FakeModel()(settings, **request)
-
-    import baton.llm
-
-    aws.monkeypatch.setattr(baton.llm, "complete", answer)
+    refuse_poison(aws)
     drain(aws, batch, infer)
 
     status, finished = call(api, batch_event(aws, "GET", batch_id=batch_id))
@@ -719,15 +723,7 @@ def test_a_large_batch_writes_its_files_in_parts_one_invocation_each(
     requests = [line(str(i), "[poison]" if i == 6 else "Summarize: crates.") for i in range(9)]
     _, created = call(api, batch_event(aws, "POST", body={"requests": requests}))
     batch_id = created["id"]
-
-    def answer(settings: Any, **request: Any) -> Any:
-        if "[poison]" in request["messages"][0]["content"]:
-            raise ModelError("refused", retryable=False, type_="model_rejected_request")
-        return FakeModel()(settings, **request)
-
-    import baton.llm
-
-    aws.monkeypatch.setattr(baton.llm, "complete", answer)
+    refuse_poison(aws)
     writes: list[dict[str, Any]] = []
     while True:
         ran = False
