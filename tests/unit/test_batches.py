@@ -754,3 +754,27 @@ def test_a_large_batch_writes_its_files_in_parts_one_invocation_each(
     ]
     head = s3.head_object(Bucket=aws.bucket, Key=f"batches/acme/{batch_id}/output.jsonl")
     assert head["ETag"].strip('"').endswith("-3")  # joined by a multipart upload of three parts
+
+
+def test_counts_are_grouped_to_fit_one_transaction_each() -> None:
+    """A transaction holds 100 items: a marker per line, a never-started line's job too, and the
+    count. A slice of 100 never-started lines takes three transactions; 150 counted lines, two."""
+    from baton.batches import LineCount, _transaction_chunks
+    from baton.records import JobRecord
+
+    job = JobRecord(
+        job_id="j", tenant_id="t", model="m", created_ms=0, updated_ms=0, expires_at=0, deadline_ms=0
+    )
+    never = [LineCount(str(i), "failed", job) for i in range(100)]
+    assert [len(chunk) for chunk in _transaction_chunks(never)] == [49, 49, 2]
+    counted = [LineCount(str(i), "completed") for i in range(150)]
+    assert [len(chunk) for chunk in _transaction_chunks(counted)] == [99, 51]
+    mixed = [LineCount("a", "completed"), *never[:50]]
+    assert all(
+        1 + sum(2 if line.never_started else 1 for line in chunk) <= 100
+        for chunk in _transaction_chunks(mixed)
+    )
+    # Large requests: the 4 MB limit binds first (300 KB each: 9 lines per transaction).
+    large = job.model_copy(update={"request": {"input": {"prompt": "x" * 300_000}}})
+    heavy = [LineCount(str(i), "failed", large) for i in range(20)]
+    assert [len(chunk) for chunk in _transaction_chunks(heavy)] == [9, 9, 2]

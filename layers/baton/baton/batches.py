@@ -94,6 +94,9 @@ SLICE: Final = 100
 # One TransactWriteItems holds 100 items: lines' markers (and never-started lines' jobs) and
 # the batch's counts.
 MAX_TRANSACTION_ITEMS: Final = 100
+# ...and 4 MB at most: kept under 3 MB, counting each item's fixed attributes generously.
+MAX_TRANSACTION_BYTES: Final = 3_000_000
+ITEM_OVERHEAD_BYTES: Final = 2_000
 # A batch of more slices than this writes its files through the write chain, this many slices
 # (1,000 lines) per invocation; the last one joins the parts.
 WRITE_SLICES: Final = 10
@@ -179,17 +182,22 @@ class Counted:
 
 def _transaction_chunks(lines: list[LineCount]) -> list[list[LineCount]]:
     """Lines grouped so that each group's items (a marker each, a never-started line's job too,
-    and the count) fit one TransactWriteItems (100 items)."""
+    and the count) fit one TransactWriteItems: 100 items, and 4 MB (a never-started line's job
+    carries its request, up to 350 KB)."""
     chunks: list[list[LineCount]] = []
     chunk: list[LineCount] = []
-    size = 1  # the count
+    items, size = 1, ITEM_OVERHEAD_BYTES  # the count
     for line in lines:
-        needs = 2 if line.never_started is not None else 1
-        if size + needs > MAX_TRANSACTION_ITEMS:
+        needs = 1 + (line.never_started is not None)
+        weight = ITEM_OVERHEAD_BYTES * needs
+        if line.never_started is not None:
+            weight += len(json.dumps(line.never_started.request, separators=(",", ":")))
+        if chunk and (items + needs > MAX_TRANSACTION_ITEMS or size + weight > MAX_TRANSACTION_BYTES):
             chunks.append(chunk)
-            chunk, size = [], 1
+            chunk, items, size = [], 1, ITEM_OVERHEAD_BYTES
         chunk.append(line)
-        size += needs
+        items += needs
+        size += weight
     if chunk:
         chunks.append(chunk)
     return chunks
