@@ -52,6 +52,8 @@ LOCAL_SERVICE_DEFAULTS = {"POWERTOOLS_TRACE_DISABLED": "true"}
 # Environments of each function kept started and idle (after the first, in the background): the
 # second concurrent invocation of a function does not wait seconds for a cold start on a busy laptop.
 WARM_ENVIRONMENTS = 2
+# How long a stop waits for event sources and schedules to finish what they are doing, in all.
+STOP_JOIN_S = 3.0
 # Where a provider key given to `baton dev` as OPENAI_API_KEY is stored, as a deploy would.
 LOCAL_API_KEY_SECRET = "baton-local/openai-api-key"  # noqa: S105 - a secret's name
 LOCAL_PROVIDER_WEBHOOK_SECRET = "baton-local/provider-webhook-secret"  # noqa: S105 - a secret's name
@@ -163,15 +165,17 @@ class LocalRuntime:
     def stop(self) -> None:
         if self.api is not None:
             self.api.stop()
-        # Signal every poller first so their last long polls end together, then join.
+        # Signal every poller first, then join them all within one short deadline: a poller in
+        # a batch finishes it; one in a 20 s long poll is left to the process's exit.
         for source in self.sources:
             source.signal_stop()
         for schedule in self.schedules:
             schedule.signal_stop()
+        deadline = time.monotonic() + STOP_JOIN_S
         for source in self.sources:
-            source.stop(timeout=2.0)
+            source.stop(timeout=max(0.0, deadline - time.monotonic()))
         for schedule in self.schedules:
-            schedule.stop(timeout=2.0)
+            schedule.stop(timeout=max(0.0, deadline - time.monotonic()))
         for function in self.functions.values():
             function.close()
         if self.simulator is not None:
