@@ -18,10 +18,12 @@ both handled by `BatchService.handle`:
 - a terminal job event (EventBridge rule, jobs with metadata.batch_id): count the line.
 
 Counting is exactly once per line: a conditional put of a line marker (pk BATCH#<id>,
-sk LINE#<custom_id>) and the count's ADD go in one DynamoDB transaction (up to 99 lines in one),
+sk LINE#<custom_id>) and the count's ADD go in one DynamoDB transaction (up to 99 lines, 4 MB),
 so a redelivered event or a line both cancelled and finished counts once. The same ADD takes
 `remaining` down on condition that it stays above zero: a count that is not the batch's last
-needs no read to know it (only the last one reads the batch and finishes it). The invocation that
+needs no read to know it (only the last one reads the batch and finishes it). The terminal events
+one invocation receives are counted together first (`count_together`: one transaction per batch
+among them). The invocation that
 sees the counts reach the total writes output.jsonl and errors.jsonl (every line once: lines are
 read from the input, in order, and each one's job decides which file it goes to), ends the batch,
 publishes `Batch Completed` and hands the batch's webhook to the delivery machinery
