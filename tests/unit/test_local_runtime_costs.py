@@ -3,7 +3,8 @@
 Pollers long-poll for 20 s as Lambda's do (1 s polls were about 40 empty receives a second: a
 third of a core of moto on an idle stack), so a stop can cut a poll off: a message such a poll
 brings in after the stop is made visible again at once rather than hidden for its visibility
-timeout. moto's list of its own packages, read from disk to route every request, is read once.
+timeout. What moto recomputed for every request (the list of its packages, read from disk; a
+response class's method names, by reflection) is computed once, and its access lines are not logged.
 """
 
 from __future__ import annotations
@@ -82,22 +83,50 @@ def test_a_message_a_poll_brings_in_after_the_stop_is_visible_again_at_once(
 
 
 PROBE = r"""
-import json, os
-import baton_dev.runtime.moto_server  # noqa: F401  (the patch under test)
+import inspect, json, logging, os
+import boto3
+from moto import mock_aws
+import baton_dev.runtime.moto_server  # noqa: F401  (the patches under test)
 from moto import backends
+from moto.core import responses
+from moto.dynamodb.responses import DynamoHandler
+
 first = list(backends.list_of_moto_modules())
-def no_disk(*args, **kwargs):
-    raise AssertionError("listed moto's packages again")
-os.listdir = no_disk
+methods = list(responses.method_names_from_class(DynamoHandler))
+def not_again(*args, **kwargs):
+    raise AssertionError("computed again")
+listdir, getmembers = os.listdir, inspect.getmembers
+os.listdir = inspect.getmembers = not_again
 second = list(backends.list_of_moto_modules())
-print(json.dumps({"first": first, "second": second}))
+methods_again = list(responses.method_names_from_class(DynamoHandler))
+os.listdir, inspect.getmembers = listdir, getmembers
+with mock_aws():  # a request still finds its action
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    ddb.create_table(
+        TableName="t", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    ddb.put_item(TableName="t", Item={"pk": {"S": "a"}})
+    item = ddb.get_item(TableName="t", Key={"pk": {"S": "a"}})["Item"]
+werkzeug = logging.getLogger("werkzeug")
+print(json.dumps({
+    "first": first, "second": second, "methods": methods, "methods_again": methods_again,
+    "item": item,
+    "access_lines": werkzeug.isEnabledFor(logging.INFO), "errors": werkzeug.isEnabledFor(logging.ERROR),
+}))
 """
 
 
-def test_moto_lists_its_service_packages_once() -> None:
+def test_moto_computes_what_never_changes_once_and_logs_no_access_lines() -> None:
     out = subprocess.run(
         [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout
-    listed = json.loads(out.strip().splitlines()[-1])
-    assert {"dynamodb", "sqs", "s3", "events"} <= set(listed["first"])
-    assert listed["second"] == listed["first"]
+    probe = json.loads(out.strip().splitlines()[-1])
+    assert {"dynamodb", "sqs", "s3", "events"} <= set(probe["first"])
+    assert probe["second"] == probe["first"]
+    assert {"get_item", "put_item", "transact_write_items"} <= set(probe["methods"])
+    assert probe["methods_again"] == probe["methods"]
+    assert probe["item"] == {"pk": {"S": "a"}}
+    assert probe["access_lines"] is False
+    assert probe["errors"] is True
