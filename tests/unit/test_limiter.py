@@ -8,10 +8,11 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
+from baton.clock import now_ms
 from baton.limiter import (
     BOOK_AHEAD_S,
     MAX_WAIT_IN_FUNCTION_S,
@@ -28,6 +29,7 @@ from baton.limiter import (
     provider_key,
     queue_key,
 )
+from baton.model_calls import ModelCalls
 from baton_dev.simulator import SlidingWindowLimiter
 
 if TYPE_CHECKING:
@@ -184,12 +186,26 @@ def test_abandoned_call_gives_its_tokens_back(aws: AwsStack) -> None:
     assert admit(lim, now=before, tokens=10, job="b").slot_ms == pytest.approx(before, abs=1)
 
 
-def blocked_until(lim: ProviderLimiter, deferred: Deferred, *, job: str) -> int:
-    """Where a command deferred by a block is admitted: when it comes back, keeping its turn."""
+def admitted_when_back(lim: ProviderLimiter, *, now: int, turn: int, job: str) -> Ticket:
+    """A command back at `now` with its turn, as the infer function admits it: waiting in the
+    function while told to (WaitInFunction), then booking its send slot."""
+    for _ in range(10):
+        try:
+            return admit(lim, now=now, held_slot_ms=turn, job=job)
+        except WaitInFunction as near:
+            assert now < near.until_ms <= now + MAX_WAIT_IN_FUNCTION_S * 1000
+            now = near.until_ms
+    raise AssertionError("told to wait again and again")
+
+
+def blocked_until(lim: ProviderLimiter, deferred: Deferred, *, job: str, at: int, block_ms: int) -> int:
+    """Where a command deferred at `at` by a block ending at `block_ms` is admitted: back before
+    the block ends (never after it), keeping its turn, then sent at the block's end."""
     turn = deferred.slot_ms
-    assert turn is not None  # back to a send slot, not to the end of its queue
-    assert deferred.delay_seconds <= deferred.delay_s <= (turn - T0) / 1000
-    return admit(lim, now=turn, held_slot_ms=turn, job=job).slot_ms
+    assert turn is not None  # back to its turn, not to the end of its queue
+    back = at + deferred.delay_seconds * 1000
+    assert back <= block_ms
+    return admitted_when_back(lim, now=back, turn=turn, job=job).slot_ms
 
 
 def test_a_429_blocks_every_caller_until_its_retry_after(aws: AwsStack) -> None:
@@ -200,7 +216,7 @@ def test_a_429_blocks_every_caller_until_its_retry_after(aws: AwsStack) -> None:
     assert refused.delay_s == 7.0 - RETURN_LEAD_S and refused.slot_ms == T0 + 7_100
     with pytest.raises(Deferred) as deferred:
         admit(lim, now=T0 + 200, job="b")
-    assert blocked_until(lim, deferred.value, job="b") == T0 + 7_100
+    assert blocked_until(lim, deferred.value, job="b", at=T0 + 200, block_ms=T0 + 7_100) == T0 + 7_100
 
 
 def test_a_429s_block_is_its_retry_after_not_a_whole_second(aws: AwsStack) -> None:
@@ -228,6 +244,29 @@ def test_no_remaining_requests_counts_the_reset_from_when_the_call_was_sent(aws:
     assert admit(lim, now=T0 + 400, job="b").slot_ms == pytest.approx(T0 + interval, abs=1)
 
 
+def test_a_call_sent_after_its_slot_moves_the_pace_by_its_lateness(aws: AwsStack) -> None:
+    """The provider counts a call when it arrives: one sent 300 ms after its slot (its process
+    woke late) moves the calls booked after it by as much (less the pace's margin), or one of them
+    would arrive a window after it an interval early: a 429 with the pace full. On time (within
+    the margin), nothing moves."""
+    lim = limiter(aws, rpm=120)
+    interval = 60_000 / (120 * PACE_FRACTION)
+    margin = math.floor((1 - PACE_FRACTION) * interval)
+    on_time = admit(lim, now=T0, job="a")
+    lim.settle(on_time, used_tokens=None, headers=RateLimitHeaders(), now_ms=T0 + 200, sent_ms=T0 + margin)
+    assert lim.state(PROVIDER)["request_tat"] == pytest.approx(T0 + interval, abs=1)
+    late = admit(lim, now=T0 + 100, job="b")
+    assert late.slot_ms == pytest.approx(T0 + interval, abs=1)
+    lim.settle(
+        late,
+        used_tokens=None,
+        headers=RateLimitHeaders(),
+        now_ms=late.slot_ms + 500,
+        sent_ms=late.slot_ms + 300,
+    )
+    assert lim.state(PROVIDER)["request_tat"] == pytest.approx(T0 + 2 * interval + 300 - margin, abs=2)
+
+
 def test_no_remaining_requests_blocks_until_the_reset(aws: AwsStack) -> None:
     lim = limiter(aws, rpm=6000)
     ticket = admit(lim, now=T0, job="a")
@@ -235,7 +274,7 @@ def test_no_remaining_requests_blocks_until_the_reset(aws: AwsStack) -> None:
     lim.settle(ticket, used_tokens=10, headers=headers, now_ms=T0)
     with pytest.raises(Deferred) as deferred:
         admit(lim, now=T0 + 10, job="b")
-    assert blocked_until(lim, deferred.value, job="b") == T0 + 20_000
+    assert blocked_until(lim, deferred.value, job="b", at=T0 + 10, block_ms=T0 + 20_000) == T0 + 20_000
 
 
 def queue_turns(lim: ProviderLimiter, count: int, *, now: int, tenant: str = "acme") -> list[int]:
@@ -296,14 +335,14 @@ def test_turns_that_come_back_together_are_still_sent_one_interval_apart(aws: Aw
     assert slots == [pytest.approx(now + i * interval, abs=i + 1) for i in range(in_function)]
     with pytest.raises(Deferred) as deferred:
         admit(lim, now=now, held_slot_ms=T0, job="late")  # its slot would be > 4 s away
+    next_free = now + in_function * interval
     turn = deferred.value.slot_ms
-    assert turn is not None
-    assert turn == pytest.approx(now + in_function * interval, abs=in_function + 1)
-    assert deferred.value.delay_s == pytest.approx((turn - now) / 1000 - RETURN_LEAD_S)
+    assert turn is not None and turn == pytest.approx(next_free, abs=in_function + 1)  # its new turn
+    # Back before it (spread over what a function may wait: not all at once), then sent at it.
     back = now + deferred.value.delay_seconds * 1000
-    with pytest.raises(WaitInFunction) as near:  # back early: it waits for its turn in the function
-        admit(lim, now=back, held_slot_ms=turn, job="late")
-    assert admit(lim, now=near.value.until_ms, held_slot_ms=turn, job="late").slot_ms == turn
+    assert next_free - (RETURN_LEAD_S + 1) * 1000 <= back <= next_free - BOOK_AHEAD_S * 1000
+    slot = admitted_when_back(lim, now=back, turn=turn, job="late").slot_ms
+    assert slot == pytest.approx(next_free, abs=in_function + 1)
 
 
 def test_tokens_are_booked_at_what_answers_use_bounded_by_max_tokens(aws: AwsStack) -> None:
@@ -465,11 +504,11 @@ def test_a_command_waiting_for_its_turn_holds_no_lease(aws: AwsStack) -> None:
     backlog never fills its cap with waiting calls); the one sent holds one until it expires."""
     lim = limiter(aws, rpm=60, tenant_cap=5)
     admit(lim, now=T0, tenant="t", job="a")
-    for job in "bcd":  # turns 1, 2 and 3 s away: they wait in the function
+    for job in "bcde":  # turns 1 to 4 s away: they wait in the function
         with pytest.raises(WaitInFunction):
             admit(lim, now=T0, tenant="t", job=job)
     with pytest.raises(Deferred) as deferred:  # beyond MAX_WAIT_IN_FUNCTION_S: a delayed message
-        admit(lim, now=T0, tenant="t", job="e")
+        admit(lim, now=T0, tenant="t", job="f")
     assert deferred.value.slot_ms is not None
     leases = lim.leases("t")
     assert list(leases) == ["a"]
@@ -667,3 +706,32 @@ def test_another_tenants_first_call_is_sent_within_one_slot_of_the_backlogs_hori
     sent_b = [slot for slot, tenant, _ in run.sends if tenant == "b"]
     assert sent_b and sent_b[0] - arrival <= BOOK_AHEAD_S * 1000 + interval + 1
     assert run.refused == 0 and len(run.sends) == 41
+
+
+class SettleRecorder:
+    """Stands in for the limiter behind ModelCalls.metered: records what settles a ticket."""
+
+    def __init__(self) -> None:
+        self.settled: list[dict[str, Any]] = []
+
+    def settle(self, ticket: Ticket, **details: Any) -> None:
+        self.settled.append({"ticket": ticket, **details})
+
+
+def test_a_metered_call_is_sent_at_its_slot_and_settles_with_when_it_was_sent() -> None:
+    """The wait for the slot is the last thing before the call (the step's own writes, such as
+    marking the step started, happen during it, not after the slot): the call leaves no earlier
+    than its slot, and the limiter learns when it left."""
+    recorder = SettleRecorder()
+    calls = ModelCalls(settings=cast(Any, None), store=cast(Any, None), limiter=cast(Any, recorder))
+    slot = now_ms() + 30
+    sent: list[int] = []
+
+    def call() -> str:
+        sent.append(now_ms())
+        return "answer"
+
+    answer = calls.metered(Ticket(PROVIDER, slot, 1, Limits(120, 0)), call, settle=lambda _: (None, {}))
+    assert answer == "answer" and sent[0] >= slot
+    [settled] = recorder.settled
+    assert slot <= settled["sent_ms"] <= sent[0]

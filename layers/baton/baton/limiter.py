@@ -62,7 +62,7 @@ PACE_FRACTION = 0.97
 # How long a call may wait in its function for its send slot. Far cheaper than a deferral: an SQS
 # round trip is whole seconds, and seconds more on a busy stack (measured: a 1 s deferral came back
 # 13-19 s later in a burst of 600), and a call not there at its slot loses that slot for good.
-MAX_WAIT_IN_FUNCTION_S = 4.0
+MAX_WAIT_IN_FUNCTION_S = 4.5
 # A call waiting for its turn in a delayed message asks to come back this long before it (and up
 # to a second more: delays are whole seconds): the time from the message's due time to the limiter
 # (a poll, an invocation, the step's first reads). So a few calls wait, ready, at the pace.
@@ -109,13 +109,13 @@ class Limits:
 
 class WaitInFunction(Exception):
     """Not yet: the call's turn (`turn_ms`, booked) is near, at most MAX_WAIT_IN_FUNCTION_S away;
-    wait in the function until `until_ms` and ask again with that turn (cheaper than a deferral,
-    and ready at its turn)."""
+    wait in the function until `until_ms` (BOOK_AHEAD_S before it) and ask again with that turn
+    (cheaper than a deferral, and ready at its turn)."""
 
-    def __init__(self, turn_ms: int) -> None:
-        super().__init__(turn_ms)
+    def __init__(self, turn_ms: int, until_ms: int) -> None:
+        super().__init__(turn_ms, until_ms)
         self.turn_ms = turn_ms
-        self.until_ms = turn_ms - math.floor(BOOK_AHEAD_S * 1000)
+        self.until_ms = until_ms
 
 
 class _Busy(Exception):
@@ -290,7 +290,7 @@ class ProviderLimiter:
                     slot_ms=turn_ms,
                 )
             if turn_ms - now_ms > BOOK_AHEAD_S * 1000:
-                raise WaitInFunction(turn_ms)
+                raise WaitInFunction(turn_ms, turn_ms - math.floor(BOOK_AHEAD_S * 1000))
         lease_tenant = None
         if self.tenant_max_in_flight > 0:
             # The call is sent within MAX_WAIT_IN_FUNCTION_S and takes lease_ms at most.
@@ -399,11 +399,14 @@ class ProviderLimiter:
                     self._update(provider, sets={}, adds={"request_tat": -math.ceil(request_cost)})
                     raise
         except _Busy as busy:
-            # Back RETURN_LEAD_S before the pace frees, its turn there: it is sent then (or waits in
-            # the function for the calls booked before it), not queued again.
+            # Its turn is now when the pace frees: back about RETURN_LEAD_S before it (then sent,
+            # or waiting in the function for the calls booked before it), not queued again. The
+            # return is spread over the wait a function allows: the calls deferred with it do not
+            # all come back at once.
+            spread_s = random.uniform(0, MAX_WAIT_IN_FUNCTION_S - BOOK_AHEAD_S - 1)
             raise Deferred(
                 "waiting for a send slot at the provider",
-                delay_s=(busy.next_free_ms - now_ms) / 1000 - RETURN_LEAD_S,
+                delay_s=(busy.next_free_ms - now_ms) / 1000 - RETURN_LEAD_S + spread_s,
                 slot_ms=busy.next_free_ms,
             ) from None
         return slot
@@ -588,6 +591,9 @@ class ProviderLimiter:
                     adds["token_tat"] = math.floor((owed - ticket.tokens) * token_interval)
                 if ticket.prompt_tokens:
                     sets.update(self._answer_tokens(ticket, used_tokens, now_ms))
+            late_ms = self._sent_late_ms(ticket, sent_ms)
+            if late_ms:
+                adds["request_tat"] = late_ms
             if sets or adds:
                 self._update(ticket.provider, sets=sets, adds=adds)
             if token_interval and headers.remaining_tokens is not None and ticket.ceiling:
@@ -597,6 +603,17 @@ class ProviderLimiter:
                 self._block(ticket.provider, block)
         finally:
             self.release(ticket)
+
+    @staticmethod
+    def _sent_late_ms(ticket: Ticket, sent_ms: int | None) -> int:
+        """How far a call sent after its slot (a busy process woke late) moves the request pace:
+        the provider counts a call when it arrives, so the calls a window later must leave that
+        much later too, or one arrives an interval early (a 429 with a full pace). Its margin under
+        the limit (the slack of a booking) absorbs a little."""
+        interval = _interval_ms(ticket.limits.requests_per_minute)
+        if sent_ms is None or ticket.probe or not interval:
+            return 0
+        return max(0, sent_ms - ticket.slot_ms - math.floor((1 - PACE_FRACTION) * interval))
 
     def _answer_tokens(self, ticket: Ticket, used_tokens: int, now_ms: int) -> dict[str, Any]:
         """The moving average of what answers use (the usage beyond the prompt's estimate), from

@@ -63,7 +63,9 @@ class ModelCalls:
         lease_id: str | None = None,
     ) -> Ticket | None:
         """Wait for the provider's capacity (RPM/TPM, the tenant's calls in flight), or raise
-        Deferred. `lease_id`: the call's own id (a long document's chunks run concurrently)."""
+        Deferred: a ticket for a send slot (at most MAX_WAIT_IN_FUNCTION_S away; `metered` waits
+        for it, so the step's own writes before the call take that time, not the slot's).
+        `lease_id`: the call's own id (a long document's chunks run concurrently)."""
         if self.limiter is None:
             return None
         turn_ms = command.not_before_ms
@@ -84,10 +86,6 @@ class ModelCalls:
                 # Its turn is booked (in the tenant's queue): it books the send slot once near it.
                 turn_ms = near.turn_ms
                 time.sleep(max(0, near.until_ms - now_ms()) / 1000)
-        wait_ms = ticket.slot_ms - now_ms()
-        if wait_ms > 0:
-            # MAX_WAIT_IN_FUNCTION_S (+ one slot for another tenant) at most: cheaper than a deferral.
-            time.sleep(wait_ms / 1000)
         return ticket
 
     def complete(
@@ -137,8 +135,14 @@ class ModelCalls:
         *,
         settle: Callable[[T], tuple[int | None, dict[str, str]]],
     ) -> T:
-        """A provider call under the limiter's ticket: a 429 defers the command (not an attempt),
-        another failure gives the slot back, success settles it with (used tokens, headers)."""
+        """A provider call under the limiter's ticket, sent at its slot: a 429 defers the command
+        (not an attempt), another failure gives the slot back, success settles it with (used
+        tokens, headers)."""
+        if ticket is not None:
+            wait_ms = ticket.slot_ms - now_ms()
+            if wait_ms > 0:
+                # MAX_WAIT_IN_FUNCTION_S (+ one slot for another tenant) at most: cheaper than a deferral.
+                time.sleep(wait_ms / 1000)
         sent_ms = now_ms()
         try:
             result = call()
