@@ -244,29 +244,6 @@ def test_no_remaining_requests_counts_the_reset_from_when_the_call_was_sent(aws:
     assert admit(lim, now=T0 + 400, job="b").slot_ms == pytest.approx(T0 + interval, abs=1)
 
 
-def test_a_call_sent_after_its_slot_moves_the_pace_by_its_lateness(aws: AwsStack) -> None:
-    """The provider counts a call when it arrives: one sent 300 ms after its slot (its process
-    woke late) moves the calls booked after it by as much (less the pace's margin), or one of them
-    would arrive a window after it an interval early: a 429 with the pace full. On time (within
-    the margin), nothing moves."""
-    lim = limiter(aws, rpm=120)
-    interval = 60_000 / (120 * PACE_FRACTION)
-    margin = math.floor((1 - PACE_FRACTION) * interval)
-    on_time = admit(lim, now=T0, job="a")
-    lim.settle(on_time, used_tokens=None, headers=RateLimitHeaders(), now_ms=T0 + 200, sent_ms=T0 + margin)
-    assert lim.state(PROVIDER)["request_tat"] == pytest.approx(T0 + interval, abs=1)
-    late = admit(lim, now=T0 + 100, job="b")
-    assert late.slot_ms == pytest.approx(T0 + interval, abs=1)
-    lim.settle(
-        late,
-        used_tokens=None,
-        headers=RateLimitHeaders(),
-        now_ms=late.slot_ms + 500,
-        sent_ms=late.slot_ms + 300,
-    )
-    assert lim.state(PROVIDER)["request_tat"] == pytest.approx(T0 + 2 * interval + 300 - margin, abs=2)
-
-
 def test_no_remaining_requests_blocks_until_the_reset(aws: AwsStack) -> None:
     lim = limiter(aws, rpm=6000)
     ticket = admit(lim, now=T0, job="a")

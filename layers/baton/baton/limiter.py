@@ -591,9 +591,6 @@ class ProviderLimiter:
                     adds["token_tat"] = math.floor((owed - ticket.tokens) * token_interval)
                 if ticket.prompt_tokens:
                     sets.update(self._answer_tokens(ticket, used_tokens, now_ms))
-            late_ms = self._sent_late_ms(ticket, sent_ms)
-            if late_ms:
-                adds["request_tat"] = late_ms
             if sets or adds:
                 self._update(ticket.provider, sets=sets, adds=adds)
             if token_interval and headers.remaining_tokens is not None and ticket.ceiling:
@@ -603,17 +600,6 @@ class ProviderLimiter:
                 self._block(ticket.provider, block)
         finally:
             self.release(ticket)
-
-    @staticmethod
-    def _sent_late_ms(ticket: Ticket, sent_ms: int | None) -> int:
-        """How far a call sent after its slot (a busy process woke late) moves the request pace:
-        the provider counts a call when it arrives, so the calls a window later must leave that
-        much later too, or one arrives an interval early (a 429 with a full pace). Its margin under
-        the limit (the slack of a booking) absorbs a little."""
-        interval = _interval_ms(ticket.limits.requests_per_minute)
-        if sent_ms is None or ticket.probe or not interval:
-            return 0
-        return max(0, sent_ms - ticket.slot_ms - math.floor((1 - PACE_FRACTION) * interval))
 
     def _answer_tokens(self, ticket: Ticket, used_tokens: int, now_ms: int) -> dict[str, Any]:
         """The moving average of what answers use (the usage beyond the prompt's estimate), from
