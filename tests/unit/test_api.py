@@ -111,6 +111,42 @@ def test_post_accepts_a_job(aws: AwsStack, api: LoadedFunction, bus_events: Even
     assert aws.queued("NotifyQueue") == 0
 
 
+def test_accepting_a_job_makes_one_write_one_command_and_one_event(
+    aws: AwsStack, api: LoadedFunction
+) -> None:
+    """The job's conditional put is its only write: no second update marks the hand-off."""
+    from collections import Counter
+
+    from tests.unit.conftest import recorded_calls
+
+    with recorded_calls() as calls:
+        assert post(aws, api)["statusCode"] == 202
+    made = Counter(f"{c.service}:{c.operation}" for c in calls if c.function == "ApiFunction")
+    assert made == Counter({"dynamodb:PutItem": 1, "events:PutEvents": 1, "sqs:SendMessage": 1})
+
+
+def test_a_retry_after_a_failed_hand_off_hands_the_pending_job_off(
+    aws: AwsStack, api: LoadedFunction, bus_events: EventTap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt stored the job and failed before its command was queued (no mark says
+    on an API job): the client's retry with the same Idempotency-Key queues it, once."""
+    start = baton.intake.JobIntake._start
+
+    def fails_after_the_write(self: Any, record: JobRecord, **options: Any) -> None:
+        raise RuntimeError("the hand-off failed")
+
+    monkeypatch.setattr(baton.intake.JobIntake, "_start", fails_after_the_write)
+    assert api(aws.api_event(CREATE))["statusCode"] >= 500
+    assert len(jobs_in_table(aws)) == 1 and aws.queued("InferQueue") == 0
+
+    monkeypatch.setattr(baton.intake.JobIntake, "_start", start)
+    retried = api(aws.api_event(CREATE))
+    assert retried["statusCode"] == 202, retried["body"]
+    messages = aws.receive("InferQueue")
+    assert [StageCommand.model_validate_json(m["Body"]).job_id for m in messages] == [body_of(retried)["id"]]
+    assert [event["detail-type"] for event in bus_events.drain()] == ["Job Accepted"]
+
+
 def test_post_with_webhook_keeps_credentials_out_of_the_request(aws: AwsStack, api: LoadedFunction) -> None:
     webhook = {"url": "https://hooks.example.com/baton", "auth": {"type": "bearer", "token": "s3cret"}}
     response = post(aws, api, {"input": {"prompt": "hi"}, "webhook": webhook})
@@ -391,10 +427,10 @@ def test_idempotency_key_still_in_flight_is_409(
     concurrent: list[dict[str, Any]] = []
     start = baton.intake.JobIntake._start
 
-    def slow_start(service: baton.intake.JobIntake, record: JobRecord) -> None:
+    def slow_start(service: baton.intake.JobIntake, record: JobRecord, **options: Any) -> None:
         if not concurrent:
             concurrent.append(other_instance(aws.api_event(CREATE)))
-        start(service, record)
+        start(service, record, **options)
 
     monkeypatch.setattr(baton.intake.JobIntake, "_start", slow_start)
     first = api(aws.api_event(CREATE))

@@ -131,7 +131,7 @@ class JobIntake:
             # The uploader polls this job id: it must end, failed, naming the bad metadata.
             return self._reject_upload(tenant_id, job_id, key, error)
         record = self.new_record(tenant_id, job_id=job_id, request=request, document_key=key, source="upload")
-        return self.store_and_start(record)
+        return self.store_and_start(record, replays_expected=True)
 
     def _reject_upload(self, tenant_id: str, job_id: str, key: str, error: ValidationError) -> JobRecord:
         first = error.errors()[0]
@@ -324,19 +324,23 @@ class JobIntake:
             raise InvalidRequestError(f"{field}: no such document", field=field)
         return key
 
-    def store_and_start(self, record: JobRecord) -> JobRecord:
+    def store_and_start(self, record: JobRecord, *, replays_expected: bool = False) -> JobRecord:
         """Create the job and hand it to its first stage. A retry whose job already exists (the
-        hand-off failed after the write) hands it off again while it is still pending: the stage's
-        idempotency absorbs a duplicate command, and lifecycle events are at-least-once anyway."""
+        hand-off may have failed after the write) hands it off again while it is still pending:
+        the stage's idempotency absorbs a duplicate command, and lifecycle events are at-least-once
+        anyway. Where the same submission is expected again after a success (an S3 event delivered
+        twice), the hand-off is marked on the job and a replay finds it done. Elsewhere it is not:
+        the mark cost every job a write, for a retry that comes only after a failure (a replayed
+        Idempotency-Key is answered from its idempotency record without coming here)."""
         if self.store.create(record):
-            self._start(record)
+            self._start(record, mark=replays_expected)
             return record
         existing = self.store.get(record.tenant_id, record.job_id)
         if existing.status is JobStatus.PENDING and not existing.handed_off:
             logger.info(
                 "job exists but may not have started; handing it off again", extra={"job_id": record.job_id}
             )
-            self._start(existing)
+            self._start(existing, mark=replays_expected)
         return existing
 
     def store_and_start_many(self, records: list[JobRecord]) -> list[JobRecord]:
@@ -364,11 +368,12 @@ class JobIntake:
         logger.info("jobs accepted", extra={"jobs": len(to_start), "source": to_start[0].source})
         return to_start
 
-    def _start(self, record: JobRecord) -> None:
+    def _start(self, record: JobRecord, *, mark: bool) -> None:
         self.events.publish(EventType.ACCEPTED, record)
         metrics.add_metric(name="JobsAccepted", unit=MetricUnit.Count, value=1)
         self.queues.schedule(record, Step.EXTRACT if record.document_key else Step.INFER)
-        self.store.mark_handed_off(record)
+        if mark:
+            self.store.mark_handed_off(record)
         logger.info(
             "job accepted",
             extra={"job_id": record.job_id, "tenant_id": record.tenant_id, "source": record.source},

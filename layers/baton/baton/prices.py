@@ -148,8 +148,9 @@ STAGE_MEMORY_MB = 512
 def aws_cost(path: JobPath, prices: Prices = PRICES) -> float:
     """List price in USD of the AWS requests a job of this path makes."""
     steps = int(path.has_document) + path.infer_hops + path.tool_hops + int(path.has_webhook)
-    # Submission: API Gateway + the API function, the job's two writes, Job Accepted.
-    total = prices.apigw_rest_per_request + 2 * prices.dynamodb_per_wru + prices.eventbridge_per_event
+    # Submission: API Gateway + the API function, the job's write, Job Accepted (an upload's job
+    # also marks its hand-off, for its S3 event's replays: one write more, not counted here).
+    total = prices.apigw_rest_per_request + prices.dynamodb_per_wru + prices.eventbridge_per_event
     total += lambda_cost(1 + steps, path.stage_ms, STAGE_MEMORY_MB, prices)
     total += steps * (
         SQS_PER_STEP * prices.sqs_per_request

@@ -116,7 +116,8 @@ class JobRecord(BaseModel):
     result: JobResult | None = None
     error: JobError | None = None
     idempotency_key: str | None = None
-    # Set once the first stage command is queued; a retried submission re-queues only without it.
+    # Set once the first stage command is queued, for uploads only (an S3 event can be delivered
+    # more than once): a replay re-queues only without it.
     handed_off: bool = False
     provider_call: ProviderCall | None = None
     # The step (version:depth) whose response id is stored: the attach write is conditioned on it.
