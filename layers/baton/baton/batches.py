@@ -800,32 +800,33 @@ class BatchService:
         count = items[-1]["Update"]
         count["ConditionExpression"] = "remaining > :lines"
         count["ExpressionAttributeValues"][":lines"] = {"N": str(len(lines))}
+        reasons = self._transact_count(batch_id, lines, items)
+        if reasons is None:
+            return Counted(len(lines), False)
+        if not reasons or any(code != "None" for code in reasons[:-1]):
+            return None  # a marker or a never-started job was there first
+        # Only the count's condition failed: these are the batch's last lines (or a batch from
+        # before `remaining`, or one that is gone: the plain condition below tells).
+        if self._transact_count(batch_id, lines, self._count_items(tenant_id, batch_id, lines)) is not None:
+            return None
+        return Counted(len(lines), True)
+
+    def _transact_count(
+        self, batch_id: str, lines: list[LineCount], items: list[dict[str, Any]]
+    ) -> list[str] | None:
+        """Run a count's transaction: None when it committed, else why DynamoDB cancelled it (a
+        code per item, "None" for the items that passed). A concurrent write on the batch item
+        (TransactionConflict) wrote nothing: CountConflict, so the message is retried."""
         try:
             self._ddb.transact_write_items(TransactItems=items)
-            return Counted(len(lines), False)
+            return None
         except ClientError as error:
             if error.response["Error"]["Code"] != "TransactionCanceledException":
                 raise
             reasons = [reason.get("Code", "None") for reason in error.response.get("CancellationReasons", [])]
         if "TransactionConflict" in reasons:
             raise CountConflict(f"counting {len(lines)} line(s) of batch {batch_id} met a concurrent write")
-        if not reasons or any(code != "None" for code in reasons[:-1]):
-            return None  # a marker or a never-started job was there first
-        # Only the count's condition failed: these are the batch's last lines (or a batch from
-        # before `remaining`, or one that is gone: the plain condition below tells).
-        items = self._count_items(tenant_id, batch_id, lines)
-        try:
-            self._ddb.transact_write_items(TransactItems=items)
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "TransactionCanceledException":
-                raise
-            reasons = [reason.get("Code", "None") for reason in error.response.get("CancellationReasons", [])]
-            if "TransactionConflict" in reasons:
-                raise CountConflict(
-                    f"counting {len(lines)} line(s) of batch {batch_id} met a concurrent write"
-                ) from None
-            return None
-        return Counted(len(lines), True)
+        return reasons
 
     def _count_items(self, tenant_id: str, batch_id: str, lines: list[LineCount]) -> list[dict[str, Any]]:
         """The transaction's items: each line's marker (and a never-started line's ended job),
