@@ -51,7 +51,7 @@ from baton.intake import keyed_job_id
 from baton.models import StageCommand, Step
 from baton_dev.client import TERMINAL_STATUSES as TERMINAL
 from baton_dev.launcher import CONFIGURING_PREFIXES, LaunchedStack, StackConfig, StackStartError
-from baton_dev.runtime.local import PROVIDER_WEBHOOK_PATH, free_port, wait_for_port
+from baton_dev.runtime.local import PROVIDER_WEBHOOK_PATH, free_port, moto_server_command, wait_for_port
 from baton_dev.webhook_receiver import WebhookEvent
 
 from .attribution import (
@@ -295,7 +295,10 @@ class ChaosStack:
         base = {key: value for key, value in os.environ.items() if not key.startswith(CONFIGURING_PREFIXES)}
         self.moto = ManagedProcess(
             "moto",
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.moto_port)],
+            # baton dev's own launcher: plain moto deep-copies every table on each transaction
+            # (a 10,000-job run grew it by ~4 MB per job) and answers 500 when a table changes
+            # during the copy.
+            moto_server_command(self.moto_port),
             env=base,
             log_path=workdir / "moto.log",
         )

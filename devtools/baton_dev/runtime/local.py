@@ -111,6 +111,13 @@ class RuntimeOptions:
     service_environment: dict[str, str] = field(default_factory=dict)
 
 
+def moto_server_command(port: int) -> list[str]:
+    """The one way to start the local AWS endpoint (`baton dev`, the chaos suite): moto's server
+    with the fixes in baton_dev.runtime.moto_server (a transaction backs up the items it touches,
+    not whole tables; per-request reflection computed once; no access log)."""
+    return [sys.executable, "-m", "baton_dev.runtime.moto_server", "-H", "127.0.0.1", "-p", str(port)]
+
+
 class LocalRuntime:
     def __init__(self, options: RuntimeOptions) -> None:
         self.options = options
@@ -208,7 +215,7 @@ class LocalRuntime:
         port = free_port()
         log = (self.options.state_dir / "moto.log").open("wb")
         self._moto = subprocess.Popen(
-            [sys.executable, "-m", "baton_dev.runtime.moto_server", "-H", "127.0.0.1", "-p", str(port)],
+            moto_server_command(port),
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
