@@ -8,6 +8,7 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
@@ -17,6 +18,8 @@ from baton.limiter import (
     BOOK_AHEAD_S,
     MAX_WAIT_IN_FUNCTION_S,
     PACE_FRACTION,
+    PROBE_POLL_MS,
+    PROBE_WAIT_IN_FUNCTION_S,
     RETURN_LEAD_S,
     Deferred,
     Limits,
@@ -382,10 +385,12 @@ def test_unknown_limits_are_learned_from_one_probe(aws: AwsStack) -> None:
     lim = limiter(aws)  # ProviderRequestsPerMinute = ProviderTokensPerMinute = 0
     probe = admit(lim, now=T0, job="a")
     assert probe.probe
-    # While the probe is out, nobody else calls (and nothing is reserved for them).
-    with pytest.raises(Deferred) as waiting:
+    # While the probe is out, nobody else calls (and nothing is reserved for them): the others
+    # wait in their functions for its answer, asking again in a moment, with no turn booked.
+    with pytest.raises(WaitInFunction) as waiting:
         admit(lim, now=T0 + 10, job="b")
-    assert waiting.value.slot_ms is None
+    assert waiting.value.turn_ms is None
+    assert waiting.value.until_ms == T0 + 10 + PROBE_POLL_MS
     lim.settle(
         probe,
         used_tokens=50,
@@ -420,9 +425,64 @@ def test_a_probe_that_failed_lets_the_next_caller_probe(aws: AwsStack) -> None:
 def test_a_crashed_probe_expires(aws: AwsStack) -> None:
     lim = limiter(aws)
     admit(lim, now=T0, job="a")  # and never settled
-    with pytest.raises(Deferred):
+    with pytest.raises(WaitInFunction):
         admit(lim, now=T0 + 1_000, job="b")
     assert admit(lim, now=T0 + 31_000, job="b").probe
+
+
+def test_a_slow_probe_sends_the_others_back_to_their_queue_instead_of_holding_functions(
+    aws: AwsStack,
+) -> None:
+    """Waiting in a function for the probe's answer is bounded: past PROBE_WAIT_IN_FUNCTION_S the
+    others are deferred (a delayed message, no attempt spent), not billed while a slow model thinks."""
+    lim = limiter(aws)
+    admit(lim, now=T0, job="a")
+    past = T0 + math.ceil(PROBE_WAIT_IN_FUNCTION_S * 1000)
+    with pytest.raises(Deferred) as deferred:
+        admit(lim, now=past, job="b")
+    assert deferred.value.slot_ms is None and deferred.value.delay_seconds >= 1
+
+
+def test_calls_that_waited_for_the_probe_are_paced_by_what_it_taught(aws: AwsStack) -> None:
+    """A call that arrives while the probe is out waits in the function; asking again after the
+    probe's answer taught the limits, it takes its turn at the learned pace (no deferral)."""
+    lim = limiter(aws)
+    probe = admit(lim, now=T0, job="a")
+    with pytest.raises(WaitInFunction) as waiting:
+        admit(lim, now=T0 + 10, job="b")
+    lim.settle(
+        probe,
+        used_tokens=50,
+        headers=RateLimitHeaders.parse({"x-ratelimit-limit-requests": "60"}),
+        now_ms=T0 + 300,
+    )
+    ticket = admit(lim, now=waiting.value.until_ms, job="b")
+    assert not ticket.probe and ticket.limits == Limits(60, 0)
+    assert ticket.slot_ms == waiting.value.until_ms
+
+
+def test_model_calls_wait_in_the_function_while_the_limits_are_learned() -> None:
+    """ModelCalls.admit sleeps in the function when told to wait with no turn booked, keeping
+    the command's own turn (none here), then returns the ticket it is given."""
+    asked: list[int | None] = []
+    ticket = cast(Ticket, object())
+
+    class Learning:
+        def admit(self, provider: str, **kwargs: Any) -> Ticket:
+            asked.append(kwargs["held_slot_ms"])
+            if len(asked) < 3:
+                raise WaitInFunction(None, kwargs["now_ms"] + 5)
+            return ticket
+
+    calls = ModelCalls(
+        settings=cast(Any, SimpleNamespace(openai_base_url="http://model/v1", model_timeout_seconds=10)),
+        store=cast(Any, None),
+        limiter=cast(Any, Learning()),
+    )
+    record = cast(Any, SimpleNamespace(model="m", tenant_id="acme", job_id="j", version=1, depth=0))
+    command = cast(Any, SimpleNamespace(not_before_ms=None))
+    assert calls.admit(command, record, [{"role": "user", "content": "hi"}], {}) is ticket
+    assert asked == [None, None, None]
 
 
 def test_configured_limits_are_not_overridden_by_headers(aws: AwsStack) -> None:

@@ -76,6 +76,11 @@ MAX_RESERVE_AHEAD_S = 840.0
 # How much one answer moves the learned answer tokens (a moving average).
 ANSWER_TOKENS_WEIGHT = 0.2
 PROBE_LEASE_MS = 30_000
+# While the first call teaches the limits, the others wait in their functions this long at most,
+# asking again every PROBE_POLL_MS: a probe answers in a model call's time, and a deferral comes
+# back whole seconds later (many more on a busy stack), losing those seconds of a burst.
+PROBE_WAIT_IN_FUNCTION_S = 3.0
+PROBE_POLL_MS = 400
 LEARNED_CACHE_MS = 30_000
 TOKEN_STATS = ("answer_tokens", "token_window")  # what answers have shown about tokens
 RACE_RETRIES = 12
@@ -110,9 +115,10 @@ class Limits:
 class WaitInFunction(Exception):
     """Not yet: the call's turn (`turn_ms`, booked) is near, at most MAX_WAIT_IN_FUNCTION_S away;
     wait in the function until `until_ms` (BOOK_AHEAD_S before it) and ask again with that turn
-    (cheaper than a deferral, and ready at its turn)."""
+    (cheaper than a deferral, and ready at its turn). `turn_ms` None: no turn booked yet (the
+    limits are being learned by a probe that should answer within a moment)."""
 
-    def __init__(self, turn_ms: int, until_ms: int) -> None:
+    def __init__(self, turn_ms: int | None, until_ms: int) -> None:
         super().__init__(turn_ms, until_ms)
         self.turn_ms = turn_ms
         self.until_ms = until_ms
@@ -307,7 +313,7 @@ class ProviderLimiter:
                 slot = self._probe(provider, now_ms)
             else:
                 slot = self._send_slot(provider, tenant_id, limits, booked, now_ms, turn_ms=turn_ms)
-        except Deferred:
+        except (Deferred, WaitInFunction):
             if lease_tenant is not None:
                 self.release_lease(lease_tenant, lease_id)
             raise
@@ -523,8 +529,12 @@ class ProviderLimiter:
         item = self._read(provider)
         for _ in range(RACE_RETRIES):
             if item.get("learned"):
-                raise Deferred("the provider's limits were just learned", delay_s=0.0)
-            if int(item.get("probe_until", 0)) > now_ms:
+                # Learned between this call's two reads: ask again at once (it reads the limits).
+                raise WaitInFunction(None, now_ms)
+            probe_until = int(item.get("probe_until", 0))
+            if probe_until > now_ms:
+                if now_ms - (probe_until - PROBE_LEASE_MS) < PROBE_WAIT_IN_FUNCTION_S * 1000:
+                    raise WaitInFunction(None, now_ms + PROBE_POLL_MS)
                 raise Deferred("learning the provider's limits from a first call", delay_s=1.0)
             slot = max(now_ms, int(item.get("request_tat", 0)))
             if slot - now_ms > MAX_WAIT_IN_FUNCTION_S * 1000:  # blocked by a 429

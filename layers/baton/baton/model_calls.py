@@ -84,7 +84,8 @@ class ModelCalls:
                 break
             except WaitInFunction as near:
                 # Its turn is booked (in the tenant's queue): it books the send slot once near it.
-                turn_ms = near.turn_ms
+                # (No turn: the limits are being learned; it asks again in a moment.)
+                turn_ms = near.turn_ms if near.turn_ms is not None else turn_ms
                 time.sleep(max(0, near.until_ms - now_ms()) / 1000)
         return ticket
 
