@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
+import baton.limiter as limiter_module
 from baton.clock import now_ms
 from baton.limiter import (
     BOOK_AHEAD_S,
@@ -265,6 +266,7 @@ def queue_turns(lim: ProviderLimiter, count: int, *, now: int, tenant: str = "ac
         try:
             turns.append(admit(lim, now=now, tenant=tenant, job=f"{tenant}{i}").slot_ms)
         except WaitInFunction as near:
+            assert near.turn_ms is not None  # known limits: a turn is booked
             assert near.turn_ms - now <= MAX_WAIT_IN_FUNCTION_S * 1000
             turns.append(near.turn_ms)
         except Deferred as deferred:
@@ -303,10 +305,16 @@ def test_a_turn_that_comes_back_late_takes_the_next_free_send_slot(aws: AwsStack
     assert lim.state(queue_key(PROVIDER, "acme"))["queue_tat"] == queued  # not queued again
 
 
-def test_turns_that_come_back_together_are_still_sent_one_interval_apart(aws: AwsStack) -> None:
+@pytest.mark.parametrize("spread", ["least", "most"])
+def test_turns_that_come_back_together_are_still_sent_one_interval_apart(
+    aws: AwsStack, monkeypatch: pytest.MonkeyPatch, spread: str
+) -> None:
     """The send pace, not the queue, decides when calls leave: turns bunched by late messages
     leave one interval apart, waiting in the function up to MAX_WAIT_IN_FUNCTION_S; one whose send
-    slot is further is deferred to come back RETURN_LEAD_S before the pace's next free slot."""
+    slot is further is deferred to come back RETURN_LEAD_S before the pace's next free slot, less
+    a random spread (so the calls deferred together do not all come back at once): at either end
+    of that spread it is back before its slot, and sent at it."""
+    monkeypatch.setattr(limiter_module.random, "uniform", lambda a, b: a if spread == "least" else b)
     lim = limiter(aws, rpm=120)
     interval = 60_000 / (120 * PACE_FRACTION)
     now = T0 + 60_000
@@ -320,7 +328,10 @@ def test_turns_that_come_back_together_are_still_sent_one_interval_apart(aws: Aw
     assert turn is not None and turn == pytest.approx(next_free, abs=in_function + 1)  # its new turn
     # Back before it (spread over what a function may wait: not all at once), then sent at it.
     back = now + deferred.value.delay_seconds * 1000
-    assert next_free - (RETURN_LEAD_S + 1) * 1000 <= back <= next_free - BOOK_AHEAD_S * 1000
+    most_spread_s = MAX_WAIT_IN_FUNCTION_S - BOOK_AHEAD_S - 1
+    assert (
+        next_free - (RETURN_LEAD_S + 1) * 1000 <= back <= next_free - (RETURN_LEAD_S - most_spread_s) * 1000
+    )
     slot = admitted_when_back(lim, now=back, turn=turn, job="late").slot_ms
     assert slot == pytest.approx(next_free, abs=in_function + 1)
 
