@@ -154,7 +154,9 @@ class InferStage:
             chunk_of = self.fence.runnable(command)
             if chunk_of is None:
                 return {"outcome": "skipped"}
-            return self.long_documents.run_chunk(command, chunk_of, remaining_ms=remaining_ms)
+            return self.long_documents.run_chunk(
+                command, chunk_of, invocation_deadline_ms=invocation_deadline_ms
+            )
         if command.poll is not None or command.wake is not None:
             return self.background.resume(command)
         record = self.fence.runnable(command)
@@ -191,7 +193,9 @@ class InferStage:
             if started is not None:
                 return started
         try:
-            completion = self.model_calls.complete(record, messages, parameters, remaining_ms, ticket)
+            completion = self.model_calls.complete(
+                record, messages, parameters, invocation_deadline_ms, ticket
+            )
         except llm.CallCancelled as stopped:
             return self.completions.record_cancelled(record, stopped.completion)
         except ModelError as error:

@@ -129,7 +129,9 @@ class LongDocuments:
     queues: StageQueues
     model_calls: ModelCalls
 
-    def run_chunk(self, command: StageCommand, record: JobRecord, *, remaining_ms: int) -> dict[str, Any]:
+    def run_chunk(
+        self, command: StageCommand, record: JobRecord, *, invocation_deadline_ms: int
+    ) -> dict[str, Any]:
         """One chunk's call (`record`: the job, found runnable for this command)."""
         assert command.chunk is not None
         level, index = command.level, command.chunk
@@ -140,14 +142,14 @@ class LongDocuments:
         stored_key = answer_key(record.tenant_id, record.job_id, level, index)
         if not self.blobs.exists(stored_key):
             # Answered before but the invocation died before counting it: never pay twice.
-            self._answer(record, command, stored_key, total, remaining_ms)
+            self._answer(record, command, stored_key, total, invocation_deadline_ms)
         answered = self.store.mark_chunk_answered(record, level=level, chunk=index, total=total)
         if answered < total:
             return {"outcome": "chunk_answered", "level": level, "chunk": index, "answered": answered}
         return self._combine(record, level)
 
     def _answer(
-        self, record: JobRecord, command: StageCommand, key: str, total: int, remaining_ms: int
+        self, record: JobRecord, command: StageCommand, key: str, total: int, invocation_deadline_ms: int
     ) -> None:
         index = command.chunk or 0
         text = self.blobs.read_text(chunk_key(record.tenant_id, record.job_id, command.level, index))
@@ -172,7 +174,7 @@ class LongDocuments:
         step_key = f"{record.job_id}:{record.version}:{command.level}:{command.chunk}"
         ticket = self.model_calls.admit(command, record, messages, request, lease_id=step_key)
         completion = self.model_calls.complete(
-            record, messages, request, remaining_ms, ticket, step_key=step_key
+            record, messages, request, invocation_deadline_ms, ticket, step_key=step_key
         )
         self.blobs.write_json(key, {"text": completion.text or "", "usage": completion.usage.model_dump()})
 

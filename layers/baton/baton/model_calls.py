@@ -94,7 +94,7 @@ class ModelCalls:
         record: JobRecord,
         messages: list[dict[str, Any]],
         parameters: dict[str, Any],
-        remaining_ms: int,
+        invocation_deadline_ms: int,
         ticket: Ticket | None,
         *,
         step_key: str | None = None,
@@ -111,7 +111,13 @@ class ModelCalls:
                     messages=messages,
                     parameters=parameters,
                     # Below the function's remaining time, and never past the job's own deadline.
-                    timeout=min(llm.model_timeout(self.settings, remaining_ms), _seconds_left(record)),
+                    # Counted when the call leaves, after the waits for capacity and the send
+                    # slot (seconds, on a busy stack): a timeout counted from the invocation's
+                    # start let a call outlive its invocation, and its retry paid again.
+                    timeout=min(
+                        llm.model_timeout(self.settings, invocation_deadline_ms - now_ms()),
+                        _seconds_left(record),
+                    ),
                     extra_headers=model_headers(record, step_key),
                     # Streamed: a cancel closes the stream, so the provider stops generating.
                     cancelled=lambda: self._is_cancelled(record),

@@ -1,0 +1,84 @@
+"""The model call's timeout is counted from when the call leaves, not from the invocation's start:
+the waits before it (capacity, the send slot) must not let the call outlive its invocation, whose
+timeout would kill it after the provider answered, and whose retry would pay again (seen once in
+10,904 paid calls of a 10,000-job chaos run)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from baton import llm, model_calls
+from baton.model_calls import ModelCalls
+
+T = 1_800_000_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ms = T
+
+    def now_ms(self) -> int:
+        return self.ms
+
+    def sleep(self, seconds: float) -> None:
+        self.ms += round(seconds * 1000)
+
+
+class NoLimits:
+    def settle(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def abandon(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(model_calls, "now_ms", clock.now_ms)
+    monkeypatch.setattr(model_calls.time, "sleep", clock.sleep)
+    monkeypatch.setattr(model_calls.telemetry, "model_call", lambda *args: None)  # metrics: not here
+    return clock
+
+
+def test_the_timeout_leaves_the_safety_margin_after_the_wait_for_the_send_slot(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timeouts: list[float] = []
+
+    def answer(settings: Any, **kwargs: Any) -> Any:
+        timeouts.append(kwargs["timeout"])
+        return SimpleNamespace(usage=SimpleNamespace(total_tokens=10), headers={})
+
+    monkeypatch.setattr(model_calls.llm, "complete", answer)
+    calls = ModelCalls(
+        settings=cast(Any, SimpleNamespace(model_timeout_seconds=60)),
+        store=cast(Any, None),
+        limiter=cast(Any, NoLimits()),
+    )
+    record = cast(Any, SimpleNamespace(model="m", job_id="j", step_key="j:1:0", deadline_ms=T + 900_000))
+    ticket = cast(Any, SimpleNamespace(slot_ms=T + 4_000))  # its send slot is 4 s away
+    invocation_deadline = T + 12_000  # 12 s left when the record started
+    calls.complete(record, [{"role": "user", "content": "hi"}], {}, invocation_deadline, ticket)
+    # Sent at T + 4 s with 8 s left: 8 - the margin, not 12 - the margin.
+    assert clock.ms == T + 4_000
+    assert timeouts == [pytest.approx(8.0 - llm.SAFETY_MARGIN_SECONDS)]
+
+
+def test_no_time_left_after_the_wait_is_a_retryable_timeout_not_a_call(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model_calls.llm, "complete", lambda *a, **k: pytest.fail("the model was called"))
+    calls = ModelCalls(
+        settings=cast(Any, SimpleNamespace(model_timeout_seconds=60)),
+        store=cast(Any, None),
+        limiter=cast(Any, NoLimits()),
+    )
+    record = cast(Any, SimpleNamespace(model="m", job_id="j", step_key="j:1:0", deadline_ms=T + 900_000))
+    ticket = cast(Any, SimpleNamespace(slot_ms=T + 4_000))
+    with pytest.raises(llm.ModelError) as error:
+        calls.complete(record, [{"role": "user", "content": "hi"}], {}, T + 9_000, ticket)
+    assert error.value.retryable and error.value.type == "timeout"
