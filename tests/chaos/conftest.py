@@ -12,9 +12,9 @@ from .harness import ChaosConfig
 
 SMALL_SIZE = 50
 DEFAULT_SEED = 7
-# Setup (~20 s idle, ~60 s on a loaded machine), the read-back (at most READ_BACK_S), the table
-# and archive reads and stopping, on top of the run's deadline and webhook grace: the report must
-# get printed, even for a run that failed.
+# Setup (~20 s idle, ~60 s on a loaded machine), the table and archive reads and stopping, on top
+# of the run's deadline, the read-back and the delivery grace: the report must get printed, even
+# for a run that failed.
 TIMEOUT_MARGIN_S = 480
 REPORTS = pytest.StashKey[list[str]]()
 
@@ -93,7 +93,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """pytest-timeout follows the size of the run (the project default of 300 s fits the small one)."""
     chaos = _chaos_config(config)
-    timeout = chaos.run_deadline_s + chaos.webhook_grace_s + TIMEOUT_MARGIN_S
+    timeout = chaos.run_deadline_s + chaos.read_back_s + chaos.delivery_grace_s + TIMEOUT_MARGIN_S
     for item in items:
         if item.get_closest_marker("chaos") is not None:
             item.add_marker(pytest.mark.timeout(timeout))
