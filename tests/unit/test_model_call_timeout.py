@@ -44,8 +44,21 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return clock
 
 
+@pytest.fixture
+def calls() -> ModelCalls:
+    return ModelCalls(
+        settings=cast(Any, SimpleNamespace(model_timeout_seconds=60)),
+        store=cast(Any, None),
+        limiter=cast(Any, NoLimits()),
+    )
+
+
+RECORD = cast(Any, SimpleNamespace(model="m", job_id="j", step_key="j:1:0", deadline_ms=T + 900_000))
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
 def test_the_timeout_leaves_the_safety_margin_after_the_wait_for_the_send_slot(
-    clock: Clock, monkeypatch: pytest.MonkeyPatch
+    clock: Clock, calls: ModelCalls, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     timeouts: list[float] = []
 
@@ -54,31 +67,19 @@ def test_the_timeout_leaves_the_safety_margin_after_the_wait_for_the_send_slot(
         return SimpleNamespace(usage=SimpleNamespace(total_tokens=10), headers={})
 
     monkeypatch.setattr(model_calls.llm, "complete", answer)
-    calls = ModelCalls(
-        settings=cast(Any, SimpleNamespace(model_timeout_seconds=60)),
-        store=cast(Any, None),
-        limiter=cast(Any, NoLimits()),
-    )
-    record = cast(Any, SimpleNamespace(model="m", job_id="j", step_key="j:1:0", deadline_ms=T + 900_000))
     ticket = cast(Any, SimpleNamespace(slot_ms=T + 4_000))  # its send slot is 4 s away
     invocation_deadline = T + 12_000  # 12 s left when the record started
-    calls.complete(record, [{"role": "user", "content": "hi"}], {}, invocation_deadline, ticket)
+    calls.complete(RECORD, MESSAGES, {}, invocation_deadline, ticket)
     # Sent at T + 4 s with 8 s left: 8 - the margin, not 12 - the margin.
     assert clock.ms == T + 4_000
     assert timeouts == [pytest.approx(8.0 - llm.SAFETY_MARGIN_SECONDS)]
 
 
 def test_no_time_left_after_the_wait_is_a_retryable_timeout_not_a_call(
-    clock: Clock, monkeypatch: pytest.MonkeyPatch
+    clock: Clock, calls: ModelCalls, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(model_calls.llm, "complete", lambda *a, **k: pytest.fail("the model was called"))
-    calls = ModelCalls(
-        settings=cast(Any, SimpleNamespace(model_timeout_seconds=60)),
-        store=cast(Any, None),
-        limiter=cast(Any, NoLimits()),
-    )
-    record = cast(Any, SimpleNamespace(model="m", job_id="j", step_key="j:1:0", deadline_ms=T + 900_000))
     ticket = cast(Any, SimpleNamespace(slot_ms=T + 4_000))
     with pytest.raises(llm.ModelError) as error:
-        calls.complete(record, [{"role": "user", "content": "hi"}], {}, T + 9_000, ticket)
+        calls.complete(RECORD, MESSAGES, {}, T + 9_000, ticket)
     assert error.value.retryable and error.value.type == "timeout"
