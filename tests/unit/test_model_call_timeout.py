@@ -1,7 +1,8 @@
 """The model call's timeout is counted from when the call leaves, not from the invocation's start:
 the waits before it (capacity, the send slot) must not let the call outlive its invocation, whose
 timeout would kill it after the provider answered, and whose retry would pay again (seen once in
-10,904 paid calls of a 10,000-job chaos run)."""
+10,904 paid calls of a 10,000-job chaos run). A call left without time is deferred to a fresh
+invocation, not failed as an attempt."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, cast
 import pytest
 
 from baton import llm, model_calls
+from baton.limiter import Deferred
 from baton.model_calls import ModelCalls
 
 T = 1_800_000_000_000
@@ -28,11 +30,14 @@ class Clock:
 
 
 class NoLimits:
+    def __init__(self) -> None:
+        self.abandoned: list[Any] = []
+
     def settle(self, *args: Any, **kwargs: Any) -> None:
         return None
 
-    def abandon(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    def abandon(self, ticket: Any, **kwargs: Any) -> None:
+        self.abandoned.append(ticket)
 
 
 @pytest.fixture
@@ -75,11 +80,15 @@ def test_the_timeout_leaves_the_safety_margin_after_the_wait_for_the_send_slot(
     assert timeouts == [pytest.approx(8.0 - llm.SAFETY_MARGIN_SECONDS)]
 
 
-def test_no_time_left_after_the_wait_is_a_retryable_timeout_not_a_call(
+def test_no_time_left_after_the_wait_defers_the_call_without_spending_an_attempt(
     clock: Clock, calls: ModelCalls, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(model_calls.llm, "complete", lambda *a, **k: pytest.fail("the model was called"))
     ticket = cast(Any, SimpleNamespace(slot_ms=T + 4_000))
-    with pytest.raises(llm.ModelError) as error:
+    with pytest.raises(Deferred) as deferred:
         calls.complete(RECORD, MESSAGES, {}, T + 9_000, ticket)
-    assert error.value.retryable and error.value.type == "timeout"
+    # Back at once, in a fresh invocation with its whole time; a Deferred is not a retry's attempt.
+    assert deferred.value.delay_seconds == 0 and deferred.value.slot_ms is None
+    assert "not enough time left" in deferred.value.message
+    # The send slot it booked is given back, not held by a call that was never made.
+    assert cast(NoLimits, calls.limiter).abandoned == [ticket]

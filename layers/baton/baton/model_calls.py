@@ -13,6 +13,7 @@ from baton.clock import now_ms
 from baton.errors import JobNotFoundError, ModelError
 from baton.limiter import (
     DEFAULT_COMPLETION_TOKENS,
+    Deferred,
     Limits,
     ProviderLimiter,
     RateLimitHeaders,
@@ -110,14 +111,10 @@ class ModelCalls:
                     model=record.model,
                     messages=messages,
                     parameters=parameters,
-                    # Below the function's remaining time, and never past the job's own deadline.
                     # Counted when the call leaves, after the waits for capacity and the send
                     # slot (seconds, on a busy stack): a timeout counted from the invocation's
                     # start let a call outlive its invocation, and its retry paid again.
-                    timeout=min(
-                        llm.model_timeout(self.settings, invocation_deadline_ms - now_ms()),
-                        _seconds_left(record),
-                    ),
+                    timeout=self._timeout_at_send(record, invocation_deadline_ms),
                     extra_headers=model_headers(record, step_key),
                     # Streamed: a cancel closes the stream, so the provider stops generating.
                     cancelled=lambda: self._is_cancelled(record),
@@ -127,6 +124,11 @@ class ModelCalls:
             )
         except ModelError as error:
             outcome = error.type
+            raise
+        except Deferred as deferred:
+            # A 429 (the call was made and refused), or no call at all: not the endpoint's error.
+            refused = isinstance(deferred.__cause__, ModelError) and deferred.__cause__.type == "rate_limited"
+            outcome = "rate_limited" if refused else "deferred"
             raise
         except Exception:
             outcome = "error"
@@ -176,6 +178,16 @@ class ModelCalls:
                 sent_ms=sent_ms,
             )
         return result
+
+    def _timeout_at_send(self, record: JobRecord, invocation_deadline_ms: int) -> float:
+        """Below the function's remaining time, and never past the job's own deadline. Too little
+        time left (the waits before the call took it) is the invocation's shortage, not the call's
+        failure: Deferred, so a fresh invocation makes the call and no attempt is spent."""
+        try:
+            budget = llm.model_timeout(self.settings, invocation_deadline_ms - now_ms())
+        except ModelError as error:
+            raise Deferred(error.message, delay_s=0) from error
+        return min(budget, _seconds_left(record))
 
     def _is_cancelled(self, record: JobRecord) -> bool:
         try:
