@@ -199,7 +199,7 @@ _partition_query = threading.local()
 
 
 def _all_items_of_the_queried_partition(self: Any) -> list[Any]:
-    if getattr(_partition_query, "table", None) is not self:
+    if id(getattr(_partition_query, "table", None)) != id(self):  # (`is` would narrow self for mypy)
         return _all_items(self)
     partition = self.items.get(_partition_query.hash_key)  # .get: no empty partition is created
     if partition is None:
