@@ -8,12 +8,7 @@ server module patches moto for the whole process.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.unit.moto_probe import run_moto_probe
 
 PROBE = r"""
 import json
@@ -82,16 +77,7 @@ print(json.dumps(results))
 
 
 def test_a_query_on_the_table_key_reads_its_partition_with_moto_semantics() -> None:
-    answer = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
-    )
-    assert answer.returncode == 0, answer.stderr[-2000:]
-    result = json.loads(answer.stdout.strip().splitlines()[-1])
+    result = run_moto_probe(PROBE)
     assert result == {
         "partition": ["msg#1", "msg#2", "msg#3"],  # range key ascending, as DynamoDB
         "backwards": ["msg#3", "msg#2", "msg#1"],

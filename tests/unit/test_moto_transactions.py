@@ -9,12 +9,7 @@ patches moto for the whole process.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.unit.moto_probe import run_moto_probe
 
 PROBE = r"""
 import json
@@ -86,16 +81,7 @@ print(json.dumps(results))
 
 
 def test_a_cancelled_transaction_restores_its_items_and_keeps_other_writes() -> None:
-    answer = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
-    )
-    assert answer.returncode == 0, answer.stderr[-2000:]
-    result = json.loads(answer.stdout.strip().splitlines()[-1])
+    result = run_moto_probe(PROBE)
     assert result == {
         "cancelled": True,
         "batch_restored": True,  # the counter and every kind of attribute, as before
