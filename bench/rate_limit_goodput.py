@@ -11,7 +11,9 @@ terminal, or in a DLQ: must be 0). Cases (BENCH_RATE_CASES=name,... picks some):
 - `fairness`: tenant A submits a backlog (BENCH_FAIR_BACKLOG, default 1,000 jobs; 100 in --quick),
   tenant B one job once A's backlog waits at the limiter (TenantMaxInFlight = 4): B's time to
   completion, and from its submission to its model call at the provider, beside the same job
-  alone (FAIR_SAMPLES of each, one after another).
+  alone (FAIR_SAMPLES of each, one after another). Where B's extra time goes: its submission to
+  the limiter's admission, the local AWS endpoint's round trip just before it, and the infer
+  records handled per A job completed meanwhile (A's deferrals load the same endpoint).
 
 Every case runs on a fresh stack (the limiter's state is per deployment), warmed first: a
 deployment in use has its functions' environments started, but a fresh local stack on a busy
@@ -249,9 +251,14 @@ def _fairness(result: Result, *, backlog: int) -> dict[str, Any]:
         # throughput, not the limiter's fairness (on AWS those stages scale out). B is submitted
         # once A's backlog waits at the limiter (only delayed messages left in the infer queue).
         queued_s = _wait_at_limiter(live, timeout_s=1800)
+        completed_before = _completed(live, big)
+        records_before = _infer_records(live)
         behind = [_single_job(live) for _ in range(FAIR_SAMPLES)]
-        done_big = live.wait_terminal(big, timeout_s=0)
-        big_completed = sum(1 for job in done_big.values() if job and job["status"] == "completed")
+        big_completed = _completed(live, big)
+        # What A's backlog costs the stack while B runs: infer records handled (each a receive,
+        # a few DynamoDB calls and, for a deferral, a send) per A job that completed meanwhile.
+        handled = _infer_records(live) - records_before - FAIR_SAMPLES
+        churn = handled / max(1, big_completed - completed_before)
         # A's jobs are not waited for: the stack stops with them still queued.
     refill_s = 60 / RATE_RPM
 
@@ -268,6 +275,18 @@ def _fairness(result: Result, *, backlog: int) -> dict[str, Any]:
         f"(fairness, cap {FAIR_CAP}) tenant B's job: from submission to its model call (s)",
         f"alone {listed(alone, 'to_call_s')}; behind {listed(behind, 'to_call_s')}",
     )
+    # Where B's extra time goes: reaching the limiter's admission (the infer queue, a free infer
+    # invocation, the AWS calls before it), then from admission to the call (its send slot).
+    result.add(
+        f"(fairness, cap {FAIR_CAP}) tenant B's job: from submission to the limiter's admission (s)",
+        f"alone {listed(alone, 'to_admitted_s')}; behind {listed(behind, 'to_admitted_s')}",
+    )
+    result.add(
+        f"(fairness, cap {FAIR_CAP}) the local AWS endpoint's round trip just before B's submission "
+        "(a DynamoDB GetItem, median of 5, ms)",
+        f"alone {listed(alone, 'aws_ms')}; behind {listed(behind, 'aws_ms')}; "
+        f"infer records handled per A job completed meanwhile: {churn:.1f}",
+    )
     return {
         "backlog_at_limiter_after_s": queued_s,
         "warm_up": warm,
@@ -276,13 +295,36 @@ def _fairness(result: Result, *, backlog: int) -> dict[str, Any]:
         "behind": behind,
         "refill_s": refill_s,
         "backlog_completed_meanwhile": big_completed,
+        "infer_records_per_backlog_completion": churn,
     }
+
+
+def _completed(live: StackProcess, ids: list[str]) -> int:
+    done = live.wait_terminal(ids, timeout_s=0)
+    return sum(1 for job in done.values() if job and job["status"] == "completed")
+
+
+def _infer_records(live: StackProcess) -> int:
+    source = live.metrics()["sources"].get("InferFunctionCommands", {})
+    return int(source.get("records_ok", 0)) + int(source.get("records_failed", 0))
+
+
+def _aws_round_trip_ms(live: StackProcess, samples: int = 5) -> float:
+    """The local AWS endpoint's latency as the functions see it now: a GetItem of a missing key."""
+    ddb, table = live.aws("dynamodb"), live.info["jobs_table"]
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        ddb.get_item(TableName=table, Key={"pk": {"S": "bench#probe"}, "sk": {"S": "probe"}})
+        times.append((time.perf_counter() - started) * 1000)
+    return sorted(times)[len(times) // 2]
 
 
 def _single_job(live: StackProcess) -> dict[str, float]:
     """Tenant B's one job: seconds to completion, and from its submission (the job's created_ms) to
     its model call at the provider. (A prompt job has no extract stage, and its record says when
     its infer step started only after the limiter admitted it: "from reaching infer" was nan.)"""
+    aws_ms = _aws_round_trip_ms(live)
     with live.client(other_tenant=True) as client:
         started = time.monotonic()
         submitted = live.submit(client, BODY)
@@ -293,7 +335,9 @@ def _single_job(live: StackProcess) -> dict[str, float]:
     if job.get("status") != "completed":
         raise RuntimeError(f"tenant B's job ended {job.get('status')}")
     to_call_s = submission_to_call_s(submitted.job_id, float(job["created_ms"]), live.simulator_requests())
-    return {"total_s": elapsed, "to_call_s": to_call_s}
+    queued_ms = (job.get("timings") or {}).get("queued_ms")
+    to_admitted_s = float(queued_ms) / 1000 if queued_ms is not None else float("nan")
+    return {"total_s": elapsed, "to_call_s": to_call_s, "to_admitted_s": to_admitted_s, "aws_ms": aws_ms}
 
 
 def submission_to_call_s(job_id: str, created_ms: float, requests: list[dict[str, Any]]) -> float:
