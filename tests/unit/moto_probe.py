@@ -13,6 +13,29 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def create_jobs_table(ddb: Any, *, tenant_index: bool = False) -> None:
+    """The probes' `jobs` table: keyed (pk, sk) as template.yaml's jobs table; `tenant_index`:
+    with a GSI `by_tenant` on `tenant` (an index Query, which moto answers itself)."""
+    attributes = [{"AttributeName": name, "AttributeType": "S"} for name in ("pk", "sk")]
+    indexes: dict[str, Any] = {}
+    if tenant_index:
+        attributes.append({"AttributeName": "tenant", "AttributeType": "S"})
+        indexes["GlobalSecondaryIndexes"] = [
+            {
+                "IndexName": "by_tenant",
+                "KeySchema": [{"AttributeName": "tenant", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ]
+    ddb.create_table(
+        TableName="jobs",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=attributes,
+        BillingMode="PAY_PER_REQUEST",
+        **indexes,
+    )
+
+
 def run_moto_probe(probe: str) -> dict[str, Any]:
     answer = subprocess.run(
         [sys.executable, "-c", probe],

@@ -15,6 +15,7 @@ import json
 import boto3
 from moto import mock_aws
 import baton_dev.runtime.moto_server as server
+from tests.unit.moto_probe import create_jobs_table
 
 whole_table_reads = []
 original = server._all_items
@@ -29,19 +30,7 @@ def s(value):
 results = {}
 with mock_aws():
     ddb = boto3.client("dynamodb", region_name="us-east-1")
-    ddb.create_table(
-        TableName="jobs",
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"},
-            {"AttributeName": "tenant", "AttributeType": "S"},
-        ],
-        GlobalSecondaryIndexes=[{
-            "IndexName": "by_tenant", "KeySchema": [{"AttributeName": "tenant", "KeyType": "HASH"}],
-            "Projection": {"ProjectionType": "ALL"},
-        }],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_jobs_table(ddb, tenant_index=True)
     for job in range(50):
         ddb.put_item(TableName="jobs", Item={"pk": s(f"JOB#{job}"), "sk": s("JOB"), "tenant": s("t1")})
         for attempt in (3, 1, 2):

@@ -18,18 +18,12 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 import baton_dev.runtime.moto_server  # noqa: F401  (the patches under test)
 from moto.dynamodb import models
+from tests.unit.moto_probe import create_jobs_table
 
 results = {}
 with mock_aws():
     ddb = boto3.client("dynamodb", region_name="us-east-1")
-    ddb.create_table(
-        TableName="jobs",
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_jobs_table(ddb)
     rich = {
         "pk": {"S": "BATCH#b1"}, "sk": {"S": "BATCH"}, "completed": {"N": "3"},
         "doc": {"M": {"chunks": {"L": [{"N": "1"}, {"M": {"x": {"S": "y"}}}]}, "ok": {"BOOL": True}}},
