@@ -321,9 +321,9 @@ def _aws_round_trip_ms(live: StackProcess, samples: int = 5) -> float:
 
 
 def _single_job(live: StackProcess) -> dict[str, float]:
-    """Tenant B's one job: seconds to completion, and from its submission (the job's created_ms) to
-    its model call at the provider. (A prompt job has no extract stage, and its record says when
-    its infer step started only after the limiter admitted it: "from reaching infer" was nan.)"""
+    """Tenant B's one job: seconds to completion, from its submission (the job's created_ms) to
+    its model call at the provider, and to the limiter's admission (its `timings.queued_ms`: a
+    prompt job's infer step starts once admitted); and the local AWS round trip just before it."""
     aws_ms = _aws_round_trip_ms(live)
     with live.client(other_tenant=True) as client:
         started = time.monotonic()
