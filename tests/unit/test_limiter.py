@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -17,6 +18,8 @@ import baton.limiter as limiter_module
 from baton.clock import now_ms
 from baton.limiter import (
     BOOK_AHEAD_S,
+    CONFIRM_BEFORE_MS,
+    JUMP_GUARD_MS,
     MAX_WAIT_IN_FUNCTION_S,
     PACE_FRACTION,
     PROBE_POLL_MS,
@@ -518,16 +521,33 @@ def test_one_tenants_backlog_does_not_delay_another_tenants_call(aws: AwsStack) 
 def test_a_tenant_holds_at_most_its_cap_of_calls(aws: AwsStack) -> None:
     lim = limiter(aws, rpm=60_000, tenant_cap=2)
     tickets = [admit(lim, now=T0, tenant="big", job=f"big{i}") for i in range(2)]
+    queue_end = lim.state(queue_key(PROVIDER, "big"))["queue_tat"]
     with pytest.raises(Deferred) as capped:
         admit(lim, now=T0, tenant="big", job="big2")
-    # Its turn came: it keeps it (back to a send slot, not to the end of the queue).
+    # Its turn came, but every lease is held: a new turn at the end of its tenant's queue.
     assert capped.value.slot_ms is not None and "TenantMaxInFlight" in capped.value.message
+    assert capped.value.slot_ms >= queue_end
     # Another tenant is not held back by the first one's backlog.
     assert admit(lim, now=T0, tenant="small", job="small0").slot_ms >= T0
     # A finished call returns its lease.
     lim.settle(tickets[0], used_tokens=5, headers=RateLimitHeaders(), now_ms=T0 + 100)
     assert admit(lim, now=T0 + 100, tenant="big", job="big2").lease_id == "big2"
     assert set(lim.leases("big")) == {"big1", "big2"}
+
+
+def test_a_capped_call_waits_at_the_end_of_its_tenants_queue_not_seconds_away(aws: AwsStack) -> None:
+    """A backlog of 40 queued calls (turns 20 s ahead at R = 120) and a cap of 2 held: the call
+    whose turn came is sent back behind the backlog, about 20 s, instead of asking again within
+    1-4 s (which, for a whole backlog whose turns had passed, loaded the stack with retries)."""
+    lim = limiter(aws, rpm=120, tenant_cap=2)
+    held = [admit(lim, now=T0, tenant="big", job=f"big{i}") for i in range(2)]
+    assert all(ticket.lease_tenant == "big" for ticket in held)
+    queue_turns(lim, 40, now=T0 + 10, tenant="big")
+    queue_end = lim.state(queue_key(PROVIDER, "big"))["queue_tat"]
+    with pytest.raises(Deferred) as capped:
+        admit(lim, now=T0 + 20, tenant="big", job="late", held_slot_ms=T0 + 20)
+    assert capped.value.slot_ms is not None and capped.value.slot_ms >= queue_end
+    assert capped.value.delay_s >= (queue_end - (T0 + 20)) / 1000 - RETURN_LEAD_S
 
 
 def test_the_same_call_admitted_again_keeps_its_one_lease(aws: AwsStack) -> None:
@@ -577,6 +597,7 @@ class Run:
 
     sends: list[tuple[int, str, str]] = field(default_factory=list)
     refused: int = 0
+    moved: int = 0  # confirmations that found their slot moved by another tenant's jump
     arrived: dict[str, int] = field(default_factory=dict)
 
     def rate_per_min(self, weight: int = 1) -> float:
@@ -645,7 +666,21 @@ def against_provider(
                 call.held_slot_ms = near.turn_ms
                 heapq.heappush(events, (near.until_ms, next(order), "admit", call))
                 continue
+            if ticket.confirm:
+                # As ModelCalls.metered: the slot is read again just before it (a jump may move it).
+                confirm_at = max(now, ticket.slot_ms - CONFIRM_BEFORE_MS)
+                heapq.heappush(events, (confirm_at, next(order), "confirm", (call, ticket, ticket.slot_ms)))
+                continue
             heapq.heappush(events, (max(now, ticket.slot_ms), next(order), "send", (call, ticket)))
+        elif kind == "confirm":
+            call, ticket, slot = subject
+            moved = lim.confirmed_slot(ticket)
+            if moved != slot:
+                run.moved += 1
+                again = (moved - CONFIRM_BEFORE_MS, next(order), "confirm", (call, ticket, moved))
+                heapq.heappush(events, again)
+            else:
+                heapq.heappush(events, (max(now, slot), next(order), "send", (call, ticket)))
         elif kind == "send":
             call, ticket = subject
             waits = [
@@ -802,3 +837,177 @@ def test_a_metered_call_is_sent_at_its_slot_and_settles_with_when_it_was_sent() 
     assert answer == "answer" and sent[0] >= slot
     [settled] = recorder.settled
     assert slot <= settled["sent_ms"] <= sent[0]
+
+
+# -- another tenant's call ahead of a backlog (jumps) -------------------------------------------
+def booked_ahead(lim: ProviderLimiter, count: int, *, now: int, tenant: str = "a") -> list[Ticket]:
+    """`count` of the tenant's calls holding send slots (each admitted at its turn, as calls
+    waiting in their functions are): the pace booked `count` slots ahead of `now`."""
+    return [admit(lim, now=now, tenant=tenant, job=f"{tenant}{i}", held_slot_ms=now) for i in range(count)]
+
+
+def test_another_tenants_first_call_takes_a_slot_ahead_of_the_backlog_and_moves_it_by_one(
+    aws: AwsStack,
+) -> None:
+    """Tenant A's calls hold the send pace 4 s ahead (its calls wait in their functions). B's one
+    call, its queue empty, takes the first of A's slots at least JUMP_GUARD_MS away; A's calls
+    booked at or after it move one slot later when they read their slots again, those before it
+    keep theirs, and B's own slot does not move."""
+    lim = limiter(aws, rpm=120)
+    step = math.ceil(60_000 / (120 * PACE_FRACTION))
+    a_tickets = booked_ahead(lim, 8, now=T0)
+    a_slots = [ticket.slot_ms for ticket in a_tickets]
+    assert a_slots == [T0 + i * step for i in range(8)]
+    b = admit(lim, now=T0 + 100, tenant="b", job="b0")
+    assert b.slot_ms == T0 + step  # the first booked slot >= now + JUMP_GUARD_MS (200 ms)
+    assert b.slot_ms - (T0 + 100) <= JUMP_GUARD_MS + step
+    assert lim.confirmed_slot(b) == b.slot_ms
+    moved = [lim.confirmed_slot(ticket) for ticket in a_tickets]
+    assert moved == [a_slots[0]] + [slot + step for slot in a_slots[1:]]
+    # The pace's end moved too: A's next call books after its moved calls.
+    later = admit(lim, now=T0 + 150, tenant="a", job="a8", held_slot_ms=T0 + 150)
+    assert later.slot_ms == a_slots[-1] + 2 * step
+    assert lim.confirmed_slot(later) == later.slot_ms
+
+
+def test_a_tenant_does_not_jump_over_its_own_booked_calls(aws: AwsStack) -> None:
+    lim = limiter(aws, rpm=120)
+    step = math.ceil(60_000 / (120 * PACE_FRACTION))
+    a_tickets = booked_ahead(lim, 8, now=T0)
+    # A's queue is idle again 8 turns later, but its own calls lead the pace: it books at the end.
+    again = admit(lim, now=T0 + 8 * step, tenant="a", job="again")
+    assert again.slot_ms == a_tickets[-1].slot_ms + step
+    assert [lim.confirmed_slot(ticket) for ticket in a_tickets] == [t.slot_ms for t in a_tickets]
+
+
+def test_one_jump_is_ahead_at_a_time(aws: AwsStack) -> None:
+    """Two other tenants arrive together: the first jumps, the second queues behind the booked
+    calls as before (so a stream of single calls cannot keep a backlog's calls waiting)."""
+    lim = limiter(aws, rpm=120)
+    step = math.ceil(60_000 / (120 * PACE_FRACTION))
+    a_tickets = booked_ahead(lim, 8, now=T0)
+    b = admit(lim, now=T0 + 100, tenant="b", job="b0")
+    c = admit(lim, now=T0 + 100, tenant="c", job="c0")
+    assert b.slot_ms == T0 + step
+    assert c.slot_ms == a_tickets[-1].slot_ms + 2 * step  # after A's moved calls
+    # Once B's slot has passed, the next tenant may jump again.
+    d = admit(lim, now=b.slot_ms + 1, tenant="d", job="d0")
+    assert d.slot_ms - (b.slot_ms + 1) <= JUMP_GUARD_MS + step
+
+
+def test_a_jump_never_lands_inside_a_429_block(aws: AwsStack) -> None:
+    """A 429 blocked the pace for 2 s, and A's calls booked after it: B's jump takes a slot after
+    the block too, though the guard alone would allow one inside it."""
+    lim = limiter(aws, rpm=120)
+    first = admit(lim, now=T0, tenant="a", job="first")
+    lim.rate_limited(first, headers=RateLimitHeaders(retry_after_s=2.0), now_ms=T0 + 50)
+    a_tickets = booked_ahead(lim, 4, now=T0 + 100)
+    assert a_tickets[0].slot_ms == T0 + 50 + 2_000
+    b = admit(lim, now=T0 + 150, tenant="b", job="b0")
+    assert b.slot_ms >= T0 + 50 + 2_000
+
+
+def test_with_a_token_limit_nobody_jumps(aws: AwsStack) -> None:
+    lim = limiter(aws, rpm=120, tpm=100_000)
+    a_tickets = booked_ahead(lim, 8, now=T0)
+    b = admit(lim, now=T0 + 100, tenant="b", job="b0")
+    assert b.slot_ms > a_tickets[-1].slot_ms
+    assert not any(ticket.confirm for ticket in [*a_tickets, b])
+
+
+@pytest.mark.parametrize("offset_ms", [0, 170, 340])  # anywhere within one interval
+def test_behind_a_backlog_whose_calls_come_back_late_another_tenant_is_sent_within_one_slot(
+    aws: AwsStack, offset_ms: int
+) -> None:
+    """Tenant A's 60 calls come back from their delays 1-3 s late, as on a busy stack, so late
+    calls shift the pace and A's slots are booked up to MAX_WAIT_IN_FUNCTION_S ahead. B's one call
+    jumps ahead of them: sent within JUMP_GUARD_MS + one interval of arriving (it was booked after
+    A's last slot before: measured in the stack 1.8-2.2 s later than alone). The provider refuses
+    nothing: the jump takes a slot of the pace's grid and A's calls after it move one slot."""
+    interval = 60_000 / (120 * PACE_FRACTION)
+    arrival = T0 + 9_000 + offset_ms
+    arrivals = [(T0, "a", f"a{i}") for i in range(60)] + [(arrival, "b", "b0")]
+    run = against_provider(
+        limiter(aws, rpm=120),
+        arrivals,
+        rpm=120,
+        return_lag_ms=lambda n: 1_000 + (n * 7_919) % 2_000,
+    )
+    sent_b = [slot for slot, tenant, _ in run.sends if tenant == "b"]
+    assert sent_b and sent_b[0] - arrival <= JUMP_GUARD_MS + interval + 1
+    assert run.refused == 0 and len(run.sends) == 61
+    slots = sorted(slot for slot, _, _ in run.sends)
+    assert min(b - a for a, b in itertools.pairwise(slots)) >= 60_000 / 120
+
+
+def test_a_stream_of_other_tenants_single_calls_leaves_the_backlog_its_share(aws: AwsStack) -> None:
+    """While A's 60 calls wait at the pace, 30 other tenants send one call each, one every 400 ms
+    (more than the pace's whole rate with A's). One jump is ahead at a time: the provider refuses
+    nothing, never sees two calls closer than R's interval, and A still gets at least a third of
+    the slots while the stream lasts."""
+    arrivals = [(T0, "a", f"a{i}") for i in range(60)]
+    arrivals += [(T0 + 6_000 + i * 400, f"t{i}", f"t{i}") for i in range(30)]
+    run = against_provider(
+        limiter(aws, rpm=120), arrivals, rpm=120, return_lag_ms=lambda n: 1_000 + (n * 7_919) % 2_000
+    )
+    assert run.refused == 0 and len(run.sends) == 90
+    slots = sorted(slot for slot, _, _ in run.sends)
+    assert min(b - a for a, b in itertools.pairwise(slots)) >= 60_000 / 120
+    stream_end = max(slot for slot, tenant, _ in run.sends if tenant != "a")
+    during = [tenant for slot, tenant, _ in run.sends if T0 + 6_000 <= slot <= stream_end]
+    assert during.count("a") >= len(during) / 3
+
+
+class MovingSlots(SettleRecorder):
+    """A limiter whose first confirmation finds the slot moved (another tenant jumped)."""
+
+    def __init__(self, moves: list[int]) -> None:
+        super().__init__()
+        self.moves = moves
+        self.confirmed_at: list[int] = []
+
+    def confirmed_slot(self, ticket: Ticket) -> int:
+        self.confirmed_at.append(now_ms())
+        return self.moves.pop(0) if self.moves else self.confirmed_at_slot
+
+    confirmed_at_slot = 0
+
+
+def test_a_metered_call_whose_slot_was_taken_waits_for_its_moved_slot() -> None:
+    """A ticket booked ahead reads its slot again just before it: moved by a jump, the call waits
+    for the new slot (and reads it again just before), and leaves no earlier."""
+    slot = now_ms() + 150
+    moved = slot + 120
+    limiter = MovingSlots([moved])
+    limiter.confirmed_at_slot = moved
+    calls = ModelCalls(settings=cast(Any, None), store=cast(Any, None), limiter=cast(Any, limiter))
+    sent: list[int] = []
+    ticket = Ticket(PROVIDER, slot, 1, Limits(120, 0), confirm=True, pace_end_ms=slot + 500)
+    calls.metered(ticket, lambda: sent.append(now_ms()), settle=lambda _: (None, {}))
+    assert sent[0] >= moved
+    first, second = limiter.confirmed_at
+    assert first >= slot - CONFIRM_BEFORE_MS and second >= moved - CONFIRM_BEFORE_MS
+
+
+class SlowReads(SettleRecorder):
+    """A limiter whose pace reads take longer than the confirmation's lead."""
+
+    read_ended: int = 0
+
+    def confirmed_slot(self, ticket: Ticket) -> int:
+        time.sleep((CONFIRM_BEFORE_MS + 300) / 1000)
+        self.read_ended = now_ms()
+        return ticket.slot_ms + 10_000  # too late to matter: the call has left
+
+
+def test_a_slow_confirmation_never_makes_the_call_late() -> None:
+    """The read before the slot runs beside the wait: not back by the slot, the call leaves at
+    its slot anyway (a call late by more than the pace's margin crowds the provider's window)."""
+    slot = now_ms() + CONFIRM_BEFORE_MS + 50
+    reads = SlowReads()
+    calls = ModelCalls(settings=cast(Any, None), store=cast(Any, None), limiter=cast(Any, reads))
+    sent: list[int] = []
+    ticket = Ticket(PROVIDER, slot, 1, Limits(120, 0), confirm=True, pace_end_ms=slot + 500)
+    calls.metered(ticket, lambda: sent.append(now_ms()), settle=lambda _: (None, {}))
+    assert reads.read_ended == 0  # the read was still out when the call left
+    assert sent[0] >= slot

@@ -72,7 +72,7 @@ def test_the_timeout_leaves_the_safety_margin_after_the_wait_for_the_send_slot(
         return SimpleNamespace(usage=SimpleNamespace(total_tokens=10), headers={})
 
     monkeypatch.setattr(model_calls.llm, "complete", answer)
-    ticket = cast(Any, SimpleNamespace(slot_ms=T + 4_000))  # its send slot is 4 s away
+    ticket = cast(Any, SimpleNamespace(slot_ms=T + 4_000, confirm=False))  # its send slot is 4 s away
     invocation_deadline = T + 12_000  # 12 s left when the record started
     calls.complete(RECORD, MESSAGES, {}, invocation_deadline, ticket)
     # Sent at T + 4 s with 8 s left: 8 - the margin, not 12 - the margin.
@@ -84,7 +84,7 @@ def test_no_time_left_after_the_wait_defers_the_call_without_spending_an_attempt
     clock: Clock, calls: ModelCalls, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(model_calls.llm, "complete", lambda *a, **k: pytest.fail("the model was called"))
-    ticket = cast(Any, SimpleNamespace(slot_ms=T + 4_000))
+    ticket = cast(Any, SimpleNamespace(slot_ms=T + 4_000, confirm=False))
     with pytest.raises(Deferred) as deferred:
         calls.complete(RECORD, MESSAGES, {}, T + 9_000, ticket)
     # Back at once, in a fresh invocation with its whole time; a Deferred is not a retry's attempt.

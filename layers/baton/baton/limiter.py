@@ -19,11 +19,16 @@ time", each booking one atomic conditional update, no read):
   waited for in the function (an SQS round trip is whole seconds, many more on a busy stack, and
   a slot nobody is there for is lost); a later one defers the call to just before it. A turn that
   came back late uses the next free send slot, so capacity a late message left idle is used by
-  whoever is ready, and the late call never goes to the back of the queue. A tenant other than
-  the last booker's may also take the slot right after the last booked one, so another tenant's
-  call is sent within BOOK_AHEAD_S + one slot of arriving (plus what late calls shifted the pace
-  by), however long the first tenant's backlog. (Booking only a free pace, which would make that
-  one slot, was measured: goodput fell from 83 % to 55 % of R; see the README.)
+  whoever is ready, and the late call never goes to the back of the queue. Late calls shift the
+  pace for good, so a backlog's calls hold slots up to MAX_WAIT_IN_FUNCTION_S ahead. A tenant with
+  nothing queued jumps them: its call takes the first booked slot at least JUMP_GUARD_MS away, and
+  the calls booked at or after it move one slot later (they read the pace again
+  CONFIRM_BEFORE_MS before their slots), so another tenant's call is sent within JUMP_GUARD_MS +
+  one slot of arriving, however long the first tenant's backlog, and the provider's windows hold
+  no more calls than before. One jump is ahead at a time; a second one, and a token-limited
+  provider's calls, take the slot right after the last booked one (a tenant other than the last
+  booker's may, even beyond MAX_WAIT_IN_FUNCTION_S). (Booking only a free pace, which would make
+  the wait one slot, was measured: goodput fell from 83 % to 55 % of R; see the README.)
 - Tokens are booked at what the call is expected to use: its prompt plus the answer tokens the
   model's answers have used so far (a moving average, at most `max_tokens`), and settled with the
   real usage. A provider admits a call at its ceiling (prompt + `max_tokens`) into its window's
@@ -34,8 +39,10 @@ time", each booking one atomic conditional update, no read):
   those are 0, from the provider's `x-ratelimit-*` headers: until the first answer teaches them,
   one probe call goes out at a time. A 429 or `remaining: 0` blocks every caller until the reset
   (as the provider states it: from when the call was sent, not rounded up).
-- Fairness: a tenant has at most `TenantMaxInFlight` calls in flight (leases, taken when the call
-  is sent); a lease expires on its own, so one held by a crashed invocation comes back.
+- Fairness: besides the jumps, a tenant has at most `TenantMaxInFlight` calls in flight (leases,
+  taken at admission, held through the wait for the send slot); a lease expires on its own, so
+  one held by a crashed invocation comes back. A call whose turn came while its tenant holds every
+  lease takes a new turn at the end of its tenant's queue.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -71,6 +79,17 @@ RETURN_LEAD_S = 3.0
 # function): the send pace is booked no further ahead than this (plus what lateness shifted), so
 # another tenant's call, which takes the slot right after the last booked one, is not kept longer.
 BOOK_AHEAD_S = 1.0
+# A tenant with nothing queued (its call's turn is now) takes the first send slot booked at least
+# JUMP_GUARD_MS ahead, and the backlog's calls booked at or after it move one slot later: they read
+# the pace again CONFIRM_BEFORE_MS before their slots (an answer not back by the slot is not waited
+# for), so the guard covers that lead plus the jump's own write. An AWS call from a busy 256 MB
+# function takes 0.1-0.3 s (measured in the local stack: ~0.2 s on average in the infer function).
+# At most one jump is ahead at a time, so a stream of other tenants' calls cannot hold a backlog's
+# calls in their functions.
+JUMP_GUARD_MS = 350
+CONFIRM_BEFORE_MS = 200
+# Jumps are kept this long in the provider item (a call moved by them reads them before it leaves).
+JUMPS_KEPT_MS = 60_000
 # A turn later than this is not queued: SQS delays a message 900 s at most.
 MAX_RESERVE_AHEAD_S = 840.0
 # How much one answer moves the learned answer tokens (a moving average).
@@ -148,6 +167,11 @@ class Ticket:
     ceiling: int = 0  # prompt + the most the answer may take: what the provider admits it at
     prompt_tokens: int = 0  # the ceiling less the answer's cap (0: no learnable answer part)
     token_scale: float = 1.0  # the headroom factor (>= 1) the pace books the tokens at
+    # Booked far enough ahead that another tenant's call may take its slot: read the pace again
+    # CONFIRM_BEFORE_MS before it (ProviderLimiter.confirmed_slot); the request pace's end right
+    # after the booking (a jump made later saw an end at least this far).
+    confirm: bool = False
+    pace_end_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -257,6 +281,9 @@ class ProviderLimiter:
         self._tenant_items: set[str] = set()
         self._learned_cache: dict[str, tuple[Limits, bool, int]] = {}
         self._stats_cache: dict[str, tuple[dict[str, Any], int]] = {}
+        # The tenant that last booked each provider's request pace, as this process last saw it:
+        # a tenant seen leading the pace does not read it to look for a jump (its own calls).
+        self._last_booker: dict[str, Any] = {}
 
     @property
     def _ddb(self) -> Any:
@@ -280,13 +307,17 @@ class ProviderLimiter:
         `tokens`: the call's ceiling (prompt + the answer's cap), `answer_tokens`: that cap (the
         part usage teaches; 0: none). `held_slot_ms`: the turn this command was queued for before
         it was delayed; `lease_ms`: how long the call may take at most."""
+        started = time.monotonic()  # a jump counts the real time its own AWS calls took
         limits, known = self._known_limits(provider, now_ms)
         probe = not known
         booked, scale = self._token_booking(provider, limits, tokens, answer_tokens, now_ms)
         turn_ms = now_ms
+        jump = False
         if not probe:
             if held_slot_ms is None:
                 turn_ms = self._queue(provider, tenant_id, limits, booked, now_ms)
+                # Its tenant had nothing queued: it may take a slot ahead of another's backlog.
+                jump = turn_ms == now_ms
             else:
                 turn_ms = held_slot_ms
             if turn_ms - now_ms > MAX_WAIT_IN_FUNCTION_S * 1000:
@@ -304,15 +335,30 @@ class ProviderLimiter:
             try:
                 self._lease(tenant_id, lease_id, expires_ms=expires_ms, now_ms=now_ms)
             except Deferred as capped:
-                # Its turn came: it keeps it while the tenant's other calls finish.
-                turn = None if probe else now_ms + math.floor(capped.delay_s * 1000)
-                raise Deferred(capped.message, delay_s=capped.delay_s, slot_ms=turn) from None
+                if probe:
+                    raise Deferred(capped.message, delay_s=capped.delay_s) from None
+                # Its turn came while the tenant's other calls hold every lease: it takes a new
+                # turn at the end of its tenant's queue instead of asking again within seconds. (A
+                # backlog whose turns had passed came back every 1-4 s each, and the receives,
+                # failed lease writes and sends slowed the local stack's AWS calls to 0.2-0.5 s:
+                # 900-1,800 such deferrals for 300 jobs in the fairness bench.)
+                turn = self._queue(provider, tenant_id, limits, booked, now_ms)
+                wait_s = max(capped.delay_s, (turn - now_ms) / 1000 - RETURN_LEAD_S)
+                raise Deferred(capped.message, delay_s=wait_s, slot_ms=turn) from None
             lease_tenant = tenant_id
         try:
             if probe:
-                slot = self._probe(provider, now_ms)
+                slot, pace_end = self._probe(provider, now_ms), 0
             else:
-                slot = self._send_slot(provider, tenant_id, limits, booked, now_ms, turn_ms=turn_ms)
+                slot, pace_end = self._send_slot(
+                    provider,
+                    tenant_id,
+                    limits,
+                    booked,
+                    now_ms,
+                    turn_ms=turn_ms,
+                    jump=started if jump else None,
+                )
         except (Deferred, WaitInFunction):
             if lease_tenant is not None:
                 self.release_lease(lease_tenant, lease_id)
@@ -330,6 +376,8 @@ class ProviderLimiter:
             ceiling=tokens,
             prompt_tokens=tokens - answer_tokens if answer_tokens else 0,
             token_scale=scale,
+            confirm=not probe and _jumps_apply(limits) and slot - now_ms >= JUMP_GUARD_MS,
+            pace_end_ms=pace_end,
         )
 
     def _token_booking(
@@ -374,23 +422,40 @@ class ProviderLimiter:
         return max(_interval_ms(limits.requests_per_minute), tokens * _interval_ms(limits.tokens_per_minute))
 
     def _send_slot(
-        self, provider: str, tenant_id: str, limits: Limits, tokens: int, now_ms: int, *, turn_ms: int
-    ) -> int:
-        """Book the call's slot in the provider's send pace (and its tokens in the token pace), not
-        before its turn, if it is at most MAX_WAIT_IN_FUNCTION_S away, or (a tenant other than the
-        last booker's) right after the last booked slot if that one is; else Deferred, keeping a
-        turn at the pace's next free slot.
+        self,
+        provider: str,
+        tenant_id: str,
+        limits: Limits,
+        tokens: int,
+        now_ms: int,
+        *,
+        turn_ms: int,
+        jump: float | None = None,
+    ) -> tuple[int, int]:
+        """(slot, the request pace's end after it). Book the call's slot in the provider's send
+        pace (and its tokens in the token pace), not before its turn, if it is at most
+        MAX_WAIT_IN_FUNCTION_S away, or (a tenant other than the last booker's) right after the
+        last booked slot if that one is; else Deferred, keeping a turn at the pace's next free slot.
 
         Not before its turn: a call that came back early (RETURN_LEAD_S) waits for it in the
         function, so the calls ahead of it, late or not, find their slots free, and the pace has
-        calls ready at each slot instead of idling until the next one comes back."""
+        calls ready at each slot instead of idling until the next one comes back.
+
+        `jump` (the monotonic time `now_ms` was taken at): its tenant had nothing queued, so it may
+        take the first slot booked JUMP_GUARD_MS ahead (see _jump) instead of one behind another
+        tenant's booked calls."""
+        if jump is not None and _jumps_apply(limits):
+            step = math.ceil(_interval_ms(limits.requests_per_minute))
+            jumped = self._jump(provider, tenant_id, step, now_ms, since=jump)
+            if jumped is not None:
+                return jumped
         latest_ms = now_ms + math.floor(MAX_WAIT_IN_FUNCTION_S * 1000)
         not_before_ms = max(now_ms, turn_ms)
         request_cost = _interval_ms(limits.requests_per_minute)
         token_cost = tokens * _interval_ms(limits.tokens_per_minute)
         try:
             # The request pace is booked even without a request limit (cost 0): a 429's block lives in it.
-            slot = self._book_provider(
+            request_slot = slot = self._book_provider(
                 provider, "request_tat", request_cost, not_before_ms, latest_ms, tenant_id, now_ms
             )
             if token_cost:
@@ -415,7 +480,7 @@ class ProviderLimiter:
                 delay_s=(busy.next_free_ms - now_ms) / 1000 - RETURN_LEAD_S + spread_s,
                 slot_ms=busy.next_free_ms,
             ) from None
-        return slot
+        return slot, request_slot + math.ceil(request_cost)
 
     def _book_provider(
         self,
@@ -435,6 +500,8 @@ class ProviderLimiter:
             provider, pace, cost, start_ms, latest_ms=latest_ms, slack_ms=slack_ms, tenant_id=tenant_id
         )
         self._remember(provider, item, now_ms)
+        if pace == "request_tat":
+            self._last_booker[provider] = item.get("request_tat_last_tenant")
         return slot
 
     def _book(
@@ -523,6 +590,82 @@ class ProviderLimiter:
                 if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
                     raise
         raise Deferred("the provider limiter is contended", delay_s=random.uniform(1.0, 3.0))
+
+    def _jump(
+        self, provider: str, tenant_id: str, step: int, now_ms: int, *, since: float
+    ) -> tuple[int, int] | None:
+        """(slot, the pace's end after the jump). Take the first send slot booked at least
+        JUMP_GUARD_MS ahead (and after any 429 block) for a tenant with nothing queued: the calls
+        booked at or after it move one slot later (each reads the jumps in confirmed_slot before
+        it leaves), and so does the pace's end. One tenant's backlog, booked up to
+        MAX_WAIT_IN_FUNCTION_S ahead, keeps another tenant's first call JUMP_GUARD_MS + one slot
+        at most, and every window at the provider holds as many calls as before: the jump takes a
+        slot of the pace's own grid. None: nothing to jump (the pace is free by then), a jump is
+        still ahead, or this tenant booked last (its own calls lead the pace).
+
+        Each jump is kept as {its slot: the pace's end before it}: a call booked before the jump
+        has its slot before that end, one booked after it, beyond."""
+        if self._last_booker.get(provider) == tenant_id:
+            return None
+        item = self._read(provider)
+        for _ in range(RACE_RETRIES):
+            # The guard counts from now, not from when admission began (its writes took time).
+            now = now_ms + math.ceil((time.monotonic() - since) * 1000)
+            end = int(item.get("request_tat", 0))
+            earliest = max(now + JUMP_GUARD_MS, int(item.get("blocked_until", 0)))
+            ahead = (end - earliest) // step  # booked slots: end - k * step, k >= 1
+            if (
+                ahead < 1
+                or int(item.get("request_jump_last", 0)) >= now
+                or item.get("request_tat_last_tenant") == tenant_id
+            ):
+                return None
+            slot = end - ahead * step
+            jumps = {
+                name: tat_before
+                for name, tat_before in (item.get("request_jumps") or {}).items()
+                if int(name) >= now_ms - JUMPS_KEPT_MS
+            } | {str(slot): end}
+            try:
+                self._ddb.update_item(
+                    TableName=self.table_name,
+                    Key=to_dynamo({"pk": provider}),
+                    UpdateExpression=(
+                        "SET request_tat = :moved, request_jump_last = :slot, request_jumps = :jumps"
+                    ),
+                    # The jumps change only with the pace's end: this reads both as they were.
+                    ConditionExpression="request_tat = :end",
+                    ExpressionAttributeValues=to_dynamo(
+                        {":moved": end + step, ":slot": slot, ":jumps": jumps, ":end": end}
+                    ),
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as error:
+                if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+                item = from_dynamo(error.response.get("Item") or {})  # type: ignore[arg-type]
+                continue
+            logger.info("send slot taken ahead of a backlog", extra={"provider": provider, "slot_ms": slot})
+            return slot, end + step
+        return None
+
+    def confirmed_slot(self, ticket: Ticket) -> int:
+        """The ticket's send slot as it stands now (one read): one slot later for each jump made
+        since it was booked (the pace's end the jump saw was at least the one after the booking)
+        at or before it."""
+        if not ticket.confirm:
+            return ticket.slot_ms
+        step = math.ceil(_interval_ms(ticket.limits.requests_per_minute))
+        jumps = sorted(
+            int(name)
+            for name, tat_before in (self._read(ticket.provider).get("request_jumps") or {}).items()
+            if int(tat_before) >= ticket.pace_end_ms
+        )
+        slot = ticket.slot_ms
+        for jumped in jumps:
+            if jumped <= slot:
+                slot += step
+        return slot
 
     def _probe(self, provider: str, now_ms: int) -> int:
         """Nothing known yet: one probe call at a time until an answer teaches the limits."""
@@ -883,6 +1026,12 @@ def _interval_ms(per_minute: int) -> float:
     if per_minute <= 0:
         return 0.0
     return 60_000 / (per_minute * PACE_FRACTION)
+
+
+def _jumps_apply(limits: Limits) -> bool:
+    """Jumps move calls on the request pace only: with a token limit a call's place in the token
+    pace is its own size, so it queues behind the booked calls as before."""
+    return bool(limits.requests_per_minute) and not limits.tokens_per_minute
 
 
 def _exhausted_until(headers: RateLimitHeaders, now_ms: int) -> int | None:

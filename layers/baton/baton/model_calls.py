@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +14,7 @@ from baton import llm, telemetry
 from baton.clock import now_ms
 from baton.errors import JobNotFoundError, ModelError
 from baton.limiter import (
+    CONFIRM_BEFORE_MS,
     DEFAULT_COMPLETION_TOKENS,
     Deferred,
     Limits,
@@ -147,13 +150,11 @@ class ModelCalls:
         """A provider call under the limiter's ticket, sent at its slot: a 429 defers the command
         (not an attempt), another failure gives the slot back, success settles it with (used
         tokens, headers)."""
-        if ticket is not None:
-            wait_ms = ticket.slot_ms - now_ms()
-            if wait_ms > 0:
-                # MAX_WAIT_IN_FUNCTION_S (+ one slot for another tenant) at most: cheaper than a deferral.
-                time.sleep(wait_ms / 1000)
         sent_ms = now_ms()
         try:
+            if ticket is not None:
+                self._await_slot(ticket)  # its read may fail: the ticket is abandoned then
+                sent_ms = now_ms()
             result = call()
         except ModelError as error:
             if ticket is not None and self.limiter is not None:
@@ -178,6 +179,35 @@ class ModelCalls:
                 sent_ms=sent_ms,
             )
         return result
+
+    def _await_slot(self, ticket: Ticket) -> None:
+        """Sleep until the ticket's send slot (MAX_WAIT_IN_FUNCTION_S away at most, plus a slot
+        for each other tenant's call that took one ahead of it: cheaper than a deferral). A ticket
+        booked far enough ahead for that reads its slot again CONFIRM_BEFORE_MS before it, beside
+        the wait: an answer not back by the slot is not waited for (a call late by more than the
+        pace's margin crowds the provider's window), so the read never makes a call late."""
+        slot = ticket.slot_ms
+        if ticket.confirm and self.limiter is not None:
+            limiter = self.limiter
+            reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="confirm-slot")
+            try:
+                while True:
+                    early_ms = slot - CONFIRM_BEFORE_MS - now_ms()
+                    if early_ms > 0:
+                        time.sleep(early_ms / 1000)
+                    read = reader.submit(limiter.confirmed_slot, ticket)
+                    try:
+                        moved = read.result(timeout=max(0, slot - now_ms()) / 1000)
+                    except FuturesTimeout:
+                        break  # sent at its slot; the read ends on its own
+                    if moved == slot:
+                        break
+                    slot = moved
+            finally:
+                reader.shutdown(wait=False)
+        wait_ms = slot - now_ms()
+        if wait_ms > 0:
+            time.sleep(wait_ms / 1000)
 
     def _timeout_at_send(self, record: JobRecord, invocation_deadline_ms: int) -> float:
         """Below the function's remaining time, and never past the job's own deadline. Too little
