@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from conftest import AwsStack
 
 PROVIDER = provider_key("http://127.0.0.1:9999/v1", "baton-local")
+STEP_AT_120 = math.ceil(60_000 / (120 * PACE_FRACTION))  # ms between send slots at R = 120/min
 T0 = 1_800_000_000_000
 LEASE_MS = 30_000
 
@@ -854,29 +855,27 @@ def test_another_tenants_first_call_takes_a_slot_ahead_of_the_backlog_and_moves_
     booked at or after it move one slot later when they read their slots again, those before it
     keep theirs, and B's own slot does not move."""
     lim = limiter(aws, rpm=120)
-    step = math.ceil(60_000 / (120 * PACE_FRACTION))
     a_tickets = booked_ahead(lim, 8, now=T0)
     a_slots = [ticket.slot_ms for ticket in a_tickets]
-    assert a_slots == [T0 + i * step for i in range(8)]
+    assert a_slots == [T0 + i * STEP_AT_120 for i in range(8)]
     b = admit(lim, now=T0 + 100, tenant="b", job="b0")
-    assert b.slot_ms == T0 + step  # the first booked slot >= now + JUMP_GUARD_MS (200 ms)
-    assert b.slot_ms - (T0 + 100) <= JUMP_GUARD_MS + step
+    assert b.slot_ms == T0 + STEP_AT_120  # the first booked slot >= now + JUMP_GUARD_MS
+    assert b.slot_ms - (T0 + 100) <= JUMP_GUARD_MS + STEP_AT_120
     assert lim.confirmed_slot(b) == b.slot_ms
     moved = [lim.confirmed_slot(ticket) for ticket in a_tickets]
-    assert moved == [a_slots[0]] + [slot + step for slot in a_slots[1:]]
+    assert moved == [a_slots[0]] + [slot + STEP_AT_120 for slot in a_slots[1:]]
     # The pace's end moved too: A's next call books after its moved calls.
     later = admit(lim, now=T0 + 150, tenant="a", job="a8", held_slot_ms=T0 + 150)
-    assert later.slot_ms == a_slots[-1] + 2 * step
+    assert later.slot_ms == a_slots[-1] + 2 * STEP_AT_120
     assert lim.confirmed_slot(later) == later.slot_ms
 
 
 def test_a_tenant_does_not_jump_over_its_own_booked_calls(aws: AwsStack) -> None:
     lim = limiter(aws, rpm=120)
-    step = math.ceil(60_000 / (120 * PACE_FRACTION))
     a_tickets = booked_ahead(lim, 8, now=T0)
     # A's queue is idle again 8 turns later, but its own calls lead the pace: it books at the end.
-    again = admit(lim, now=T0 + 8 * step, tenant="a", job="again")
-    assert again.slot_ms == a_tickets[-1].slot_ms + step
+    again = admit(lim, now=T0 + 8 * STEP_AT_120, tenant="a", job="again")
+    assert again.slot_ms == a_tickets[-1].slot_ms + STEP_AT_120
     assert [lim.confirmed_slot(ticket) for ticket in a_tickets] == [t.slot_ms for t in a_tickets]
 
 
@@ -884,15 +883,14 @@ def test_one_jump_is_ahead_at_a_time(aws: AwsStack) -> None:
     """Two other tenants arrive together: the first jumps, the second queues behind the booked
     calls as before (so a stream of single calls cannot keep a backlog's calls waiting)."""
     lim = limiter(aws, rpm=120)
-    step = math.ceil(60_000 / (120 * PACE_FRACTION))
     a_tickets = booked_ahead(lim, 8, now=T0)
     b = admit(lim, now=T0 + 100, tenant="b", job="b0")
     c = admit(lim, now=T0 + 100, tenant="c", job="c0")
-    assert b.slot_ms == T0 + step
-    assert c.slot_ms == a_tickets[-1].slot_ms + 2 * step  # after A's moved calls
+    assert b.slot_ms == T0 + STEP_AT_120
+    assert c.slot_ms == a_tickets[-1].slot_ms + 2 * STEP_AT_120  # after A's moved calls
     # Once B's slot has passed, the next tenant may jump again.
     d = admit(lim, now=b.slot_ms + 1, tenant="d", job="d0")
-    assert d.slot_ms - (b.slot_ms + 1) <= JUMP_GUARD_MS + step
+    assert d.slot_ms - (b.slot_ms + 1) <= JUMP_GUARD_MS + STEP_AT_120
 
 
 def test_a_jump_never_lands_inside_a_429_block(aws: AwsStack) -> None:

@@ -281,8 +281,8 @@ class ProviderLimiter:
         self._tenant_items: set[str] = set()
         self._learned_cache: dict[str, tuple[Limits, bool, int]] = {}
         self._stats_cache: dict[str, tuple[dict[str, Any], int]] = {}
-        # The tenant that last booked each provider's request pace, as this process last saw it:
-        # a tenant seen leading the pace does not read it to look for a jump (its own calls).
+        # The tenant that last booked each provider's request pace, as this process last saw the
+        # item: a tenant seen leading the pace does not read it to look for a jump (its own calls).
         self._last_booker: dict[str, Any] = {}
 
     @property
@@ -357,7 +357,8 @@ class ProviderLimiter:
                     booked,
                     now_ms,
                     turn_ms=turn_ms,
-                    jump=started if jump else None,
+                    jump=jump,
+                    started=started,
                 )
         except (Deferred, WaitInFunction):
             if lease_tenant is not None:
@@ -430,7 +431,8 @@ class ProviderLimiter:
         now_ms: int,
         *,
         turn_ms: int,
-        jump: float | None = None,
+        jump: bool = False,
+        started: float = 0.0,
     ) -> tuple[int, int]:
         """(slot, the request pace's end after it). Book the call's slot in the provider's send
         pace (and its tokens in the token pace), not before its turn, if it is at most
@@ -441,17 +443,16 @@ class ProviderLimiter:
         function, so the calls ahead of it, late or not, find their slots free, and the pace has
         calls ready at each slot instead of idling until the next one comes back.
 
-        `jump` (the monotonic time `now_ms` was taken at): its tenant had nothing queued, so it may
-        take the first slot booked JUMP_GUARD_MS ahead (see _jump) instead of one behind another
-        tenant's booked calls."""
-        if jump is not None and _jumps_apply(limits):
-            step = math.ceil(_interval_ms(limits.requests_per_minute))
-            jumped = self._jump(provider, tenant_id, step, now_ms, since=jump)
+        `jump`: its tenant had nothing queued, so it may take the first slot booked JUMP_GUARD_MS
+        ahead (see _jump) instead of one behind another tenant's booked calls; `started`: the
+        monotonic time `now_ms` was taken at."""
+        request_cost = _interval_ms(limits.requests_per_minute)
+        if jump and _jumps_apply(limits):
+            jumped = self._jump(provider, tenant_id, math.ceil(request_cost), now_ms, since=started)
             if jumped is not None:
                 return jumped
         latest_ms = now_ms + math.floor(MAX_WAIT_IN_FUNCTION_S * 1000)
         not_before_ms = max(now_ms, turn_ms)
-        request_cost = _interval_ms(limits.requests_per_minute)
         token_cost = tokens * _interval_ms(limits.tokens_per_minute)
         try:
             # The request pace is booked even without a request limit (cost 0): a 429's block lives in it.
@@ -500,8 +501,6 @@ class ProviderLimiter:
             provider, pace, cost, start_ms, latest_ms=latest_ms, slack_ms=slack_ms, tenant_id=tenant_id
         )
         self._remember(provider, item, now_ms)
-        if pace == "request_tat":
-            self._last_booker[provider] = item.get("request_tat_last_tenant")
         return slot
 
     def _book(
@@ -624,7 +623,7 @@ class ProviderLimiter:
             jumps = {
                 name: tat_before
                 for name, tat_before in (item.get("request_jumps") or {}).items()
-                if int(name) >= now_ms - JUMPS_KEPT_MS
+                if int(name) >= now - JUMPS_KEPT_MS
             } | {str(slot): end}
             try:
                 self._ddb.update_item(
@@ -706,6 +705,7 @@ class ProviderLimiter:
             name: item[name] for name in ("answer_tokens", "token_window") if name in item
         }
         self._stats_cache[provider] = (stats, now_ms)
+        self._last_booker[provider] = item.get("request_tat_last_tenant")
 
     def _stats(self, provider: str, now_ms: int) -> dict[str, Any]:
         """What the provider's answers have shown about tokens: `answer_tokens` (what an answer

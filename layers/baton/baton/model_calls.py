@@ -150,11 +150,10 @@ class ModelCalls:
         """A provider call under the limiter's ticket, sent at its slot: a 429 defers the command
         (not an attempt), another failure gives the slot back, success settles it with (used
         tokens, headers)."""
-        sent_ms = now_ms()
         try:
             if ticket is not None:
                 self._await_slot(ticket)  # its read may fail: the ticket is abandoned then
-                sent_ms = now_ms()
+            sent_ms = now_ms()
             result = call()
         except ModelError as error:
             if ticket is not None and self.limiter is not None:
