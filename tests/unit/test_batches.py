@@ -763,6 +763,65 @@ def test_a_large_batch_writes_its_files_in_parts_one_invocation_each(
     assert head["ETag"].strip('"').endswith("-3")  # joined by a multipart upload of three parts
 
 
+def test_a_join_whose_upload_fails_aborts_it_and_its_retry_writes_the_files(
+    aws: AwsStack,
+    api: LoadedFunction,
+    infer: LoadedFunction,
+    model: FakeModel,  # noqa: F811
+) -> None:
+    """The last write command's multipart upload fails at its second part: the upload is aborted
+    (S3 bills an unfinished upload's parts), the command is reported failed, and its redelivery
+    joins the files (in order, from the parts still there)."""
+    import moto.s3.models
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+    from botocore.exceptions import EndpointConnectionError
+
+    import baton.aws
+    import baton.batches
+
+    aws.monkeypatch.setattr(baton.batches, "SLICE", 2)
+    aws.monkeypatch.setattr(baton.batches, "WRITE_SLICES", 2)
+    aws.monkeypatch.setattr(baton.batches, "JOIN_PART_BYTES", 16)
+    aws.monkeypatch.setattr(moto.s3.models, "S3_UPLOAD_PART_MIN_SIZE", 16)
+    batch = aws.load("BatchFunction")
+    _, created = call(api, batch_event(aws, "POST", body={"requests": [line(str(i)) for i in range(9)]}))
+    batch_id = created["id"]
+    failures = {"left": 1}
+
+    def second_part_fails(params: dict[str, Any], **_: Any) -> None:
+        if params["PartNumber"] == 2 and failures["left"]:
+            failures["left"] -= 1
+            raise EndpointConnectionError(endpoint_url="https://s3.example")
+
+    baton.aws.client("s3").meta.events.register("provide-client-params.s3.UploadPart", second_part_fails)
+    failed: list[dict[str, Any]] = []
+    while True:
+        ran = False
+        for queue, function in (("BatchQueue", batch), ("InferQueue", infer)):
+            messages = aws.receive(queue) or failed
+            failed = []
+            if messages:
+                try:
+                    answer = function(aws.sqs_event(queue, messages))
+                    reported = {item["itemIdentifier"] for item in answer["batchItemFailures"]}
+                except BatchProcessingError:  # every record failed: Lambda retries the batch
+                    reported = {m["MessageId"] for m in messages}
+                failed = [m for m in messages if m["MessageId"] in reported]
+                assert all(json.loads(m["Body"]).get("kind") == "write" for m in failed), failed
+                ran = True
+        if not ran:
+            break
+    s3 = boto3.client("s3")
+    assert failures["left"] == 0  # the failure happened, and the command was retried
+    assert s3.list_multipart_uploads(Bucket=aws.bucket).get("Uploads", []) == []
+    _, ended = call(api, batch_event(aws, "GET", batch_id=batch_id))
+    assert ended["status"] == "completed", ended
+    output, errors = custom_ids_once(aws, batch_id)
+    assert output == [str(i) for i in range(9)] and errors == []
+    head = s3.head_object(Bucket=aws.bucket, Key=f"batches/acme/{batch_id}/output.jsonl")
+    assert head["ETag"].strip('"').endswith("-3")
+
+
 def test_counts_are_grouped_to_fit_one_transaction_each() -> None:
     """A transaction holds 100 items: a marker per line, a never-started line's job too, and the
     count. A slice of 100 never-started lines takes three transactions; 150 counted lines, two."""

@@ -955,40 +955,50 @@ class BatchService:
 
     def _join(self, key: str, parts: list[str]) -> None:
         """Parts, in order, into one object: one PUT when small, else a multipart upload whose
-        parts are at least JOIN_PART_BYTES (S3's minimum is 5 MiB but for the last)."""
+        parts are at least JOIN_PART_BYTES (S3's minimum is 5 MiB but for the last). An upload
+        that fails is aborted (S3 bills the parts of an unfinished upload until then; the command
+        is retried and uploads again); one a crash left behind, the bucket's lifecycle rule aborts."""
         s3 = client("s3")
         bucket = self.settings.bucket
         buffer = bytearray()
         upload_id: str | None = None
         uploaded: list[dict[str, Any]] = []
-        for part in parts:
-            buffer += s3.get_object(Bucket=bucket, Key=part)["Body"].read()
-            if len(buffer) < JOIN_PART_BYTES:
-                continue
-            if upload_id is None:
-                upload_id = str(
-                    s3.create_multipart_upload(Bucket=bucket, Key=key, ContentType="application/x-ndjson")[
-                        "UploadId"
-                    ]
-                )
+
+        def upload_buffer() -> None:
             number = len(uploaded) + 1
             answer = s3.upload_part(
                 Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=bytes(buffer)
             )
             uploaded.append({"PartNumber": number, "ETag": answer["ETag"]})
             buffer.clear()
-        if upload_id is None:
-            self.blobs.write(key, bytes(buffer), content_type="application/x-ndjson")
-            return
-        if buffer:
-            number = len(uploaded) + 1
-            answer = s3.upload_part(
-                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=bytes(buffer)
+
+        try:
+            for part in parts:
+                buffer += s3.get_object(Bucket=bucket, Key=part)["Body"].read()
+                if len(buffer) < JOIN_PART_BYTES:
+                    continue
+                if upload_id is None:
+                    upload_id = str(
+                        s3.create_multipart_upload(
+                            Bucket=bucket, Key=key, ContentType="application/x-ndjson"
+                        )["UploadId"]
+                    )
+                upload_buffer()
+            if upload_id is None:
+                self.blobs.write(key, bytes(buffer), content_type="application/x-ndjson")
+                return
+            if buffer:
+                upload_buffer()
+            s3.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": uploaded}
             )
-            uploaded.append({"PartNumber": number, "ETag": answer["ETag"]})
-        s3.complete_multipart_upload(
-            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": uploaded}
-        )
+        except BaseException:
+            if upload_id is not None:
+                try:
+                    s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+                except Exception:  # the lifecycle rule aborts it later; the first error is the one
+                    logger.exception("a failed multipart upload was not aborted", extra={"key": key})
+            raise
 
     def _entries(self, tenant_id: str, item: dict[str, Any], lines: list[BatchLine]) -> tuple[bytes, bytes]:
         """The output.jsonl and errors.jsonl entries of these lines (in their order), each line in
