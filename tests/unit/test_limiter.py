@@ -19,7 +19,7 @@ from baton.clock import now_ms
 from baton.limiter import (
     BOOK_AHEAD_S,
     CONFIRM_BEFORE_MS,
-    JUMP_GUARD_MS,
+    JUMP_WRITE_MARGIN_MS,
     MAX_WAIT_IN_FUNCTION_S,
     PACE_FRACTION,
     PROBE_POLL_MS,
@@ -841,6 +841,11 @@ def test_a_metered_call_is_sent_at_its_slot_and_settles_with_when_it_was_sent() 
 
 
 # -- another tenant's call ahead of a backlog (jumps) -------------------------------------------
+# The jump's guard here: CONFIRM_BEFORE_MS + its write's time, taken as its read's (in-process moto:
+# well under 100 ms) + JUMP_WRITE_MARGIN_MS.
+GUARD_BOUND_MS = CONFIRM_BEFORE_MS + 100 + JUMP_WRITE_MARGIN_MS
+
+
 def booked_ahead(lim: ProviderLimiter, count: int, *, now: int, tenant: str = "a") -> list[Ticket]:
     """`count` of the tenant's calls holding send slots (each admitted at its turn, as calls
     waiting in their functions are): the pace booked `count` slots ahead of `now`."""
@@ -851,7 +856,8 @@ def test_another_tenants_first_call_takes_a_slot_ahead_of_the_backlog_and_moves_
     aws: AwsStack,
 ) -> None:
     """Tenant A's calls hold the send pace 4 s ahead (its calls wait in their functions). B's one
-    call, its queue empty, takes the first of A's slots at least JUMP_GUARD_MS away; A's calls
+    call, its queue empty, takes the first of A's slots far enough away for its write to land
+    before A's calls read their slots again (CONFIRM_BEFORE_MS before them); A's calls
     booked at or after it move one slot later when they read their slots again, those before it
     keep theirs, and B's own slot does not move."""
     lim = limiter(aws, rpm=120)
@@ -859,8 +865,8 @@ def test_another_tenants_first_call_takes_a_slot_ahead_of_the_backlog_and_moves_
     a_slots = [ticket.slot_ms for ticket in a_tickets]
     assert a_slots == [T0 + i * STEP_AT_120 for i in range(8)]
     b = admit(lim, now=T0 + 100, tenant="b", job="b0")
-    assert b.slot_ms == T0 + STEP_AT_120  # the first booked slot >= now + JUMP_GUARD_MS
-    assert b.slot_ms - (T0 + 100) <= JUMP_GUARD_MS + STEP_AT_120
+    assert b.slot_ms == T0 + STEP_AT_120  # the first booked slot >= now + the guard
+    assert b.slot_ms - (T0 + 100) <= GUARD_BOUND_MS + STEP_AT_120
     assert lim.confirmed_slot(b) == b.slot_ms
     moved = [lim.confirmed_slot(ticket) for ticket in a_tickets]
     assert moved == [a_slots[0]] + [slot + STEP_AT_120 for slot in a_slots[1:]]
@@ -868,6 +874,45 @@ def test_another_tenants_first_call_takes_a_slot_ahead_of_the_backlog_and_moves_
     later = admit(lim, now=T0 + 150, tenant="a", job="a8", held_slot_ms=T0 + 150)
     assert later.slot_ms == a_slots[-1] + 2 * STEP_AT_120
     assert lim.confirmed_slot(later) == later.slot_ms
+
+
+class StoppedClock:
+    """The limiter's monotonic clock, still unless a DynamoDB read moves it: what a jump measures
+    of its own calls is exactly what the test says, whatever the machine's load."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+
+@pytest.mark.parametrize(("read_ms", "slot_after_t0"), [(0, STEP_AT_120), (200, 2 * STEP_AT_120)])
+def test_a_jumps_guard_is_the_confirmation_lead_plus_its_writes_time_taken_as_its_reads(
+    aws: AwsStack, read_ms: int, slot_after_t0: int
+) -> None:
+    """B arrives at T0 + 200, A's calls booked on the grid from T0 (a step of 516 ms). With an
+    instant read the guard is CONFIRM_BEFORE_MS + JUMP_WRITE_MARGIN_MS (250 ms): B takes A's
+    second slot, 316 ms away (a fixed 350 ms guard kept it to the third). With a 200 ms read the
+    write is taken to last as long: the slot must be 200 + 200 + 250 ms past arrival, the third.
+    A's calls at or after B's slot move one slot later."""
+    clock = StoppedClock()
+    lim = limiter(aws, rpm=120)
+    a_tickets = booked_ahead(lim, 8, now=T0)
+    read = lim._read
+
+    def timed_read(provider: str) -> dict[str, Any]:
+        clock.seconds += read_ms / 1000
+        return read(provider)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(limiter_module, "time", clock)
+        patch.setattr(lim, "_read", timed_read)
+        b = admit(lim, now=T0 + 200, tenant="b", job="b0")
+    assert b.slot_ms == T0 + slot_after_t0
+    assert b.slot_ms - (T0 + 200) >= CONFIRM_BEFORE_MS + JUMP_WRITE_MARGIN_MS + 2 * read_ms
+    moved = [lim.confirmed_slot(ticket) for ticket in a_tickets]
+    assert moved == [t.slot_ms if t.slot_ms < b.slot_ms else t.slot_ms + STEP_AT_120 for t in a_tickets]
 
 
 def test_a_tenant_does_not_jump_over_its_own_booked_calls(aws: AwsStack) -> None:
@@ -890,7 +935,7 @@ def test_one_jump_is_ahead_at_a_time(aws: AwsStack) -> None:
     assert c.slot_ms == a_tickets[-1].slot_ms + 2 * STEP_AT_120  # after A's moved calls
     # Once B's slot has passed, the next tenant may jump again.
     d = admit(lim, now=b.slot_ms + 1, tenant="d", job="d0")
-    assert d.slot_ms - (b.slot_ms + 1) <= JUMP_GUARD_MS + STEP_AT_120
+    assert d.slot_ms - (b.slot_ms + 1) <= GUARD_BOUND_MS + STEP_AT_120
 
 
 def test_a_jump_never_lands_inside_a_429_block(aws: AwsStack) -> None:
@@ -919,7 +964,7 @@ def test_behind_a_backlog_whose_calls_come_back_late_another_tenant_is_sent_with
 ) -> None:
     """Tenant A's 60 calls come back from their delays 1-3 s late, as on a busy stack, so late
     calls shift the pace and A's slots are booked up to MAX_WAIT_IN_FUNCTION_S ahead. B's one call
-    jumps ahead of them: sent within JUMP_GUARD_MS + one interval of arriving (it was booked after
+    jumps ahead of them: sent within the jump's guard + one interval of arriving (it was booked after
     A's last slot before: measured in the stack 1.8-2.2 s later than alone). The provider refuses
     nothing: the jump takes a slot of the pace's grid and A's calls after it move one slot."""
     interval = 60_000 / (120 * PACE_FRACTION)
@@ -932,7 +977,7 @@ def test_behind_a_backlog_whose_calls_come_back_late_another_tenant_is_sent_with
         return_lag_ms=lambda n: 1_000 + (n * 7_919) % 2_000,
     )
     sent_b = [slot for slot, tenant, _ in run.sends if tenant == "b"]
-    assert sent_b and sent_b[0] - arrival <= JUMP_GUARD_MS + interval + 1
+    assert sent_b and sent_b[0] - arrival <= GUARD_BOUND_MS + interval + 1
     assert run.refused == 0 and len(run.sends) == 61
     slots = sorted(slot for slot, _, _ in run.sends)
     assert min(b - a for a, b in itertools.pairwise(slots)) >= 60_000 / 120

@@ -21,10 +21,11 @@ time", each booking one atomic conditional update, no read):
   came back late uses the next free send slot, so capacity a late message left idle is used by
   whoever is ready, and the late call never goes to the back of the queue. Late calls shift the
   pace for good, so a backlog's calls hold slots up to MAX_WAIT_IN_FUNCTION_S ahead. A tenant with
-  nothing queued jumps them: its call takes the first booked slot at least JUMP_GUARD_MS away, and
-  the calls booked at or after it move one slot later (they read the pace again
-  CONFIRM_BEFORE_MS before their slots), so another tenant's call is sent within JUMP_GUARD_MS +
-  one slot of arriving, however long the first tenant's backlog, and the provider's windows hold
+  nothing queued jumps them: its call takes the first booked slot far enough away for the moved
+  calls to learn of it (they read the pace again CONFIRM_BEFORE_MS before their slots: that lead
+  plus the jump's own write), and the calls booked at or after it move one slot later, so another
+  tenant's call is sent within that guard + one slot of arriving, however long the first
+  tenant's backlog, and the provider's windows hold
   no more calls than before. One jump is ahead at a time; a second one, and a token-limited
   provider's calls, take the slot right after the last booked one (a tenant other than the last
   booker's may, even beyond MAX_WAIT_IN_FUNCTION_S). (Booking only a free pace, which would make
@@ -79,15 +80,21 @@ RETURN_LEAD_S = 3.0
 # function): the send pace is booked no further ahead than this (plus what lateness shifted), so
 # another tenant's call, which takes the slot right after the last booked one, is not kept longer.
 BOOK_AHEAD_S = 1.0
-# A tenant with nothing queued (its call's turn is now) takes the first send slot booked at least
-# JUMP_GUARD_MS ahead, and the backlog's calls booked at or after it move one slot later: they read
-# the pace again CONFIRM_BEFORE_MS before their slots (an answer not back by the slot is not waited
-# for), so the guard covers that lead plus the jump's own write. An AWS call from a busy 256 MB
-# function takes 0.1-0.3 s (measured in the local stack: ~0.2 s on average in the infer function).
-# At most one jump is ahead at a time, so a stream of other tenants' calls cannot hold a backlog's
-# calls in their functions.
-JUMP_GUARD_MS = 350
+# A tenant with nothing queued (its call's turn is now) takes the first send slot booked far
+# enough ahead, and the backlog's calls booked at or after it move one slot later: they read the
+# pace again CONFIRM_BEFORE_MS before their slots (an answer not back by the slot is not waited
+# for), so the jump's write must land before that: the slot is at least CONFIRM_BEFORE_MS + the
+# write's time away, the write taken to last as long as the jump's read just before it, plus
+# JUMP_WRITE_MARGIN_MS. (A fixed 350 ms guard, sized for the local stack's slowest calls, was most
+# of another tenant's wait: at the jumps the write took a few ms.) An AWS call from a busy 256 MB
+# function takes 0.1-0.3 s on a loaded local stack, a few ms at other times and on AWS. At most one
+# jump is ahead at a time, so a stream of other tenants' calls cannot hold a backlog's calls in
+# their functions.
 CONFIRM_BEFORE_MS = 200
+JUMP_WRITE_MARGIN_MS = 50
+# A call booked at least this far ahead of its slot may be jumped (the least a jump's guard is), so
+# it reads its slot again before it leaves.
+CONFIRM_AHEAD_MS = CONFIRM_BEFORE_MS + JUMP_WRITE_MARGIN_MS
 # Jumps are kept this long in the provider item (a call moved by them reads them before it leaves).
 JUMPS_KEPT_MS = 60_000
 # A turn later than this is not queued: SQS delays a message 900 s at most.
@@ -377,7 +384,7 @@ class ProviderLimiter:
             ceiling=tokens,
             prompt_tokens=tokens - answer_tokens if answer_tokens else 0,
             token_scale=scale,
-            confirm=not probe and _jumps_apply(limits) and slot - now_ms >= JUMP_GUARD_MS,
+            confirm=not probe and _jumps_apply(limits) and slot - now_ms >= CONFIRM_AHEAD_MS,
             pace_end_ms=pace_end,
         )
 
@@ -443,7 +450,7 @@ class ProviderLimiter:
         function, so the calls ahead of it, late or not, find their slots free, and the pace has
         calls ready at each slot instead of idling until the next one comes back.
 
-        `jump`: its tenant had nothing queued, so it may take the first slot booked JUMP_GUARD_MS
+        `jump`: its tenant had nothing queued, so it may take the first slot booked far enough
         ahead (see _jump) instead of one behind another tenant's booked calls; `started`: the
         monotonic time `now_ms` was taken at."""
         request_cost = _interval_ms(limits.requests_per_minute)
@@ -593,12 +600,13 @@ class ProviderLimiter:
     def _jump(
         self, provider: str, tenant_id: str, step: int, now_ms: int, *, since: float
     ) -> tuple[int, int] | None:
-        """(slot, the pace's end after the jump). Take the first send slot booked at least
-        JUMP_GUARD_MS ahead (and after any 429 block) for a tenant with nothing queued: the calls
+        """(slot, the pace's end after the jump). Take the first send slot booked far enough
+        ahead (CONFIRM_BEFORE_MS + this write's time, taken as the last DynamoDB call's plus
+        JUMP_WRITE_MARGIN_MS) and after any 429 block, for a tenant with nothing queued: the calls
         booked at or after it move one slot later (each reads the jumps in confirmed_slot before
         it leaves), and so does the pace's end. One tenant's backlog, booked up to
-        MAX_WAIT_IN_FUNCTION_S ahead, keeps another tenant's first call JUMP_GUARD_MS + one slot
-        at most, and every window at the provider holds as many calls as before: the jump takes a
+        MAX_WAIT_IN_FUNCTION_S ahead, keeps another tenant's first call that guard + one slot at
+        most, and every window at the provider holds as many calls as before: the jump takes a
         slot of the pace's own grid. None: nothing to jump (the pace is free by then), a jump is
         still ahead, or this tenant booked last (its own calls lead the pace).
 
@@ -606,12 +614,15 @@ class ProviderLimiter:
         has its slot before that end, one booked after it, beyond."""
         if self._last_booker.get(provider) == tenant_id:
             return None
+        asked = time.monotonic()
         item = self._read(provider)
         for _ in range(RACE_RETRIES):
+            answered = time.monotonic()
             # The guard counts from now, not from when admission began (its writes took time).
-            now = now_ms + math.ceil((time.monotonic() - since) * 1000)
+            now = now_ms + math.ceil((answered - since) * 1000)
+            write_ms = math.ceil((answered - asked) * 1000) + JUMP_WRITE_MARGIN_MS
+            earliest = max(now + CONFIRM_BEFORE_MS + write_ms, int(item.get("blocked_until", 0)))
             end = int(item.get("request_tat", 0))
-            earliest = max(now + JUMP_GUARD_MS, int(item.get("blocked_until", 0)))
             ahead = (end - earliest) // step  # booked slots: end - k * step, k >= 1
             if (
                 ahead < 1
@@ -625,6 +636,7 @@ class ProviderLimiter:
                 for name, tat_before in (item.get("request_jumps") or {}).items()
                 if int(name) >= now - JUMPS_KEPT_MS
             } | {str(slot): end}
+            asked = time.monotonic()
             try:
                 self._ddb.update_item(
                     TableName=self.table_name,
