@@ -88,7 +88,10 @@ def test_no_time_left_after_the_wait_defers_the_call_without_spending_an_attempt
     with pytest.raises(Deferred) as deferred:
         calls.complete(RECORD, MESSAGES, {}, T + 9_000, ticket)
     # Back at once, in a fresh invocation with its whole time; a Deferred is not a retry's attempt.
-    assert deferred.value.delay_seconds == 0 and deferred.value.slot_ms is None
+    assert deferred.value.delay_seconds == 0
     assert "not enough time left" in deferred.value.message
-    # The send slot it booked is given back, not held by a call that was never made.
+    # Its tokens and lease are given back, not held by a call that was never made; its turn has
+    # come and stays: the fresh invocation takes the next free send slot, not a new turn behind
+    # its tenant's other queued calls.
     assert cast(NoLimits, calls.limiter).abandoned == [ticket]
+    assert deferred.value.slot_ms == ticket.slot_ms

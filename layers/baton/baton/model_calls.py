@@ -164,6 +164,16 @@ class ModelCalls:
                     ) from error
                 self.limiter.abandon(ticket, now_ms=now_ms())
             raise
+        except Deferred as not_sent:
+            # Not sent: too little time left in this invocation once the slot came. Its turn has
+            # come, so the fresh invocation takes the next free send slot with it (the slot held
+            # as its turn), not a new turn at the end of its tenant's queue, behind its backlog.
+            if ticket is None or self.limiter is None:
+                raise
+            self.limiter.abandon(ticket, now_ms=now_ms())
+            if not_sent.slot_ms is not None:
+                raise
+            raise Deferred(not_sent.message, delay_s=not_sent.delay_s, slot_ms=ticket.slot_ms) from not_sent
         except BaseException:
             if ticket is not None and self.limiter is not None:
                 self.limiter.abandon(ticket, now_ms=now_ms())
