@@ -36,6 +36,7 @@ import botocore.loaders
 import botocore.session
 import moto.cloudformation.models
 import pytest
+from aws_lambda_powertools import Metrics
 from moto import mock_aws
 
 import baton.aws
@@ -87,6 +88,11 @@ def hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def _clear_caches() -> None:
     baton.settings.get_settings.cache_clear()
     baton.aws.client.cache_clear()
+    # Metrics instances share one metric set, and with POWERTOOLS_METRICS_DISABLED a handler's
+    # flush leaves it as it was (only an enabled flush clears it): values piled up across tests
+    # until one metric held 100 and Powertools serialized it in the middle of a later test.
+    Metrics._metrics.clear()
+    Metrics._metadata.clear()
 
 
 @pytest.fixture(scope="session", autouse=True)
