@@ -102,11 +102,19 @@ def dev(
         float | None, typer.Option(help="Run scheduled functions every N seconds instead of their rate().")
     ] = None,
     stack_name: Annotated[str, typer.Option(help="Local stack name (reused if it exists).")] = "baton-local",
+    allow_undeployable_parameters: Annotated[
+        bool,
+        typer.Option(
+            help="Start even with parameter values `sam deploy` would refuse (a fault drill's short "
+            "timeouts), with a warning."
+        ),
+    ] = False,
 ) -> None:
     """Run the whole stack locally (API on http://127.0.0.1:PORT) until Ctrl-C or SIGTERM."""
     if not _port_free(port):
         _fail(f"port {port} is in use (another `baton dev`?): choose another with `baton dev --port N`")
     from baton_dev.launcher import StackConfig, run_in_process
+    from baton_dev.runtime.template import TemplateError
     from baton_dev.state import remove_state, user_state_file, write_state
 
     logs.configure(log_level)
@@ -127,6 +135,7 @@ def dev(
         parameters=parameters,
         schedule_every_s=schedule_every,
         stack_name=stack_name,
+        allow_undeployable_parameters=allow_undeployable_parameters,
     )
     record = user_state_file()
     try:
@@ -134,6 +143,8 @@ def dev(
             # Also where every other command looks by default, so they work from any directory.
             write_state(record, runtime.state())
             stop.wait()
+    except TemplateError as error:
+        _fail(str(error))
     finally:
         remove_state(record, os.getpid())
 

@@ -91,6 +91,9 @@ class StackConfig:
     # who set OPENAI_BASE_URL for a real model); tests and the bench leave it off.
     inherit_environment: bool = False
     log_level: str = "INFO"
+    # Parameter values `sam deploy` would refuse, allowed with a warning (a fault drill's
+    # seconds-long timeouts); else the stack refuses to start on them.
+    allow_undeployable_parameters: bool = False
 
     def template_file(self) -> Path:
         return self.template / "template.yaml" if self.template.is_dir() else self.template
@@ -113,6 +116,7 @@ class StackConfig:
             simulator=self.simulator,
             schedule_every_s=self.schedule_every_s,
             service_environment=dict(service_environment or {}),
+            allow_undeployable_parameters=self.allow_undeployable_parameters,
         )
 
     def command(self, port: int) -> list[str]:
@@ -135,6 +139,8 @@ class StackConfig:
         ]
         if self.schedule_every_s is not None:
             argv += ["--schedule-every", f"{self.schedule_every_s:g}"]
+        if self.allow_undeployable_parameters:
+            argv.append("--allow-undeployable-parameters")
         for name, value in self.all_parameters().items():
             if any(character.isspace() for character in value):
                 raise ValueError(f"parameter {name}: a value with white space cannot be passed ({value!r})")

@@ -377,6 +377,9 @@ class ChaosStack:
                 },
                 aws_endpoint_url=self.endpoint_url,
                 model_url=f"{self.sim_url}/v1",
+                # A drill: invocations of seconds (InferFunctionTimeout 20 s, visibility 25 s)
+                # recover within the run; no deployment takes these values.
+                allow_undeployable_parameters=True,
             )
         )
 

@@ -104,3 +104,41 @@ def test_only_the_launcher_builds_the_runtimes_options() -> None:
         if re.search(r"\bRuntimeOptions\(", path.read_text()) and path.name != "test_launcher.py"
     }
     assert builders == allowed
+
+
+def test_values_sam_deploy_would_refuse_stop_the_local_stack_unless_a_drill_allows_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Local means deployed: InferFunctionTimeout=45 is not one of the template's AllowedValues, so
+    CloudFormation refuses it and the local stack refuses it too, naming it (before provisioning
+    anything). A fault drill that wants seconds-long timeouts asks for them and gets a warning."""
+    from baton_dev.runtime.local import LocalRuntime
+    from baton_dev.runtime.template import TemplateError
+
+    refused = StackConfig(state_dir=tmp_path, parameters={"InferFunctionTimeout": "45"})
+    with pytest.raises(TemplateError, match=r"InferFunctionTimeout: '45' is not one of"):
+        LocalRuntime(refused.runtime_options(port=1))._load_template()  # what start() runs first
+    drill = StackConfig(
+        state_dir=tmp_path,
+        parameters={"InferFunctionTimeout": "20", "InferVisibilityTimeout": "25"},
+        allow_undeployable_parameters=True,
+    )
+    assert "--allow-undeployable-parameters" in drill.command(1)
+    assert "--allow-undeployable-parameters" not in refused.command(1)
+    with caplog.at_level("WARNING"):
+        app = LocalRuntime(drill.runtime_options(port=1))._load_template()
+    assert app.functions["InferFunction"].timeout == 20
+    assert "would refuse" in caplog.text and "InferFunctionTimeout" in caplog.text
+    # The deployable defaults start without a word.
+    caplog.clear()
+    LocalRuntime(StackConfig(state_dir=tmp_path).runtime_options(port=1))._load_template()
+    assert "would refuse" not in caplog.text
+
+
+def test_the_cli_takes_the_drills_switch() -> None:
+    from typer.testing import CliRunner
+
+    from baton_dev.cli import app
+
+    answer = CliRunner().invoke(app, ["dev", "--help"], env={"COLUMNS": "200"})
+    assert answer.exit_code == 0 and "--allow-undeployable-parameters" in answer.output

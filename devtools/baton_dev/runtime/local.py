@@ -32,11 +32,12 @@ from typing import Any
 import boto3
 
 from baton_dev.runtime.api_gateway import LocalApiGateway
+from baton_dev.runtime.conditions import parameter_problems
 from baton_dev.runtime.functions import Credentials, LocalFunction
 from baton_dev.runtime.provision import ProvisionedStack, bootstrap_admin, provision
 from baton_dev.runtime.schedules import ScheduleSource
 from baton_dev.runtime.sqs_source import SqsEventSource
-from baton_dev.runtime.template import AppTemplate
+from baton_dev.runtime.template import AppTemplate, TemplateError
 from baton_dev.simulator import ModelSimulator, SimulatorConfig
 from baton_dev.state import remove_state, write_state
 
@@ -109,6 +110,10 @@ class RuntimeOptions:
     # Added to every function's environment like the local service's own variables (the bench
     # sets AWS_LAMBDA_EXEC_WRAPPER to measure inside the function processes).
     service_environment: dict[str, str] = field(default_factory=dict)
+    # Parameter values CloudFormation would refuse (AllowedValues, patterns, ranges, Rules) stop
+    # the start, as they stop `sam deploy`; a fault drill that wants seconds-long timeouts says so
+    # here and is started with a warning.
+    allow_undeployable_parameters: bool = False
 
 
 def moto_server_command(port: int) -> list[str]:
@@ -257,9 +262,23 @@ class LocalRuntime:
         for name, value in sorted(derived.items()):
             shown = value if "secret" not in name.lower() else value.rsplit(":", 1)[-1]
             logger.info("parameter %s=%s (%s)", name, shown, self.parameter_sources[name])
+        self._check_deployable(app)
         if not derived:
             return app
         return AppTemplate.load(self.options.template, self.parameters, region=self.region)
+
+    def _check_deployable(self, app: AppTemplate) -> None:
+        """Values `sam deploy` would refuse are refused here too (a stack that runs only locally
+        would hide the failure until the deploy), unless the options allow them."""
+        problems = parameter_problems(app.cloudformation, self.parameters)
+        if not problems:
+            return
+        listed = "; ".join(problems)
+        if not self.options.allow_undeployable_parameters:
+            raise TemplateError(
+                f"CloudFormation would refuse these parameter values, so `sam deploy` would fail: {listed}"
+            )
+        logger.warning("parameter values `sam deploy` would refuse (allowed for this local run): %s", listed)
 
     def _environment_parameters(self, app: AppTemplate, explicit: dict[str, str]) -> dict[str, str]:
         derived: dict[str, str] = {}
