@@ -25,11 +25,11 @@ time", each booking one atomic conditional update, no read):
   calls to learn of it (they read the pace again CONFIRM_BEFORE_MS before their slots: that lead
   plus the jump's own write), and the calls booked at or after it move one slot later, so another
   tenant's call is sent within that guard + one slot of arriving, however long the first
-  tenant's backlog, and the provider's windows hold
-  no more calls than before. One jump is ahead at a time; a second one, and a token-limited
-  provider's calls, take the slot right after the last booked one (a tenant other than the last
-  booker's may, even beyond MAX_WAIT_IN_FUNCTION_S). (Booking only a free pace, which would make
-  the wait one slot, was measured: goodput fell from 83 % to 55 % of R; see the README.)
+  tenant's backlog, and the provider's windows hold no more calls than before. One jump is ahead
+  at a time; a second one, and a token-limited provider's calls, take the slot right after the
+  last booked one (a tenant other than the last booker's may, even beyond MAX_WAIT_IN_FUNCTION_S).
+  (Booking only a free pace, which would make the wait one slot, was measured: goodput fell from
+  83 % to 55 % of R; see the README.)
 - Tokens are booked at what the call is expected to use: its prompt plus the answer tokens the
   model's answers have used so far (a moving average, at most `max_tokens`), and settled with the
   real usage. A provider admits a call at its ceiling (prompt + `max_tokens`) into its window's

@@ -117,7 +117,7 @@ class ModelCalls:
                     # Counted when the call leaves, after the waits for capacity and the send
                     # slot (seconds, on a busy stack): a timeout counted from the invocation's
                     # start let a call outlive its invocation, and its retry paid again.
-                    timeout=self._timeout_at_send(record, invocation_deadline_ms),
+                    timeout=self._timeout_at_send(record, invocation_deadline_ms, ticket),
                     extra_headers=model_headers(record, step_key),
                     # Streamed: a cancel closes the stream, so the provider stops generating.
                     cancelled=lambda: self._is_cancelled(record),
@@ -164,16 +164,6 @@ class ModelCalls:
                     ) from error
                 self.limiter.abandon(ticket, now_ms=now_ms())
             raise
-        except Deferred as not_sent:
-            # Not sent: too little time left in this invocation once the slot came. Its turn has
-            # come, so the fresh invocation takes the next free send slot with it (the slot held
-            # as its turn), not a new turn at the end of its tenant's queue, behind its backlog.
-            if ticket is None or self.limiter is None:
-                raise
-            self.limiter.abandon(ticket, now_ms=now_ms())
-            if not_sent.slot_ms is not None:
-                raise
-            raise Deferred(not_sent.message, delay_s=not_sent.delay_s, slot_ms=ticket.slot_ms) from not_sent
         except BaseException:
             if ticket is not None and self.limiter is not None:
                 self.limiter.abandon(ticket, now_ms=now_ms())
@@ -218,14 +208,18 @@ class ModelCalls:
         if wait_ms > 0:
             time.sleep(wait_ms / 1000)
 
-    def _timeout_at_send(self, record: JobRecord, invocation_deadline_ms: int) -> float:
+    def _timeout_at_send(
+        self, record: JobRecord, invocation_deadline_ms: int, ticket: Ticket | None
+    ) -> float:
         """Below the function's remaining time, and never past the job's own deadline. Too little
         time left (the waits before the call took it) is the invocation's shortage, not the call's
-        failure: Deferred, so a fresh invocation makes the call and no attempt is spent."""
+        failure: Deferred, so a fresh invocation makes the call and no attempt is spent. Its turn
+        has come, so it keeps it (the slot held as its turn): the fresh invocation takes the next
+        free send slot, not a new turn at the end of its tenant's queue, behind its backlog."""
         try:
             budget = llm.model_timeout(self.settings, invocation_deadline_ms - now_ms())
         except ModelError as error:
-            raise Deferred(error.message, delay_s=0) from error
+            raise Deferred(error.message, delay_s=0, slot_ms=ticket.slot_ms if ticket else None) from error
         return min(budget, _seconds_left(record))
 
     def _is_cancelled(self, record: JobRecord) -> bool:
